@@ -1,0 +1,149 @@
+//! Types shared by the eBPF programs (damon-ebpf) and the control plane (damon-user).
+//!
+//! Everything here crosses the kernel/user boundary as raw bytes, so layouts are `#[repr(C)]`
+//! with explicit padding, and the userspace side marks them `aya::Pod` (feature `user`).
+#![no_std]
+
+/// One page fault taken by a monitored process, from the `exceptions:page_fault_user` tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultRecord {
+    /// The faulting user virtual address (exact, not page-aligned).
+    pub addr: u64,
+    /// x86 page-fault error code (bit 1: write, bit 2: user mode, bit 4: instruction fetch).
+    pub error_code: u64,
+    /// Thread-group id (the process id) that faulted.
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// Layout of `exceptions:page_fault_user` in tracefs (`.../page_fault_user/format`): the eBPF side
+/// reads these offsets, the userspace loader checks them against the running kernel first.
+pub mod page_fault_user {
+    pub const CATEGORY: &str = "exceptions";
+    pub const NAME: &str = "page_fault_user";
+    pub const ADDRESS_OFFSET: usize = 8;
+    pub const ERROR_CODE_OFFSET: usize = 24;
+}
+
+/// Maximum number of processes whose faults are streamed at once.
+pub const MAX_FAULT_TARGETS: u32 = 4096;
+
+/// Byte size of the fault ring buffer (a power of two, as the kernel requires).
+pub const FAULT_RING_BYTES: u32 = 1 << 20;
+
+/// The tiny capability probes `udamon check` loads: each marks its slot in `PROBE_FIRED` when it
+/// runs in the checking process, proving the program type loads, attaches and fires here.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    TracePoint = 0,
+    BtfTracePoint = 1,
+    RawTracePointTestRun = 2,
+    PerfEvent = 3,
+    KProbe = 4,
+    FEntry = 5,
+}
+
+pub const NR_PROBES: u32 = 6;
+
+/// The value the raw_tp probe returns from a test run for argument `arg`: proves both that the
+/// program ran and that arguments reach it.
+pub const fn raw_tp_probe_answer(arg: u64) -> u64 {
+    arg ^ 0x5a5a
+}
+
+/// Addresses one walk request can carry.
+pub const MAX_WALK: usize = 1024;
+
+/// What the userspace sampler tells the walker about this kernel; set once after calibration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkConfig {
+    /// Thread id of the sampler: only its `process_madvise` calls trigger walks.
+    pub sampler_tid: u32,
+    /// 4 or 5 levels of page tables.
+    pub levels: u32,
+    /// Start of the kernel's direct map (`page_offset_base`), calibrated at start-up.
+    pub page_offset_base: u64,
+    /// Byte offsets from BTF.
+    pub mm_pgd_offset: u64,
+    pub task_mm_offset: u64,
+}
+
+/// The addresses to walk when the sampler next takes the target's mmap lock. `done` is set to
+/// `seq` by the walker, so a request is walked once even if the lock is taken again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WalkRequest {
+    pub seq: u64,
+    pub done: u64,
+    pub count: u64,
+    pub addrs: [u64; MAX_WALK],
+}
+
+/// What the walk found for one address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkResult {
+    /// One of the `LEAF_*` constants.
+    pub leaf: u32,
+    pub _pad: u32,
+    /// The leaf entry (bit 5: accessed, bit 6: dirty), or the entry that was not present.
+    pub entry: u64,
+}
+
+/// Results travel in batches: one ring-buffer record per `WALK_BATCH` addresses.
+pub const WALK_BATCH: usize = 16;
+
+/// The results for `addrs[first..first + count]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WalkRecord {
+    pub first: u32,
+    pub count: u32,
+    pub results: [WalkResult; WALK_BATCH],
+}
+
+/// No mapping: an entry on the way was not present.
+pub const LEAF_NONE: u32 = 0;
+pub const LEAF_PTE: u32 = 1;
+/// A 2 MiB huge page (THP).
+pub const LEAF_PMD: u32 = 2;
+/// A 1 GiB huge page.
+pub const LEAF_PUD: u32 = 3;
+/// Reading a table failed.
+pub const LEAF_FAULT: u32 = 4;
+
+/// Walk totals, per CPU: how many walks and addresses, and how long they took.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkStats {
+    pub walks: u64,
+    pub addresses: u64,
+    pub nanoseconds: u64,
+}
+
+/// `peek` test-run operations: arguments `[op, address]`; the answer lands in `PEEK_OUT`.
+pub const PEEK_CURRENT_TASK: u64 = 0;
+pub const PEEK_READ: u64 = 1;
+
+/// `PEEK_OUT` after a test run: the value, or the helper's error.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeekResult {
+    pub value: u64,
+    pub error: i64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all `#[repr(C)]` plain integers without implicit padding.
+    unsafe impl aya::Pod for super::FaultRecord {}
+    unsafe impl aya::Pod for super::WalkConfig {}
+    unsafe impl aya::Pod for super::WalkRequest {}
+    unsafe impl aya::Pod for super::WalkRecord {}
+    unsafe impl aya::Pod for super::WalkResult {}
+    unsafe impl aya::Pod for super::WalkStats {}
+    unsafe impl aya::Pod for super::PeekResult {}
+}

@@ -1,0 +1,221 @@
+//! Rows about BPF program types: each probe is loaded, attached, and made to fire by this process.
+
+use std::{fs, time::Duration};
+
+use aya::{
+    Btf, Ebpf,
+    maps::Array,
+    programs::{
+        KProbe, PerfEvent, Program, ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun,
+        TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+};
+use damon_common::{Probe, page_fault_user, raw_tp_probe_answer};
+
+use super::{Row, system::Facts};
+use crate::{anon::AnonMapping, caps::Capability, ebpf, vaddr::walker::Walker};
+
+struct Spec {
+    probe: Probe,
+    program: &'static str,
+    requirement: &'static str,
+    required: bool,
+    if_missing: &'static str,
+}
+
+const SPECS: [Spec; 6] = [
+    Spec {
+        probe: Probe::BtfTracePoint,
+        program: "probe_tp_btf",
+        requirement: "tp_btf + bpf_loop",
+        required: true,
+        if_missing: "all monitoring: the page-table walk",
+    },
+    Spec {
+        probe: Probe::RawTracePointTestRun,
+        program: "probe_raw_tp",
+        requirement: "raw_tp test run",
+        required: true,
+        if_missing: "all monitoring: page_offset_base calibration",
+    },
+    Spec {
+        probe: Probe::TracePoint,
+        program: "probe_tracepoint",
+        requirement: "tracepoint",
+        required: false,
+        if_missing: "page-fault hints",
+    },
+    Spec {
+        probe: Probe::PerfEvent,
+        program: "probe_perf_event",
+        requirement: "perf_event (software)",
+        required: false,
+        if_missing: "page-fault hints without tracefs",
+    },
+    Spec {
+        probe: Probe::KProbe,
+        program: "probe_kprobe",
+        requirement: "kprobe attach",
+        required: false,
+        if_missing: "nothing (optional speed-ups on other kernels)",
+    },
+    Spec {
+        probe: Probe::FEntry,
+        program: "probe_fentry",
+        requirement: "fentry",
+        required: false,
+        if_missing: "nothing (optional speed-ups on other kernels)",
+    },
+];
+
+/// Kernel function the kprobe and fentry probes attach to; `read(2)` reaches it.
+const TRACED_FUNCTION: &str = "vfs_read";
+const RAW_TP_ARGUMENT: u64 = 0x1234_5678;
+
+pub fn rows(facts: &Facts) -> Vec<Row> {
+    let object = Row::new("eBPF object (maps, ring buffer)", true, "all monitoring");
+    let spec_rows = || SPECS.iter().map(|s| Row::new(s.requirement, s.required, s.if_missing));
+    if !(facts.caps.has(Capability::Bpf) && facts.caps.has(Capability::Perfmon)) {
+        let why = "needs CAP_BPF and CAP_PERFMON";
+        return std::iter::once(object)
+            .chain(spec_rows())
+            .chain([layout_row()])
+            .map(|row| row.skipped(why))
+            .collect();
+    }
+    let btf = facts.btf.as_ref().ok();
+    let mut bpf = match ebpf::load(btf) {
+        Ok(bpf) => bpf,
+        Err(err) => {
+            let mut rows = vec![object.missing(format!("{err:#}"))];
+            rows.extend(spec_rows().map(|row| row.skipped("the eBPF object did not load")));
+            return rows;
+        }
+    };
+    let attached: Vec<Result<(), String>> =
+        SPECS.iter().map(|spec| attach(&mut bpf, spec, btf, facts)).collect();
+    exercise();
+    let fired = fired_values(&bpf);
+    let mut rows = vec![object.ok("loaded")];
+    rows.extend(SPECS.iter().zip(attached).map(|(spec, attached)| {
+        let row = Row::new(spec.requirement, spec.required, spec.if_missing);
+        let expected = match spec.probe {
+            Probe::RawTracePointTestRun => raw_tp_probe_answer(RAW_TP_ARGUMENT),
+            _ => 1,
+        };
+        match attached {
+            Err(err) => row.missing(err),
+            Ok(()) if fired.get(spec.probe as usize) == Some(&expected) => {
+                row.ok("loads, attaches, fires")
+            }
+            Ok(()) => row.missing("attached, but never fired"),
+        }
+    }));
+    let layout = layout_row();
+    rows.push(match Walker::new() {
+        Ok(walker) => {
+            let l = walker.layout();
+            layout.ok(format!(
+                "{} levels, direct map at {:#x}, mm_struct.pgd +{:#x}, task_struct.mm +{:#x}; agrees with pagemap",
+                l.levels, l.page_offset_base, l.mm_pgd_offset, l.task_mm_offset
+            ))
+        }
+        Err(err) => layout.missing(format!("{err:#}")),
+    });
+    rows
+}
+
+/// The page-table walker's start-up: offsets from BTF, the calibrated direct map, the check
+/// against pagemap.
+fn layout_row() -> Row {
+    Row::new("page-table layout", true, "all monitoring: the walker's start-up")
+}
+
+/// Loads and attaches (or, for raw_tp, test-runs) one probe.
+fn attach(bpf: &mut Ebpf, spec: &Spec, btf: Option<&Btf>, facts: &Facts) -> Result<(), String> {
+    let program = bpf
+        .program_mut(spec.program)
+        .ok_or_else(|| format!("eBPF object has no {} program", spec.program))?;
+    let needs_btf = || btf.ok_or("needs kernel BTF".to_owned());
+    match (spec.probe, program) {
+        (Probe::TracePoint, Program::TracePoint(p)) => {
+            facts.tracefs.as_ref().map_err(|_| "needs tracefs".to_owned())?;
+            load_then(p, TracePoint::load, |p| {
+                p.attach(page_fault_user::CATEGORY, page_fault_user::NAME).map(drop)
+            })
+        }
+        (Probe::BtfTracePoint, Program::BtfTracePoint(p)) => {
+            let btf = needs_btf()?;
+            load_then(p, |p| p.load("mmap_lock_acquire_returned", btf), |p| p.attach().map(drop))
+        }
+        (Probe::RawTracePointTestRun, Program::RawTracePoint(p)) => {
+            load_then(p, RawTracePoint::load, |p| {
+                let mut options = RawTracePointRunOptions::new();
+                options.args[0] = RAW_TP_ARGUMENT;
+                p.test_run(options).map(drop)
+            })
+        }
+        (Probe::PerfEvent, Program::PerfEvent(p)) => load_then(p, PerfEvent::load, |p| {
+            let scope = PerfEventScope::OneProcess { pid: std::process::id(), cpu: None };
+            let config = PerfEventConfig::Software(SoftwareEvent::PageFaults);
+            p.attach(config, scope, SamplePolicy::Period(1), false).map(drop)
+        }),
+        (Probe::KProbe, Program::KProbe(p)) => {
+            load_then(p, KProbe::load, |p| p.attach(TRACED_FUNCTION, 0).map(drop))
+        }
+        (Probe::FEntry, Program::FEntry(p)) => {
+            let btf = needs_btf()?;
+            load_then(p, |p| p.load(TRACED_FUNCTION, btf), |p| p.attach().map(drop))
+        }
+        _ => Err(format!("{} has an unexpected program type", spec.program)),
+    }
+}
+
+fn load_then<P>(
+    program: &mut P,
+    load: impl FnOnce(&mut P) -> Result<(), ProgramError>,
+    then: impl FnOnce(&mut P) -> Result<(), ProgramError>,
+) -> Result<(), String> {
+    load(program).map_err(|err| format!("load: {}", describe(&err)))?;
+    then(program).map_err(|err| format!("attach: {}", describe(&err)))
+}
+
+/// One line for a program error: the kernel's errno, and the verifier's last word if it spoke.
+fn describe(err: &ProgramError) -> String {
+    if let ProgramError::LoadError { io_error, verifier_log } = err {
+        let log = verifier_log.to_string();
+        return match log.lines().rev().find(|line| !line.trim().is_empty()) {
+            Some(last) => format!("refused ({io_error}): {}", last.trim()),
+            None => format!("refused ({io_error})"),
+        };
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Does what every probe waits for: takes the mmap lock (mmap), faults pages in, calls read(2).
+fn exercise() {
+    if let Ok(area) = AnonMapping::new(4) {
+        (0..4).for_each(|page| area.touch(page));
+    }
+    let _ = fs::read("/proc/self/stat");
+    // perf_event overflow handling can run from irq_work just after the fault returns.
+    std::thread::sleep(Duration::from_millis(10));
+}
+
+fn fired_values(bpf: &Ebpf) -> Vec<u64> {
+    let Some(map) = bpf.map("PROBE_FIRED") else {
+        return Vec::new();
+    };
+    let Ok(array) = Array::<_, u64>::try_from(map) else {
+        return Vec::new();
+    };
+    (0..damon_common::NR_PROBES).map(|i| array.get(&i, 0).unwrap_or(0)).collect()
+}

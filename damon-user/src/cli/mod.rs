@@ -1,0 +1,107 @@
+//! The `udamon` command line. Exit codes: 0 success, 1 a runtime failure (or `check` finding
+//! monitoring impossible), 2 bad input (usage, options, files).
+
+mod demo;
+mod options;
+mod sim;
+
+use std::{
+    io::{self, Write as _},
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand};
+
+use crate::check;
+
+#[derive(Parser)]
+#[command(version, about = "DAMON-style memory access monitoring from userspace, with eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check this machine: privileges, kernel features and which BPF program types work here.
+    /// Exits 0 when monitoring can work, 1 when it cannot.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    Sim(sim::SimArgs),
+    Demo(demo::DemoArgs),
+    /// The demo's workload (internal).
+    #[command(hide = true)]
+    Workload {
+        #[arg(long, default_value = "4s")]
+        phase_change: String,
+        /// Instead: a memory-bound loop over this many bytes, printing sweeps per second.
+        #[arg(long, value_name = "SIZE")]
+        memory_loop: Option<String>,
+    },
+}
+
+/// A failure and the exit code it deserves.
+pub(crate) enum Failure {
+    /// Bad input: exit 2.
+    Input(anyhow::Error),
+    /// Something went wrong while working: exit 1.
+    Runtime(anyhow::Error),
+}
+
+pub fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Check { json } => run_check(json),
+        Command::Sim(args) => sim::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Workload { phase_change, memory_loop } => {
+            run_workload(&phase_change, memory_loop.as_deref())
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure::Input(err)) => {
+            eprintln!("udamon: {err:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(err)) => {
+            eprintln!("udamon: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_workload(phase_change: &str, memory_loop: Option<&str>) -> Result<ExitCode, Failure> {
+    let result = match memory_loop {
+        Some(size) => {
+            let size = crate::units::parse_size(size).map_err(Failure::Input)?;
+            crate::workload::memory_loop(size as usize)
+        }
+        None => {
+            let phase_change =
+                crate::units::parse_duration_us(phase_change).map_err(Failure::Input)?;
+            crate::workload::run(std::time::Duration::from_micros(phase_change))
+        }
+    };
+    result.map_err(Failure::Runtime)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_check(json: bool) -> Result<ExitCode, Failure> {
+    let report = check::run();
+    emit(&if json { check::json(&report) + "\n" } else { check::table(&report) })?;
+    Ok(if report.monitoring_possible { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error, a full disk is.
+pub(crate) fn emit(text: &str) -> Result<(), Failure> {
+    let mut stdout = io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+            Err(Failure::Runtime(anyhow::anyhow!("cannot write the output: {err}")))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,332 @@
+//! udamon's split policy: split where the samples show that the parts of a region differ.
+//!
+//! Every sample DAMON takes of a region also lands in one of the region's quarters
+//! (`Quarters`), so each region carries, for free, the evidence a split would bring. Above
+//! `max_nr_regions / 2` this policy
+//! - splits only at boundaries where a two-proportion z-test says the two sides differ (the
+//!   region's sides as a whole, or two neighbouring quarters), never at random;
+//! - places the cut where a single edge between the region's neighbours' rates would have to
+//!   be, when the neighbours and the quarters agree on the direction; else at the boundary;
+//! - spends the budget `max - nr` on the splits expected to remove the most error first
+//!   (bytes on the smaller side times the rate difference);
+//! - keeps neighbours whose long-term rates surely differ from being merged on one noisy
+//!   window (first merge pass only, so `max_nr_regions` is never at risk);
+//! - forgets old evidence when a window contradicts it: halved on a hint, cleared on a clear
+//!   change, so stable regions remember long and changed ones adapt within a few windows.
+//!
+//! At or below `max / 2` it takes the kernel's classic path like every policy. The simulator's
+//! comparison (README) is the reason for each of these choices.
+
+use super::{
+    region::{Quarters, Region, Target, align_down},
+    split::{SplitEnv, apply_cuts},
+};
+
+/// How sure a difference inside a region must be before it costs a region: z = 2.25, as the
+/// exact fraction z² = 81/16 for the integer test on quarter counts.
+const Z_SPLIT_SQUARED: (u64, u64) = (81, 16);
+/// How sure a difference between neighbours must be to keep them from merging.
+const Z_KEEP: f64 = 2.5;
+/// A window this far from a region's evidence halves the evidence...
+const Z_HALVE: f64 = 2.0;
+/// ...and this far clears it.
+const Z_FORGET: f64 = 2.5;
+/// Fewer samples on a side than this is not evidence.
+const MIN_SIDE_SAMPLES: u32 = 8;
+
+/// (hits, samples) of `quarters`.
+fn tally(q: &Quarters, quarters: std::ops::Range<usize>) -> (u32, u32) {
+    quarters.fold((0, 0), |(h, n), i| (h + q.hits[i] as u32, n + q.samples[i] as u32))
+}
+
+/// The squared two-proportion z statistic of `hits / samples` on two sides, computed without
+/// divisions: z² = (hl·nr − hr·nl)² · N / (nl · nr · H · (N − H)), H = hl + hr, N = nl + nr.
+/// Returns it as (numerator, denominator); `None` without enough samples or without variance.
+fn z_squared((hl, nl): (u32, u32), (hr, nr): (u32, u32)) -> Option<(f64, f64)> {
+    if nl < MIN_SIDE_SAMPLES || nr < MIN_SIDE_SAMPLES {
+        return None;
+    }
+    let (hl, nl, hr, nr) = (hl as f64, nl as f64, hr as f64, nr as f64);
+    let (h, n) = (hl + hr, nl + nr);
+    let d = hl * nr - hr * nl;
+    (h > 0.0 && h < n).then_some((d * d * n, nl * nr * h * (n - h)))
+}
+
+fn differ(left: (u32, u32), right: (u32, u32), z: f64) -> bool {
+    z_squared(left, right).is_some_and(|(num, den)| num >= z * z * den)
+}
+
+/// `differ` for quarter counts, which are small enough (at most 4 × `Quarters::CAP` samples) for
+/// exact integer arithmetic: the test runs for every region every aggregation.
+fn counts_differ((hl, nl): (u32, u32), (hr, nr): (u32, u32), (num, den): (u64, u64)) -> bool {
+    if nl < MIN_SIDE_SAMPLES || nr < MIN_SIDE_SAMPLES {
+        return false;
+    }
+    let (hl, nl, hr, nr) = (hl as u64, nl as u64, hr as u64, nr as u64);
+    let (h, n) = (hl + hr, nl + nr);
+    if h == 0 || h == n {
+        return false;
+    }
+    let d = (hl * nr).abs_diff(hr * nl);
+    den * d * d * n >= num * nl * nr * h * (n - h)
+}
+
+/// The absolute difference between two rates.
+fn gap((hl, nl): (u32, u32), (hr, nr): (u32, u32)) -> f64 {
+    (hl as f64 / nl.max(1) as f64 - hr as f64 / nr.max(1) as f64).abs()
+}
+
+/// The long-term access rate of a region, if there is evidence enough.
+fn rate(q: &Quarters) -> Option<f64> {
+    let (hits, samples) = tally(q, 0..4);
+    (samples >= MIN_SIDE_SAMPLES).then(|| hits as f64 / samples as f64)
+}
+
+/// Whether two neighbours' long-term rates differ too surely to merge them on one window's
+/// counts, which are noisy.
+pub(crate) fn keep_apart(left: &Quarters, right: &Quarters) -> bool {
+    differ(tally(left, 0..4), tally(right, 0..4), Z_KEEP)
+}
+
+/// Weighs the window just finished (now `last_nr_accesses`) against the region's evidence, and
+/// lets the evidence fade or go when they disagree.
+fn reconsider(r: &mut Region, samples: u32) {
+    let evidence = tally(&r.quarters, 0..4);
+    let Some((num, den)) = z_squared((r.last_nr_accesses, samples), evidence) else { return };
+    if num >= Z_FORGET * Z_FORGET * den {
+        r.quarters = Quarters::default();
+    } else if num >= Z_HALVE * Z_HALVE * den {
+        r.quarters.halve();
+    }
+}
+
+/// Quarter boundaries (1..=3) worth a cut, each with the rate difference across it, strongest
+/// first: the most convincing split of the region into two sides, then any two neighbouring
+/// quarters that differ (a sub-area in the middle gets both its edges at once). Runs for every
+/// region every aggregation, so the counts are read once and summed as prefixes.
+fn boundaries(q: &Quarters) -> [Option<(usize, f64)>; 3] {
+    let mut found = [None; 3];
+    let (h, n) = (q.hits.map(u32::from), q.samples.map(u32::from));
+    let (total_h, total_n) = (h.iter().sum::<u32>(), n.iter().sum::<u32>());
+    if total_n < 2 * MIN_SIDE_SAMPLES {
+        return found;
+    }
+    let mut best: Option<(usize, f64)> = None;
+    let (mut left_h, mut left_n) = (0, 0);
+    for b in 1..4 {
+        left_h += h[b - 1];
+        left_n += n[b - 1];
+        let (left, right) = ((left_h, left_n), (total_h - left_h, total_n - left_n));
+        if counts_differ(left, right, Z_SPLIT_SQUARED) {
+            let g = gap(left, right);
+            if best.is_none_or(|(_, best_gap)| g > best_gap) {
+                best = Some((b, g));
+            }
+        }
+    }
+    let mut count = 0;
+    if best.is_some() {
+        found[0] = best;
+        count = 1;
+    }
+    for b in 1..4 {
+        let (left, right) = ((h[b - 1], n[b - 1]), (h[b], n[b]));
+        if best.is_none_or(|(first, _)| first != b) && counts_differ(left, right, Z_SPLIT_SQUARED) {
+            found[count] = Some((b, gap(left, right)));
+            count += 1;
+        }
+    }
+    found
+}
+
+/// When a region lies between neighbours of rates `left` and `right` and the evidence says it
+/// goes from one to the other, the single edge that explains its overall rate: the fraction of
+/// the region left of it.
+fn edge_between(q: &Quarters, first_boundary: usize, left: f64, right: f64) -> Option<f64> {
+    let inside = {
+        let (l, r) = (tally(q, 0..first_boundary), tally(q, first_boundary..4));
+        l.0 as f64 / l.1.max(1) as f64 - r.0 as f64 / r.1.max(1) as f64
+    };
+    let outside = left - right;
+    if inside * outside <= 0.0 || outside.abs() <= inside.abs() {
+        return None;
+    }
+    let f = (rate(q)? - right) / outside;
+    (0.05..=0.95).contains(&f).then_some(f)
+}
+
+/// The long-term rate of the region adjacent to `regions[i]` on one side, in one target.
+fn neighbour_rate(regions: &[Region], i: usize, left: bool) -> Option<f64> {
+    let r = &regions[i];
+    let (n, adjacent) = if left {
+        let n = regions.get(i.checked_sub(1)?)?;
+        (n, n.end == r.start)
+    } else {
+        let n = regions.get(i + 1)?;
+        (n, r.end == n.start)
+    };
+    if adjacent { rate(&n.quarters) } else { None }
+}
+
+/// A region with convincing boundaries: its index in its target, among all regions, and them.
+type Found = (usize, usize, [Option<(usize, f64)>; 3]);
+
+/// The end of an aggregation for this policy, in one pass over the regions: the reset, the
+/// evidence weighed against the window just finished, and (with a `budget`, above max/2) the
+/// split candidates. Then splits the most valuable of them, at most `budget` cuts.
+pub(crate) fn reset_and_split(targets: &mut [Target], budget: Option<usize>, env: &mut SplitEnv) {
+    let samples = env.samples;
+    let mut found_in: Vec<Vec<Found>> = Vec::new();
+    let mut base = 0;
+    for target in targets.iter_mut() {
+        let mut found = Vec::new();
+        for (i, r) in target.regions.iter_mut().enumerate() {
+            r.reset_window();
+            reconsider(r, samples);
+            if budget.is_some() {
+                let boundaries = boundaries(&r.quarters);
+                if boundaries[0].is_some() {
+                    found.push((i, base + i, boundaries));
+                }
+            }
+        }
+        base += target.regions.len();
+        found_in.push(found);
+    }
+    let Some(budget) = budget else { return };
+    let min = env.min_region_sz;
+    // (index among all regions, cut offset, expected error removed)
+    let mut candidates: Vec<(usize, u64, f64)> = Vec::new();
+    for (target, found) in targets.iter().zip(found_in) {
+        let regions = &target.regions;
+        for (i, global, boundaries) in found {
+            let r = &regions[i];
+            let mut push = |cut: u64, diff: f64| {
+                if cut != 0 && cut < r.size() {
+                    let (left, right) = (cut as f64, (r.size() - cut) as f64);
+                    candidates.push((global, cut, left * right / r.size() as f64 * diff));
+                }
+            };
+            let first = boundaries[0].map_or(0, |b| b.0);
+            let neighbours =
+                neighbour_rate(regions, i, true).zip(neighbour_rate(regions, i, false));
+            let edge = neighbours.and_then(|(left, right)| {
+                Some((edge_between(&r.quarters, first, left, right)?, left, right))
+            });
+            match edge {
+                Some((f, left, right)) => {
+                    push(align_down((r.size() as f64 * f) as u64, min), (left - right).abs())
+                }
+                None => {
+                    for (b, diff) in boundaries.into_iter().flatten() {
+                        push(align_down(r.size() / 4 * b as u64, min), diff);
+                    }
+                }
+            }
+        }
+    }
+    if candidates.len() > budget {
+        candidates.select_nth_unstable_by(budget, |a, b| b.2.total_cmp(&a.2));
+        candidates.truncate(budget);
+    }
+    apply_cuts(targets, env, candidates.into_iter().map(|(i, cut, _)| (i, cut)).collect());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quarters(rates: [f64; 4], samples: u8) -> Quarters {
+        let mut q = Quarters::default();
+        for (i, p) in rates.iter().enumerate() {
+            q.samples[i] = samples;
+            q.hits[i] = (p * samples as f64).round() as u8;
+        }
+        q
+    }
+
+    #[test]
+    fn no_split_without_evidence() {
+        assert_eq!(boundaries(&quarters([0.5; 4], 30)), [None; 3]);
+        // Different, but too few samples to tell.
+        assert_eq!(boundaries(&quarters([1.0, 1.0, 0.0, 0.0], 3)), [None; 3]);
+    }
+
+    #[test]
+    fn a_step_is_cut_where_it_is() {
+        let found = boundaries(&quarters([0.9, 0.9, 0.1, 0.1], 20));
+        let (boundary, diff) = found[0].unwrap();
+        assert_eq!(boundary, 2);
+        assert!((diff - 0.8).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_middle_sub_area_gets_both_edges() {
+        let mut cuts: Vec<usize> =
+            boundaries(&quarters([0.6, 0.0, 0.0, 0.6], 30)).iter().flatten().map(|f| f.0).collect();
+        cuts.sort();
+        assert_eq!(cuts, vec![1, 3]);
+    }
+
+    #[test]
+    fn neighbours_place_a_single_edge() {
+        // Left neighbour 0.5, right 0.0; the region reads 0.2 with its left quarter the hotter:
+        // 40 % of it is on the hot side.
+        let q = quarters([0.5, 0.3, 0.0, 0.0], 40);
+        let f = edge_between(&q, 1, 0.5, 0.0).unwrap();
+        assert!((f - 0.4).abs() < 0.01, "{f}");
+        // Evidence pointing the other way than the neighbours: no single edge.
+        assert_eq!(edge_between(&quarters([0.0, 0.0, 0.5, 0.5], 40), 2, 0.5, 0.0), None);
+    }
+
+    #[test]
+    fn surely_different_neighbours_stay_apart() {
+        assert!(keep_apart(&quarters([0.5; 4], 30), &quarters([0.2; 4], 30)));
+        assert!(!keep_apart(&quarters([0.5; 4], 30), &quarters([0.45; 4], 30)));
+        assert!(
+            !keep_apart(&quarters([0.5; 4], 1), &quarters([0.0; 4], 1)),
+            "no evidence, no veto"
+        );
+    }
+
+    fn reconsider_with(r: &mut Region, window: u32) {
+        r.last_nr_accesses = window;
+        reconsider(r, 20);
+    }
+
+    #[test]
+    fn evidence_fades_when_windows_disagree() {
+        let mut target = Target::with_ranges(0, &[(0, 1 << 20)]);
+        target.regions[0].quarters = quarters([0.5; 4], 30);
+        let mut targets = [target];
+        reconsider_with(&mut targets[0].regions[0], 10); // 10 of 20: agrees
+        assert_eq!(targets[0].regions[0].quarters.samples, [30; 4]);
+        reconsider_with(&mut targets[0].regions[0], 0); // 0 of 20 after 50 %: a new regime
+        assert_eq!(targets[0].regions[0].quarters, Quarters::default());
+    }
+}
+
+#[cfg(test)]
+mod exactness {
+    use super::*;
+
+    /// The integer test agrees with the floating-point one on every count pair it can see.
+    #[test]
+    fn integer_and_float_tests_agree() {
+        let z = (81.0f64 / 16.0).sqrt();
+        for nl in [8u32, 9, 20, 64, 128, 192] {
+            for nr in [8u32, 13, 64, 192] {
+                for hl in (0..=nl).step_by(3) {
+                    for hr in (0..=nr).step_by(5) {
+                        let (l, r) = ((hl, nl), (hr, nr));
+                        assert_eq!(
+                            counts_differ(l, r, Z_SPLIT_SQUARED),
+                            differ(l, r, z),
+                            "{l:?} {r:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Human units on the command line and in scenario files: sizes (`16GiB`, `4096`, `1.5M`) and
+//! durations (`100ms`, `1h`, `5000us`).
+
+use std::fmt;
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+fn split_number(text: &str) -> Result<(f64, &str)> {
+    let text = text.trim();
+    let end =
+        text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(end);
+    let number: f64 = number
+        .replace('_', "")
+        .parse()
+        .with_context(|| format!("`{text}` does not start with a number"))?;
+    Ok((number, unit.trim()))
+}
+
+/// Bytes, with binary (KiB, MiB, GiB, TiB; also K, M, G, T) or no suffix.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let (number, unit) = split_number(text)?;
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        _ => bail!("unknown size unit `{unit}` in `{text}` (use B, KiB, MiB, GiB or TiB)"),
+    };
+    let bytes = number * scale as f64;
+    if bytes.fract() != 0.0 || bytes > u64::MAX as f64 {
+        bail!("`{text}` is not a whole number of bytes");
+    }
+    Ok(bytes as u64)
+}
+
+/// Microseconds, from us, ms, s, m or h (no suffix: microseconds).
+pub fn parse_duration_us(text: &str) -> Result<u64> {
+    let (number, unit) = split_number(text)?;
+    let scale: f64 = match unit {
+        "" | "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        "m" | "min" => 60e6,
+        "h" => 3600e6,
+        _ => bail!("unknown time unit `{unit}` in `{text}` (use us, ms, s, m or h)"),
+    };
+    Ok((number * scale).round() as u64)
+}
+
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// A number in the largest unit that divides it exactly (`16GiB`, `90s`), else in `fallback`.
+fn write_exact(
+    f: &mut fmt::Formatter<'_>,
+    value: u64,
+    units: &[(&str, u64)],
+    fallback: &str,
+) -> fmt::Result {
+    match units.iter().find(|&&(_, scale)| value >= scale && value.is_multiple_of(scale)) {
+        Some((suffix, scale)) => write!(f, "{}{suffix}", value / scale),
+        None => write!(f, "{value}{fallback}"),
+    }
+}
+
+/// Reads a bare number or a text with units through `parse`.
+fn number_or_text<'de, D: Deserializer<'de>>(
+    d: D,
+    parse: fn(&str) -> Result<u64>,
+) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(n) => Ok(n),
+        Raw::Text(text) => parse(&text).map_err(de::Error::custom),
+    }
+}
+
+/// A byte size that reads `"16GiB"` or `1024` and writes the exact byte count in the largest
+/// binary unit that divides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_exact(
+            f,
+            self.0,
+            &[("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)],
+            "",
+        )
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        number_or_text(d, parse_size).map(Size)
+    }
+}
+
+/// A duration that reads `"10s"` or a number of microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Micros(pub u64);
+
+impl fmt::Display for Micros {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_exact(
+            f,
+            self.0,
+            &[("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000), ("ms", 1_000)],
+            "us",
+        )
+    }
+}
+
+impl Serialize for Micros {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Micros {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        number_or_text(d, parse_duration_us).map(Micros)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("16GiB").unwrap(), 16 << 30);
+        assert_eq!(parse_size("1.5 MiB").unwrap(), 3 << 19);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert!(parse_size("1.5B").is_err());
+        assert!(parse_size("12 parsecs").unwrap_err().to_string().contains("unknown size unit"));
+        assert!(parse_size("GiB").is_err());
+        assert_eq!(Size(16 << 30).to_string(), "16GiB");
+        assert_eq!(Size((1 << 20) + 1).to_string(), "1048577");
+        assert_eq!(format_size(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_us("5000").unwrap(), 5000);
+        assert_eq!(parse_duration_us("100ms").unwrap(), 100_000);
+        assert_eq!(parse_duration_us("1h").unwrap(), 3_600_000_000);
+        assert_eq!(parse_duration_us("1.5s").unwrap(), 1_500_000);
+        assert!(parse_duration_us("3 fortnights").is_err());
+        assert_eq!(Micros(90_000_000).to_string(), "90s");
+        assert_eq!(Micros(2_500).to_string(), "2500us");
+    }
+}

@@ -1,0 +1,45 @@
+//! `/proc/PID/pagemap`: the kernel's own answer to "which frame backs this page".
+
+use std::{fs::File, io, os::unix::fs::FileExt as _};
+
+use anyhow::{Context as _, Result};
+
+const PRESENT: u64 = 1 << 63;
+const EXCLUSIVE: u64 = 1 << 56;
+const FRAME: u64 = (1 << 55) - 1;
+
+/// A process's pagemap, open for repeated lookups.
+pub struct Pagemap(File);
+
+impl Pagemap {
+    pub fn open(pid: u32) -> Result<Self> {
+        let path = format!("/proc/{pid}/pagemap");
+        File::open(&path).map(Self).with_context(|| format!("cannot open {path}"))
+    }
+
+    fn entry(&self, addr: u64) -> io::Result<u64> {
+        let mut entry = [0u8; 8];
+        match self.0.read_exact_at(&mut entry, addr / 4096 * 8) {
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+            other => other.map(|()| u64::from_le_bytes(entry)),
+        }
+    }
+
+    /// Whether the page at `addr` is mapped by this process alone: a page the kernel's clear can
+    /// reset. The shared zero page and pages of other processes are not.
+    pub fn exclusive(&self, addr: u64) -> io::Result<bool> {
+        Ok(self.entry(addr)? & EXCLUSIVE != 0)
+    }
+
+    /// The frame backing `addr`; `None` when not present, or hidden (frames read as 0 without
+    /// CAP_SYS_ADMIN).
+    pub fn frame(&self, addr: u64) -> io::Result<Option<u64>> {
+        let entry = self.entry(addr)?;
+        Ok((entry & PRESENT != 0 && entry & FRAME != 0).then_some(entry & FRAME))
+    }
+}
+
+/// The frame backing `addr` in process `pid` (see `Pagemap::frame`).
+pub fn frame(pid: u32, addr: u64) -> Result<Option<u64>> {
+    Pagemap::open(pid)?.frame(addr).with_context(|| format!("cannot read /proc/{pid}/pagemap"))
+}

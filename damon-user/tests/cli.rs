@@ -1,0 +1,227 @@
+//! The `udamon` binary: output, exit codes and error lines.
+
+use std::process::{Command, Output};
+
+fn udamon(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_udamon")).args(args).output().expect("run udamon")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `udamon` as user nobody with no capabilities, through setpriv (util-linux); needs root.
+fn udamon_as_nobody(args: &[&str]) -> Option<Output> {
+    // The binary may sit under a directory nobody cannot enter; run a copy from /tmp.
+    let copy = std::env::temp_dir().join(format!("udamon-cli-test-{}", std::process::id()));
+    std::fs::copy(env!("CARGO_BIN_EXE_udamon"), &copy).ok()?;
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(&copy)
+        .args(args)
+        .current_dir("/")
+        .output()
+        .ok();
+    let _ = std::fs::remove_file(&copy);
+    output
+}
+
+#[test]
+fn check_json_is_one_json_document_whose_verdict_matches_the_exit_code() {
+    let out = udamon(&["check", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let possible = report["monitoring_possible"].as_bool().expect("verdict is a bool");
+    assert_eq!(out.status.success(), possible, "exit code disagrees with the verdict");
+    let rows = report["rows"].as_array().expect("rows");
+    let names: Vec<&str> = rows.iter().map(|r| r["requirement"].as_str().unwrap()).collect();
+    for expected in [
+        "CAP_BPF",
+        "CAP_PERFMON",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_NICE",
+        "/sys/kernel/btf/vmlinux",
+        "tracefs",
+        "kernel version",
+        "lockdown",
+        "tp_btf + bpf_loop",
+        "raw_tp test run",
+        "tracepoint",
+        "perf_event (software)",
+        "kprobe attach",
+        "fentry",
+        "transparent huge pages",
+        "kernel DAMON (kdamond)",
+        "RLIMIT_MEMLOCK",
+        "page-table layout",
+    ] {
+        assert!(names.contains(&expected), "no row for {expected}: {names:?}");
+    }
+    for row in rows {
+        let status = row["status"].as_str().unwrap();
+        assert!(["ok", "warn", "missing", "skipped"].contains(&status), "status {status}");
+        assert!(row["if_missing"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+}
+
+#[test]
+fn check_as_root_says_monitoring_is_possible_here() {
+    if !damon_user::test_support::privileged("check_as_root_says_monitoring_is_possible_here") {
+        return;
+    }
+    let out = udamon(&["check"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "check failed as root:\n{stdout}");
+    assert!(stdout.starts_with("REQUIREMENT"), "no table header:\n{stdout}");
+    assert!(stdout.contains("\nmonitoring: possible\n"), "{stdout}");
+    for line in stdout.lines().filter(|l| l.starts_with("tp_btf") || l.starts_with("raw_tp")) {
+        assert!(line.contains("loads, attaches, fires"), "{line}");
+    }
+    let layout = stdout.lines().find(|l| l.starts_with("page-table layout")).unwrap_or_default();
+    assert!(layout.contains(" ok ") && layout.contains("agrees with pagemap"), "{layout}");
+}
+
+#[test]
+fn check_without_privileges_names_what_is_missing_and_fails() {
+    if !damon_user::test_support::privileged(
+        "check_without_privileges_names_what_is_missing_and_fails",
+    ) {
+        return;
+    }
+    let out = udamon_as_nobody(&["check"]).expect("setpriv (util-linux) drops to nobody");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert!(
+        verdict
+            .starts_with("monitoring: NOT possible; missing: CAP_BPF, CAP_PERFMON, CAP_SYS_NICE"),
+        "{verdict}"
+    );
+    assert!(stdout.lines().any(|l| l.starts_with("tp_btf + bpf_loop") && l.contains("skipped")));
+    assert!(text(&out.stderr).is_empty(), "no panic or noise on stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn unknown_subcommand_and_flag_are_usage_errors() {
+    for args in [&["frobnicate"][..], &["check", "--jsno"]] {
+        let out = udamon(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains("error:"), "{args:?}: {}", text(&out.stderr));
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_failing_stdout_is_one_error_line_not_a_panic() {
+    let full = std::fs::File::create("/dev/full").expect("/dev/full");
+    let out = Command::new(env!("CARGO_BIN_EXE_udamon"))
+        .args(["check", "--json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("udamon: cannot write the output:"), "{stderr}");
+}
+
+#[test]
+fn sim_compare_prints_one_row_per_policy() {
+    let out = udamon(&["sim", "stairs", "--compare"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("stairs: 800 aggregations (80 warm-up), seed 1, max_nr_regions 24"),
+        "{stdout}"
+    );
+    assert!(lines[1].starts_with("policy") && lines[1].contains("detection (aggregations)"));
+    let policies: Vec<&str> =
+        lines[2..].iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(policies, ["legacy", "age-zero", "fraction", "adaptive"]);
+}
+
+#[test]
+fn sim_json_has_the_metrics_and_overrides_apply() {
+    let out =
+        udamon(&["sim", "stairs", "--maxr", "30", "--duration", "20s", "--seed", "9", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["policy"], "adaptive", "the default policy");
+    assert_eq!(report["max_nr_regions"], 30);
+    assert_eq!(report["seed"], 9);
+    assert_eq!(report["aggregations"], 200);
+    for key in ["effective_regions", "error", "splits", "wasted_splits", "cost"] {
+        assert!(report[key].is_number(), "{key}");
+    }
+    assert_eq!(
+        report["detections"].as_array().unwrap().len(),
+        6,
+        "steps at 5, 10, 15 s: two areas each"
+    );
+}
+
+#[test]
+fn a_printed_scenario_runs_the_same_from_its_file() {
+    let printed = udamon(&["sim", "stairs", "--print-scenario", "--duration", "15s"]);
+    assert!(printed.status.success());
+    let file = std::env::temp_dir().join(format!("udamon-stairs-{}.toml", std::process::id()));
+    std::fs::write(&file, &printed.stdout).unwrap();
+    let from_file = udamon(&["sim", file.to_str().unwrap(), "--json"]);
+    let _ = std::fs::remove_file(&file);
+    let builtin = udamon(&["sim", "stairs", "--duration", "15s", "--json"]);
+    assert!(from_file.status.success(), "{}", text(&from_file.stderr));
+    assert_eq!(text(&from_file.stdout), text(&builtin.stdout));
+}
+
+#[test]
+fn sim_bad_input_is_one_line_and_exit_2() {
+    let bad_file = std::env::temp_dir().join(format!("udamon-bad-{}.toml", std::process::id()));
+    std::fs::write(&bad_file, "name = \"x\"\nsize = \"1GiB\"\nduration = \"10s\"\n[[ranges]]\nstart = 0\nend = \"2GiB\"\nprobability = 0.5\n").unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["sim", "no-such-scenario"],
+            "unknown scenario `no-such-scenario`: not a built-in (seed-corner, seed-reproducer, stairs) and no such file",
+        ),
+        (
+            &["sim", bad_file.to_str().unwrap()],
+            "ranges[0]: end 2GiB is beyond the space's size 1GiB",
+        ),
+        (
+            &["sim", "stairs", "--maxr", "5"],
+            "min_nr_regions (10) must not exceed max_nr_regions (5)",
+        ),
+        (&["sim", "stairs", "--sample", "5 parsecs"], "--sample: unknown time unit `parsecs`"),
+        (
+            &["sim", "stairs", "--aggr", "1ms"],
+            "the sample interval (5000 us) must not exceed the aggregation interval (1000 us)",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = udamon(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("udamon: ") && stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    let _ = std::fs::remove_file(&bad_file);
+    let conflicting = udamon(&["sim", "stairs", "--compare", "--policy", "legacy"]);
+    assert_eq!(conflicting.status.code(), Some(2));
+}
+
+#[test]
+fn sim_runs_average_over_consecutive_seeds() {
+    let out =
+        udamon(&["sim", "stairs", "--compare", "--runs", "2", "--duration", "20s", "--seed", "4"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .starts_with("stairs: 200 aggregations (20 warm-up), means over seeds 4..=5,")
+    );
+    let json = udamon(&["sim", "stairs", "--runs", "3", "--duration", "20s", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["runs"], 3);
+    assert_eq!(report["detections"].as_array().unwrap().len(), 3 * 6, "every run's detections");
+    assert_eq!(udamon(&["sim", "stairs", "--runs", "0"]).status.code(), Some(2));
+}

@@ -1,0 +1,121 @@
+//! End to end: `udamon demo` monitors its built-in workload through the real eBPF data plane;
+//! what it reports must match the workload's known layout.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Size-weighted mean access rate over `[start, end)` in one snapshot.
+fn rate(snapshot: &Value, start: u64, end: u64) -> Option<f64> {
+    let samples = snapshot["samples"].as_f64()?;
+    let (mut bytes, mut weighted) = (0.0, 0.0);
+    for r in snapshot["targets"][0]["regions"].as_array()? {
+        let (s, e) = (r["start"].as_u64()?, r["end"].as_u64()?);
+        let overlap = end.min(e).saturating_sub(start.max(s)) as f64;
+        bytes += overlap;
+        weighted += overlap * r["nr_accesses"].as_f64()? / samples;
+    }
+    (bytes > 0.0).then(|| weighted / bytes)
+}
+
+fn seconds(v: &Value) -> f64 {
+    v["secs"].as_f64().unwrap_or(0.0) + v["nanos"].as_f64().unwrap_or(0.0) / 1e9
+}
+
+const OUR_PROGRAMS: [&str; 3] = ["walk_on_lock", "page_fault_user", "peek"];
+
+fn ours_loaded() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|name| OUR_PROGRAMS.contains(&name.as_str()))
+        .collect()
+}
+
+#[test]
+fn demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded() {
+    if !damon_user::test_support::privileged(
+        "demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded",
+    ) {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_udamon"))
+        .args(["demo", "--duration", "8s", "--phase-change", "4s", "--json", "--seed", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    let areas = lines[0]["layout"]["areas"].as_array().expect("the layout first").clone();
+    let snapshots: Vec<&Value> = lines.iter().filter_map(|l| l.get("snapshot")).collect();
+    let summary = &lines.last().unwrap()["summary"];
+    assert!(snapshots.len() >= 70, "{} snapshots in 8 s", snapshots.len());
+    assert!(summary["counters"]["checks"].as_u64().unwrap() > 0);
+
+    // Settled, away from the phase change: over the run, hot areas read near the maximum and
+    // cold ones near zero. (Single windows can dip together when the workload is descheduled.)
+    let settled: Vec<&Value> = snapshots
+        .iter()
+        .copied()
+        .filter(|s| {
+            let t = seconds(&s["elapsed"]);
+            (1.5..3.8).contains(&t) || t > 5.0
+        })
+        .collect();
+    for area in &areas {
+        let (start, end) = (area["start"].as_u64().unwrap(), area["end"].as_u64().unwrap());
+        let name = area["name"].as_str().unwrap();
+        let rates: Vec<(f64, f64)> = settled
+            .iter()
+            .map(|s| (seconds(&s["elapsed"]), rate(s, start, end).unwrap()))
+            .collect();
+        let hot_from = if name == "hole" {
+            4.0
+        } else if area["hot"].as_bool().unwrap() {
+            0.0
+        } else {
+            f64::MAX
+        };
+        let (hot, cold): (Vec<_>, Vec<_>) = rates.iter().partition(|(t, _)| *t > hot_from);
+        if !hot.is_empty() {
+            let mean = hot.iter().map(|(_, r)| r).sum::<f64>() / hot.len() as f64;
+            assert!(mean >= 0.8, "{name} read {mean:.2} on average while hot");
+        }
+        for (t, r) in cold {
+            assert!(r <= 0.05, "{name} read {r:.2} at {t:.1} s while cold");
+        }
+    }
+
+    // The cold hole turns hot at 4 s: within 5 aggregations it reads like the always-hot areas.
+    let hole = areas.iter().find(|a| a["name"] == "hole").unwrap();
+    let (start, end) = (hole["start"].as_u64().unwrap(), hole["end"].as_u64().unwrap());
+    let always_hot: Vec<(u64, u64)> = areas
+        .iter()
+        .filter(|a| a["hot"].as_bool().unwrap())
+        .map(|a| (a["start"].as_u64().unwrap(), a["end"].as_u64().unwrap()))
+        .collect();
+    let after: Vec<&&Value> = snapshots.iter().filter(|s| seconds(&s["elapsed"]) > 4.0).collect();
+    let seen = after.iter().position(|s| {
+        let hot = always_hot.iter().map(|&(a, b)| rate(s, a, b).unwrap()).sum::<f64>()
+            / always_hot.len() as f64;
+        rate(s, start, end).unwrap() >= 0.8 * hot
+    });
+    assert!(seen.is_some_and(|i| i < 5), "hole seen hot after {seen:?} aggregations");
+
+    // The hole is first touched then (nothing touches it before): its 4096 page faults reach
+    // the regions as hints.
+    let faults: u64 = snapshots
+        .iter()
+        .flat_map(|s| s["targets"][0]["regions"].as_array().unwrap())
+        .filter(|r| r["start"].as_u64().unwrap() < end && r["end"].as_u64().unwrap() > start)
+        .map(|r| r["faults"].as_u64().unwrap())
+        .sum();
+    assert!(faults >= 4096 * 9 / 10, "{faults} page faults reported in the hole's 4096 pages");
+
+    // Nothing of ours stays in the kernel once udamon has exited.
+    let left = ours_loaded();
+    assert!(left.is_empty(), "still loaded after exit: {left:?}");
+}

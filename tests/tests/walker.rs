@@ -1,0 +1,134 @@
+//! The eBPF page-table walker and the vaddr operations against a child with a known layout.
+
+use std::time::{Duration, Instant};
+
+use damon_user::{
+    engine::Attrs,
+    monitor::{Event, Monitor, MonitorConfig},
+    pidfd::PidFd,
+    vaddr::{leaf::Leaf, pagemap, walker::Walker},
+};
+use tests::{Child, HUGE, PAGE};
+
+/// Clears what is marked accessed, the way the vaddr operations do: whole pages, by leaf size.
+fn clear_accessed(walker: &mut Walker, target: &PidFd, addrs: &[u64], leaves: &mut Vec<Leaf>) {
+    walker.walk(target, addrs, leaves).unwrap();
+    let pages: Vec<(u64, u64)> = addrs
+        .iter()
+        .zip(leaves.iter())
+        .filter(|(_, l)| l.accessed())
+        .map(|(&a, l)| (a, l.page_size().unwrap()))
+        .collect();
+    walker.clear(target, &pages).unwrap();
+}
+
+#[test]
+fn accessed_bits_follow_the_child_over_a_thousand_rounds() {
+    if !damon_user::test_support::privileged(
+        "accessed_bits_follow_the_child_over_a_thousand_rounds",
+    ) {
+        return;
+    }
+    let child = Child::spawn(256);
+    let mut walker = Walker::new().unwrap();
+    let target = PidFd::open(child.pid).unwrap();
+    let addrs: Vec<u64> = (0..child.pages).map(|i| child.page(i)).collect();
+    let mut leaves = Vec::new();
+    let (mut right, mut checks) = (0u64, 0u64);
+    for _ in 0..1000 {
+        clear_accessed(&mut walker, &target, &addrs, &mut leaves);
+        std::thread::sleep(Duration::from_millis(5));
+        walker.walk(&target, &addrs, &mut leaves).unwrap();
+        for (i, leaf) in leaves.iter().enumerate() {
+            checks += 1;
+            right += (leaf.accessed() == Child::is_hot(i)) as u64;
+        }
+    }
+    child.stop();
+    let share = right as f64 / checks as f64;
+    eprintln!("{right} of {checks} checks right");
+    assert!(share >= 0.99, "{right} of {checks} checks right ({:.2} %)", share * 100.0);
+}
+
+#[test]
+fn frames_agree_with_pagemap() {
+    if !damon_user::test_support::privileged("frames_agree_with_pagemap") {
+        return;
+    }
+    let child = Child::spawn(64);
+    let mut walker = Walker::new().unwrap();
+    let target = PidFd::open(child.pid).unwrap();
+    let mut addrs: Vec<u64> = (0..child.pages).map(|i| child.page(i)).collect();
+    addrs.extend([child.huge as u64 + 5 * PAGE as u64, (child.huge + HUGE) as u64]);
+    let mut leaves = Vec::new();
+    walker.walk(&target, &addrs, &mut leaves).unwrap();
+    let map = pagemap::Pagemap::open(child.pid).unwrap();
+    for (&addr, leaf) in addrs.iter().zip(&leaves) {
+        let walked = leaf.physical(addr).map(|p| p >> 12);
+        let expected = map.frame(addr).unwrap();
+        assert!(walked.is_some(), "{addr:#x} not mapped: {leaf:?}");
+        assert_eq!(walked, expected, "frame of {addr:#x}");
+    }
+    child.stop();
+}
+
+#[test]
+fn huge_pages_are_cleared_whole_and_never_split() {
+    if !damon_user::test_support::privileged("huge_pages_are_cleared_whole_and_never_split") {
+        return;
+    }
+    let child = Child::spawn(8);
+    let before = child.anon_huge_kib();
+    if before < 4096 {
+        eprintln!("note: THP gave the child only {before} kB of huge pages; checking those");
+    }
+    let mut walker = Walker::new().unwrap();
+    let target = PidFd::open(child.pid).unwrap();
+    // Addresses inside the huge pages, not at their starts: the clear must widen them.
+    let addrs: Vec<u64> = (0..64).map(|i| (child.huge + i * 16 * PAGE + 3 * PAGE) as u64).collect();
+    let mut leaves = Vec::new();
+    for _ in 0..200 {
+        clear_accessed(&mut walker, &target, &addrs, &mut leaves);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    walker.walk(&target, &addrs, &mut leaves).unwrap();
+    let after = child.anon_huge_kib();
+    child.stop();
+    assert_eq!(after, before, "AnonHugePages changed: a huge page was split");
+    if before >= 4096 {
+        assert!(leaves.iter().all(|l| matches!(l, Leaf::Pmd(_))), "{leaves:?}");
+    }
+}
+
+#[test]
+fn a_target_that_exits_is_dropped_and_reported() {
+    if !damon_user::test_support::privileged("a_target_that_exits_is_dropped_and_reported") {
+        return;
+    }
+    let child = Child::spawn(32);
+    let config = MonitorConfig {
+        attrs: Attrs::default(),
+        policy: Default::default(),
+        version: Default::default(),
+        seed: 1,
+    };
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let monitor = Monitor::start(config, &[child.pid], tx).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    child.stop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut snapshots = 0;
+    let mut gone = None;
+    while gone.is_none() && Instant::now() < deadline {
+        match events.try_recv() {
+            Ok(Event::Snapshot(_)) => snapshots += 1,
+            Ok(Event::TargetGone(pid)) => gone = Some(pid),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert_eq!(gone, Some(child.pid), "the exit was not reported");
+    assert!(snapshots >= 3, "only {snapshots} snapshots before the exit");
+    // With no target left the sampler ends by itself, cleanly.
+    let summary = monitor.join().unwrap();
+    assert!(summary.counters.aggregations >= 3);
+}

@@ -1,0 +1,157 @@
+//! `cargo xtask`: the project's build, run, test and benchmark entry points. Every command that
+//! builds runs `setup` first, so a fresh machine needs nothing installed by hand.
+
+mod setup;
+
+use std::{
+    env,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run, test and benchmark udamon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build needs (nightly rust-src, LLVM 22 dev files, bpf-linker); idempotent.
+    Setup,
+    /// Build only the eBPF object, into target/ebpf/damon-ebpf.
+    BuildEbpf,
+    /// Build everything (release).
+    Build,
+    /// Build, then run `udamon ARGS` (default: the main job).
+    Run {
+        /// Arguments for udamon, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit, integration and privileged (which fail instead of skipping under CI=true).
+    Test,
+    /// Run the benchmarks and print their figures.
+    Bench,
+}
+
+/// What `cargo xtask run` runs without arguments.
+const MAIN_JOB: &[&str] = &["demo"];
+
+fn main() {
+    let result = env::set_current_dir(workspace_root())
+        .context("cannot enter the workspace root")
+        .and_then(|()| match Cli::parse().command {
+            Cmd::Setup => setup::run(),
+            Cmd::BuildEbpf => setup::run().and_then(|()| build_ebpf()),
+            Cmd::Build => setup::run().and_then(|()| build()),
+            Cmd::Run { args } => setup::run().and_then(|()| build()).and_then(|()| run(&args)),
+            Cmd::Test => setup::run().and_then(|()| test()),
+            Cmd::Bench => setup::run().and_then(|()| bench()),
+        });
+    if let Err(err) = result {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+/// The same aya-build call damon-user's build script makes, with the environment cargo would give it.
+fn build_ebpf() -> Result<()> {
+    let out_dir = workspace_root().join("target/ebpf");
+    std::fs::create_dir_all(&out_dir)?;
+    let endian = if cfg!(target_endian = "little") { "little" } else { "big" };
+    // SAFETY: single-threaded here; aya-build reads these as a build script would.
+    unsafe {
+        env::set_var("OUT_DIR", &out_dir);
+        env::set_var("CARGO_CFG_TARGET_ENDIAN", endian);
+        env::set_var("CARGO_CFG_TARGET_ARCH", env::consts::ARCH);
+    }
+    let root_dir = workspace_root().join("damon-ebpf");
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "damon-ebpf",
+            root_dir: root_dir.to_str().context("workspace path is not UTF-8")?,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Nightly,
+    )?;
+    let object = out_dir.join("damon-ebpf");
+    let size = std::fs::metadata(&object)
+        .with_context(|| format!("{} was not built", object.display()))?
+        .len();
+    println!("eBPF object: {} ({} KiB)", object.display(), size / 1024);
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run_command(cargo().args(["build", "--release"]))
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let args: Vec<&str> =
+        if args.is_empty() { MAIN_JOB.to_vec() } else { args.iter().map(String::as_str).collect() };
+    let binary = workspace_root().join("target/release/udamon");
+    // exec: udamon gets the terminal's signals and its exit code is ours.
+    let err = Command::new(&binary).args(&args).exec();
+    bail!("cannot run {}: {err}", binary.display())
+}
+
+fn test() -> Result<()> {
+    run_command(cargo().args(["fmt", "--all", "--check"]))?;
+    run_command(cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate is not a default member: lint it for its own target, on nightly.
+    run_command(
+        Command::new("rustup")
+            .args([
+                "run",
+                setup::NIGHTLY,
+                "cargo",
+                "clippy",
+                "--release",
+                "--package",
+                "damon-ebpf",
+            ])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--target-dir", "target/ebpf-lint", "--", "-D", "warnings"])
+            // Set by the outer (stable) cargo; they would pin the stable compiler.
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+    )?;
+    run_command(cargo().args(["test", "--release"]))
+}
+
+/// Every benchmark, each printing its figures; the README quotes them beside this command.
+fn bench() -> Result<()> {
+    for bench in ["engine", "vaddr"] {
+        run_command(cargo().args(["bench", "--package", "damon-user", "--bench", bench]))?;
+    }
+    Ok(())
+}
+
+/// The cargo that runs xtask (stable), for the workspace's host crates.
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run_command(command: &mut Command) -> Result<()> {
+    let shown = format!(
+        "{} {}",
+        command.get_program().display(),
+        command.get_args().map(|a| a.display().to_string()).collect::<Vec<_>>().join(" ")
+    );
+    eprintln!("xtask: {shown}");
+    let status = command.status().with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! `cargo xtask setup`: installs what building the eBPF object needs on a fresh Debian 12 machine.
+//!
+//! Every step first checks whether it is already satisfied, so running it again costs a few
+//! process spawns. A step that cannot be done here stops with the exact command to run by hand.
+
+use std::{
+    env,
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Result, bail};
+
+pub const NIGHTLY: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "LLVM_PREFIX=/usr/lib/llvm-22";
+const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
+
+pub fn run() -> Result<()> {
+    let cargo_bin = cargo_bin_dir();
+    prepend_to_path(&cargo_bin);
+
+    step(
+        "nightly toolchain",
+        nightly_installed,
+        &["rustup", "toolchain", "install", NIGHTLY, "--profile", "minimal"],
+    )?;
+    step(
+        "nightly rust-src",
+        rust_src_installed,
+        &["rustup", "component", "add", "rust-src", "--toolchain", NIGHTLY],
+    )?;
+    if bpf_linker_ok() {
+        eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} ... present");
+        return Ok(());
+    }
+    // bpf-linker links against the system LLVM, which must match nightly's LLVM major (22).
+    if !llvm_dev_installed() {
+        install_llvm_dev()?;
+    }
+    // bpf-linker's build takes the first `llvm-config` on PATH (Debian's default may be LLVM 14)
+    // unless LLVM_PREFIX names the one to use.
+    step(
+        "bpf-linker",
+        bpf_linker_ok,
+        &[
+            LLVM_PREFIX,
+            "cargo",
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+            "--locked",
+        ],
+    )
+}
+
+/// Checks `done`; if not, runs `cmd` and checks again.
+fn step(name: &str, done: fn() -> bool, cmd: &[&str]) -> Result<()> {
+    if done() {
+        eprintln!("setup: {name} ... present");
+        return Ok(());
+    }
+    eprintln!("setup: {name} ... installing: {}", cmd.join(" "));
+    if !run_ok(cmd) || !done() {
+        bail!(
+            "setup: could not install {name}; run this yourself, then retry:\n    {}",
+            cmd.join(" ")
+        );
+    }
+    eprintln!("setup: {name} ... installed");
+    Ok(())
+}
+
+fn install_llvm_dev() -> Result<()> {
+    let install: Vec<&str> = ["apt-get", "install", "-y", "--no-install-recommends"]
+        .into_iter()
+        .chain(LLVM_PACKAGES)
+        .collect();
+    let manual = format!("apt-get update && {}", install.join(" "));
+    if !is_root() {
+        bail!(
+            "setup: LLVM 22 development files are missing and installing them needs root; run as root, then retry:\n    {manual}"
+        );
+    }
+    eprintln!("setup: LLVM 22 dev files ... installing: {}", install.join(" "));
+    // A fresh image's package lists may predate llvm-22 in bookworm-security: refresh once on failure.
+    let ok = run_ok(&install) || (run_ok(&["apt-get", "update"]) && run_ok(&install));
+    if !ok || !llvm_dev_installed() {
+        bail!(
+            "setup: could not install LLVM 22 development files; run this yourself, then retry:\n    {manual}"
+        );
+    }
+    eprintln!("setup: LLVM 22 dev files ... installed");
+    Ok(())
+}
+
+fn nightly_installed() -> bool {
+    output(&["rustup", "toolchain", "list"])
+        .is_some_and(|out| out.lines().any(|line| line.starts_with(&format!("{NIGHTLY}-"))))
+}
+
+fn rust_src_installed() -> bool {
+    output(&["rustup", "component", "list", "--installed", "--toolchain", NIGHTLY])
+        .is_some_and(|out| out.lines().any(|line| line.starts_with("rust-src")))
+}
+
+fn bpf_linker_ok() -> bool {
+    output(&["bpf-linker", "--version"])
+        .is_some_and(|out| out.split_whitespace().any(|word| word == BPF_LINKER_VERSION))
+}
+
+fn llvm_dev_installed() -> bool {
+    let mut query = vec!["dpkg-query", "-W", "-f=${Status}\n"];
+    query.extend(LLVM_PACKAGES);
+    output(&query).is_some_and(|out| {
+        out.lines().filter(|line| line.ends_with(" installed")).count() == LLVM_PACKAGES.len()
+    })
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
+}
+
+/// Where `cargo install` puts binaries; put first on PATH so aya-build finds bpf-linker there.
+fn cargo_bin_dir() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn prepend_to_path(dir: &PathBuf) {
+    let old = env::var_os("PATH").unwrap_or_default();
+    if env::split_paths(&old).any(|p| &p == dir) {
+        return;
+    }
+    let new = env::join_paths(std::iter::once(dir.clone()).chain(env::split_paths(&old)))
+        .expect("PATH entries contain no separator");
+    // SAFETY: xtask is single-threaded; nothing reads the environment concurrently.
+    unsafe { env::set_var("PATH", new) };
+}
+
+/// Runs `cmd`, whose leading `NAME=value` words are environment assignments as in a shell.
+fn run_ok(cmd: &[&str]) -> bool {
+    let split = cmd.iter().position(|word| !word.contains('=')).unwrap_or(cmd.len());
+    let (assignments, argv) = cmd.split_at(split);
+    let Some((program, args)) = argv.split_first() else {
+        return false;
+    };
+    Command::new(program)
+        .args(args)
+        .envs(assignments.iter().filter_map(|a| a.split_once('=')))
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn output(cmd: &[&str]) -> Option<String> {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
