@@ -1,6 +1,7 @@
 //! udamon: DAMON-style memory access monitoring from userspace, with an eBPF data plane.
 
 pub mod anon;
+pub mod atomic_file;
 pub mod btf;
 pub mod caps;
 pub mod check;
@@ -11,6 +12,8 @@ pub mod faults;
 pub mod kernel;
 pub mod monitor;
 pub mod pidfd;
+pub mod record;
+pub mod report;
 pub mod sim;
 pub mod table;
 #[doc(hidden)]

@@ -51,7 +51,7 @@ fn main() {
             Cmd::BuildEbpf => setup::run().and_then(|()| build_ebpf()),
             Cmd::Build => setup::run().and_then(|()| build()),
             Cmd::Run { args } => setup::run().and_then(|()| build()).and_then(|()| run(&args)),
-            Cmd::Test => setup::run().and_then(|()| test()),
+            Cmd::Test => setup::run().and_then(|()| test(&setup::test_tools()?)),
             Cmd::Bench => setup::run().and_then(|()| bench()),
         });
     if let Err(err) = result {
@@ -105,7 +105,7 @@ fn run(args: &[String]) -> Result<()> {
     bail!("cannot run {}: {err}", binary.display())
 }
 
-fn test() -> Result<()> {
+fn test(damo: &Path) -> Result<()> {
     run_command(cargo().args(["fmt", "--all", "--check"]))?;
     run_command(cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))?;
     // The eBPF crate is not a default member: lint it for its own target, on nightly.
@@ -126,7 +126,8 @@ fn test() -> Result<()> {
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER"),
     )?;
-    run_command(cargo().args(["test", "--release"]))
+    // Tests that need the real damo find it here (and fail under CI=true without it).
+    run_command(cargo().args(["test", "--release"]).env("UDAMON_DAMO", damo))
 }
 
 /// Every benchmark, each printing its figures; the README quotes them beside this command.

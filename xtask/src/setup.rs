@@ -59,6 +59,42 @@ pub fn run() -> Result<()> {
     )
 }
 
+const DAMO_VERSION: &str = "3.4.3";
+
+/// What the tests use besides the build: the real damo (PyPI) in a virtualenv under target/,
+/// to read our records. Returns the `damo` executable.
+pub fn test_tools() -> Result<PathBuf> {
+    let venv = PathBuf::from("target/test-tools/damo-venv");
+    let damo = std::path::absolute(venv.join("bin/damo"))?;
+    let installed = || {
+        output(&[damo.to_str().unwrap_or("damo"), "version"]).is_some_and(|v| v.trim() == DAMO_VERSION)
+    };
+    if installed() {
+        eprintln!("setup: damo {DAMO_VERSION} ... present");
+        return Ok(damo);
+    }
+    let venv_str = venv.to_str().expect("a UTF-8 path");
+    if !run_ok(&["python3", "-m", "venv", "--clear", venv_str]) {
+        // Debian ships venv separately.
+        let install = ["apt-get", "install", "-y", "--no-install-recommends", "python3-venv"];
+        if !is_root()
+            || !(run_ok(&install) || (run_ok(&["apt-get", "update"]) && run_ok(&install)))
+            || !run_ok(&["python3", "-m", "venv", "--clear", venv_str])
+        {
+            bail!("setup: cannot create a Python virtualenv for damo; run this yourself, then retry:\n    {} && python3 -m venv {venv_str}", install.join(" "));
+        }
+    }
+    let pip = venv.join("bin/pip");
+    let spec = format!("damo=={DAMO_VERSION}");
+    let cmd = [pip.to_str().expect("a UTF-8 path"), "install", "--quiet", &spec];
+    eprintln!("setup: damo {DAMO_VERSION} ... installing: {}", cmd.join(" "));
+    if !run_ok(&cmd) || !installed() {
+        bail!("setup: could not install damo; run this yourself, then retry:\n    {}", cmd.join(" "));
+    }
+    eprintln!("setup: damo {DAMO_VERSION} ... installed");
+    Ok(damo)
+}
+
 /// Checks `done`; if not, runs `cmd` and checks again.
 fn step(name: &str, done: fn() -> bool, cmd: &[&str]) -> Result<()> {
     if done() {

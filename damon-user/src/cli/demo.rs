@@ -8,18 +8,11 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use clap::Args;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::SignalKind,
-    sync::mpsc,
-};
 
-use super::{Failure, emit, options::MonitoringArgs};
+use super::{Failure, emit, options::MonitoringArgs, session};
 use crate::{
     check,
-    engine::Attrs,
-    faults::FaultStream,
-    monitor::{Event, Monitor, MonitorConfig, Snapshot, Summary},
+    monitor::{Event, Snapshot, Summary},
     table::{self, Align},
     units::{format_size, parse_duration_us},
     workload::Layout,
@@ -65,28 +58,22 @@ pub(super) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     let duration = Duration::from_micros(input(parse_duration_us(&args.duration), "duration")?);
     let phase_change =
         Duration::from_micros(input(parse_duration_us(&args.phase_change), "phase-change")?);
-    let mut attrs = Attrs::default();
-    args.monitoring.apply(&mut attrs).map_err(Failure::Input)?;
-    attrs.validate().map_err(Failure::Input)?;
+    let config = args.monitoring.monitor_config().map_err(Failure::Input)?;
     check::require_monitoring().map_err(Failure::Runtime)?;
-    let config = MonitorConfig {
-        attrs,
-        policy: args.monitoring.policy,
-        version: args.monitoring.core_version,
-        seed: args.monitoring.seed.unwrap_or_else(rand_seed),
+    let (_workload, layout) = spawn_workload(phase_change).map_err(Failure::Runtime)?;
+    if args.json {
+        emit(&(serde_json::json!({ "layout": layout }).to_string() + "\n"))?;
+    }
+    let pids = [layout.pid];
+    let run = session::run(config, &pids, Some(duration), |e| show(&args, &layout, e));
+    let (summary, _) = session::runtime()?.block_on(run)?;
+    let text = if args.json {
+        serde_json::json!({ "summary": summary }).to_string() + "\n"
+    } else {
+        summary_line(&summary)
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")
-        .map_err(Failure::Runtime)?;
-    runtime.block_on(demo(&args, config, duration, phase_change))
-}
-
-fn rand_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    emit(&text)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn spawn_workload(phase_change: Duration) -> anyhow::Result<(Workload, Layout)> {
@@ -105,80 +92,6 @@ fn spawn_workload(phase_change: Duration) -> anyhow::Result<(Workload, Layout)> 
     let layout = serde_json::from_str(&line)
         .map_err(|_| anyhow!("the workload did not report its layout"))?;
     Ok((workload, layout))
-}
-
-async fn demo(
-    args: &DemoArgs,
-    config: MonitorConfig,
-    duration: Duration,
-    phase_change: Duration,
-) -> Result<ExitCode, Failure> {
-    let (_workload, layout) = spawn_workload(phase_change).map_err(Failure::Runtime)?;
-    if args.json {
-        emit(&(serde_json::json!({ "layout": layout }).to_string() + "\n"))?;
-    }
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let monitor = Monitor::start(config, &[layout.pid], events_tx).map_err(Failure::Runtime)?;
-    // Page faults are hints, not essential: go on without them if they cannot be had here.
-    let mut faults = FaultStream::new()
-        .and_then(|mut stream| {
-            stream.add_target(layout.pid)?;
-            // SAFETY: the descriptor is the stream's own ring buffer, open for as long as the
-            // stream lives inside the AsyncFd.
-            unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) }
-                .map_err(|err| anyhow!("cannot watch the fault ring buffer: {err}"))
-        })
-        .map_err(|err| eprintln!("udamon: going on without page-fault hints: {err:#}"))
-        .ok();
-    let fault_feed = monitor.faults();
-    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    let end = tokio::time::sleep(duration);
-    tokio::pin!(end);
-    loop {
-        tokio::select! {
-            _ = &mut end => break,
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-            event = events.recv() => match event {
-                Some(event) => show(args, &layout, event)?,
-                None => break, // the sampler ended: every target gone, or an error
-            },
-            _ = async {
-                match faults.as_mut() {
-                    Some(stream) => forward_faults(stream, &fault_feed).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-        }
-    }
-    monitor.stop();
-    while let Ok(event) = events.try_recv() {
-        show(args, &layout, event)?;
-    }
-    let summary = monitor.join().map_err(Failure::Runtime)?;
-    let text = if args.json {
-        serde_json::json!({ "summary": summary }).to_string() + "\n"
-    } else {
-        summary_line(&summary)
-    };
-    emit(&text)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Waits for page faults and hands them to the sampler.
-async fn forward_faults(
-    stream: &mut AsyncFd<FaultStream>,
-    feed: &std::sync::mpsc::Sender<(u32, u64)>,
-) {
-    if let Ok(mut ready) = stream.readable_mut().await {
-        ready.get_inner_mut().drain(|fault| {
-            let _ = feed.send((fault.tgid, fault.addr));
-        });
-        ready.clear_ready();
-    }
 }
 
 fn show(args: &DemoArgs, layout: &Layout, event: Event) -> Result<(), Failure> {

@@ -1,9 +1,15 @@
 //! The `udamon` command line. Exit codes: 0 success, 1 a runtime failure (or `check` finding
 //! monitoring impossible), 2 bad input (usage, options, files).
 
+mod convert;
 mod demo;
+mod monitor;
 mod options;
+mod record;
+mod report;
+mod session;
 mod sim;
+mod targets;
 
 use std::{
     io::{self, Write as _},
@@ -30,8 +36,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    Monitor(monitor::MonitorArgs),
+    Record(record::RecordArgs),
+    Report(report::ReportArgs),
+    Convert(convert::ConvertArgs),
     Sim(sim::SimArgs),
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (e.g. `udamon completions bash > /etc/bash_completion.d/udamon`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// The demo's workload (internal).
     #[command(hide = true)]
     Workload {
@@ -54,7 +69,17 @@ pub(crate) enum Failure {
 pub fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Check { json } => run_check(json),
+        Command::Monitor(args) => monitor::run(args),
+        Command::Record(args) => record::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "udamon", &mut script);
+            emit(&String::from_utf8_lossy(&script))
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Demo(args) => demo::run(args),
         Command::Workload { phase_change, memory_loop } => {
             run_workload(&phase_change, memory_loop.as_deref())

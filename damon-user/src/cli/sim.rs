@@ -49,20 +49,17 @@ pub(super) fn run(args: SimArgs) -> Result<ExitCode, Failure> {
         emit(&scenario.to_toml())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let seed = args.monitoring.seed.unwrap_or(scenario.seed);
+    let m = &args.monitoring;
+    let (seed, version, policy) = (|| anyhow::Ok((m.seed()?, m.core_version()?, m.policy()?)))()
+        .map_err(Failure::Input)?;
+    let seed = seed.unwrap_or(scenario.seed);
     let text = if args.compare {
-        let reports = sim::compare(&scenario, seed, args.runs, args.monitoring.core_version)
-            .map_err(Failure::Runtime)?;
+        let reports =
+            sim::compare(&scenario, seed, args.runs, version).map_err(Failure::Runtime)?;
         if args.json { json(&reports) } else { sim::compare_table(&reports) }
     } else {
-        let report = sim::run_many(
-            &scenario,
-            args.monitoring.policy,
-            seed,
-            args.runs,
-            args.monitoring.core_version,
-        )
-        .map_err(Failure::Runtime)?;
+        let report = sim::run_many(&scenario, policy, seed, args.runs, version)
+            .map_err(Failure::Runtime)?;
         if args.json { json(&report) } else { sim::run_table(&report) }
     };
     emit(&text)?;

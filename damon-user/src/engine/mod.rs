@@ -15,7 +15,7 @@ mod tune;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::{
     attrs::{Attrs, IntervalsGoal},
@@ -30,7 +30,8 @@ use self::{
 };
 
 /// Which kernel's core behaviour to follow where they differ (merge retries, random ranges).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum CoreVersion {
     /// 7.3: ages change once per merge, the threshold stops at its ceiling, full-span sampling.
     #[default]

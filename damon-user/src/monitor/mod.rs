@@ -138,7 +138,7 @@ fn sample(
         ticks: ticker.ticks,
         late_ticks: ticker.late,
         sampler_cpu: cpu(libc::RUSAGE_THREAD),
-        process_cpu: cpu(libc::RUSAGE_SELF),
+        process_cpu: process_cpu(),
         walk_time: Duration::from_nanos(walk.nanoseconds),
         walked_addresses: walk.addresses,
         calls: ops.walker().call_times(),
@@ -150,6 +150,11 @@ fn sample(
 fn raise_priority() {
     // SAFETY: gettid cannot fail; setpriority on our own thread.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) };
+}
+
+/// CPU time (user + system) of this process so far, every thread.
+pub fn process_cpu() -> Duration {
+    cpu(libc::RUSAGE_SELF)
 }
 
 /// CPU time (user + system) of the calling thread or of the process.

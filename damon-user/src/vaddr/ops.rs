@@ -38,6 +38,8 @@ struct Process {
 pub enum TargetError {
     NoSuchProcess(u32),
     KernelThread(u32),
+    /// It exited (or is exiting) before monitoring began.
+    Exited(u32),
     Denied(u32, std::io::Error),
     Other(u32, anyhow::Error),
 }
@@ -49,6 +51,7 @@ impl fmt::Display for TargetError {
             Self::KernelThread(pid) => {
                 write!(f, "pid {pid} is a kernel thread: it has no address space to monitor")
             }
+            Self::Exited(pid) => write!(f, "pid {pid} exited before the first sample"),
             Self::Denied(pid, err) => write!(f, "cannot monitor pid {pid}: {err}"),
             Self::Other(pid, err) => write!(f, "cannot monitor pid {pid}: {err:#}"),
         }
@@ -86,9 +89,17 @@ impl VaddrOps {
             Some(libc::ESRCH) => TargetError::NoSuchProcess(pid),
             _ => TargetError::Denied(pid, err),
         })?;
-        let mappings = maps::read(pid).map_err(|err| TargetError::Other(pid, err))?;
+        let mappings = maps::read(pid).map_err(|err| match err.downcast_ref::<std::io::Error>() {
+            _ if pidfd.exited() => TargetError::Exited(pid),
+            Some(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                TargetError::Denied(pid, std::io::Error::from(io.kind()))
+            }
+            _ => TargetError::Other(pid, err),
+        })?;
         if mappings.is_empty() {
-            return Err(TargetError::KernelThread(pid));
+            // A zombie has no mappings either.
+            let exited = pidfd.exited();
+            return Err(if exited { TargetError::Exited(pid) } else { TargetError::KernelThread(pid) });
         }
         let pagemap = Pagemap::open(pid).map_err(|err| TargetError::Other(pid, err))?;
         self.processes.insert(pid as u64, Process { pidfd, pagemap, mappings, exited: false });

@@ -1,0 +1,29 @@
+//! `udamon convert`: a record from any readable format to any writable one.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Args;
+
+use super::Failure;
+use crate::record::{self, Format};
+
+/// Convert a record file (udamon's or damo's) to another format, as `damo convert_record_format`
+/// does. The output is written atomically.
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// The record to read.
+    #[arg(short, long, value_name = "FILE")]
+    input: PathBuf,
+    /// Where to write the converted record.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// The output format.
+    #[arg(long, value_enum, default_value_t = Format::JsonCompressed)]
+    format: Format,
+}
+
+pub(super) fn run(args: ConvertArgs) -> Result<ExitCode, Failure> {
+    let targets = record::load(&args.input).map_err(Failure::Input)?;
+    record::save(&args.output, &targets, args.format).map_err(Failure::Runtime)?;
+    Ok(ExitCode::SUCCESS)
+}

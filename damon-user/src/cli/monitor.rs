@@ -1,0 +1,112 @@
+//! `udamon monitor`: the live view, one snapshot per aggregation interval (or every Nth).
+
+use std::{process::ExitCode, time::{Duration, Instant}};
+
+use clap::Args;
+
+use super::{
+    Failure, emit,
+    options::MonitoringArgs,
+    session::{self, Ended},
+    targets::TargetArgs,
+};
+use crate::{
+    monitor::{Event, Snapshot, process_cpu},
+    record::{Intervals, RecordedSnapshot},
+    report::access,
+    units::parse_duration_us,
+};
+
+/// Watch processes live: for each aggregation interval, every region's start address, size,
+/// access rate (% of the interval's samples that found an access, and accesses per second),
+/// and age (aggregation intervals the rate has held); a one-line heatmap; the region count; the
+/// working-set size (bytes of regions with any access); and udamon's own CPU use. Stops on
+/// Ctrl-C or SIGTERM, after --duration, or when every target has exited.
+#[derive(Args)]
+pub struct MonitorArgs {
+    #[command(flatten)]
+    targets: TargetArgs,
+    /// Show only every Nth aggregation.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    every: u64,
+    /// Stop after this long (e.g. 30s, 5m); default: until stopped.
+    #[arg(long, value_name = "DURATION")]
+    duration: Option<String>,
+    /// JSON lines instead of tables: one object per target and shown aggregation.
+    #[arg(long)]
+    json: bool,
+    /// Cells in the one-line heatmap.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1024))]
+    heatmap_width: u64,
+    #[command(flatten)]
+    monitoring: MonitoringArgs,
+}
+
+pub fn duration(text: Option<&str>) -> Result<Option<Duration>, Failure> {
+    text.map(|t| {
+        parse_duration_us(t)
+            .map(Duration::from_micros)
+            .map_err(|err| Failure::Input(err.context("--duration")))
+    })
+    .transpose()
+}
+
+pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
+    let config = args.monitoring.monitor_config().map_err(Failure::Input)?;
+    let duration = duration(args.duration.as_deref())?;
+    let (pids, _started) = args.targets.resolve()?;
+    let intervals = Intervals::from(&config.attrs);
+    let mut cpu = (Instant::now(), process_cpu());
+    let mut shown = 0u64;
+    let (summary, ended) = session::runtime()?.block_on(session::run(config, &pids, duration, |event| {
+        match event {
+            Event::TargetGone(pid) => emit(&if args.json {
+                serde_json::json!({ "exited": pid }).to_string() + "\n"
+            } else {
+                format!("pid {pid} exited\n")
+            }),
+            Event::Snapshot(s) if s.aggregation % args.every != 0 => Ok(()),
+            Event::Snapshot(s) => {
+                let now = (Instant::now(), process_cpu());
+                let share = (now.1 - cpu.1).as_secs_f64() / (now.0 - cpu.0).as_secs_f64().max(1e-9);
+                cpu = now;
+                shown += 1;
+                emit(&view(&s, &intervals, share, &args))
+            }
+        }
+    }))?;
+    if shown == 0 && ended == Ended::TargetsGone {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "every target exited before the first aggregation: nothing to show"
+        )));
+    }
+    if !args.json {
+        emit(&format!(
+            "{} aggregations; udamon CPU {:.2} s; late sample ticks {} of {}\n",
+            summary.counters.aggregations,
+            summary.process_cpu.as_secs_f64(),
+            summary.late_ticks,
+            summary.ticks
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn view(s: &Snapshot, intervals: &Intervals, cpu_share: f64, args: &MonitorArgs) -> String {
+    let mut out = String::new();
+    for target in &s.targets {
+        let Some(recorded) = RecordedSnapshot::of(s, target.pid as u64, None) else { continue };
+        let report = access::report(target.pid as u64, s.aggregation as usize, &recorded, intervals);
+        if args.json {
+            let mut value = serde_json::to_value(&report).expect("reports serialize");
+            value["udamon_cpu_percent"] = (100.0 * cpu_share).into();
+            out.push_str(&(value.to_string() + "\n"));
+        } else {
+            out.push_str(&access::render(&report, &recorded, intervals, args.heatmap_width as usize));
+        }
+    }
+    if !args.json {
+        out.push_str(&format!("udamon CPU {:.1} %\n\n", 100.0 * cpu_share));
+    }
+    out
+}

@@ -1,0 +1,111 @@
+//! `udamon record`: snapshots into a damo-format record file, flushed as it goes.
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::anyhow;
+use clap::Args;
+
+use super::{
+    Failure,
+    monitor::duration,
+    options::MonitoringArgs,
+    session::{self, Ended},
+    targets::TargetArgs,
+};
+use crate::{
+    atomic_file,
+    monitor::Event,
+    record::{Format, Intervals, writer::RecordWriter},
+    units::parse_duration_us,
+};
+
+/// Record processes' access snapshots (one per aggregation interval) into a file damo can read.
+/// The file is rewritten atomically every --flush-every, when a target exits, and at the end
+/// (Ctrl-C, SIGTERM, --duration, or every target gone).
+#[derive(Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    targets: TargetArgs,
+    /// The record file.
+    #[arg(short, long, default_value = "damon.data", value_name = "FILE")]
+    output: PathBuf,
+    /// File format: damo's json_compressed (default), json, or perf_script trace text.
+    #[arg(long, value_enum, default_value_t = Format::JsonCompressed)]
+    format: Format,
+    /// Stop after this long (e.g. 30s, 5m); a progress bar shows on a terminal.
+    #[arg(long, value_name = "DURATION")]
+    duration: Option<String>,
+    /// How often the file is rewritten while recording: a crash loses at most this much.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    flush_every: String,
+    #[command(flatten)]
+    monitoring: MonitoringArgs,
+}
+
+pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
+    let config = args.monitoring.monitor_config().map_err(Failure::Input)?;
+    let duration = duration(args.duration.as_deref())?;
+    let flush_every = parse_duration_us(&args.flush_every)
+        .map(Duration::from_micros)
+        .map_err(|err| Failure::Input(err.context("--flush-every")))?;
+    atomic_file::check_writable(&args.output).map_err(Failure::Input)?;
+    let (pids, _started) = args.targets.resolve()?;
+    let intervals = Intervals::from(&config.attrs);
+    let mut writer = RecordWriter::new(args.output.clone(), args.format, &pids, intervals, flush_every);
+    let progress = duration.filter(|_| std::io::stderr().is_terminal()).map(|d| (Instant::now(), d));
+    let result = session::runtime()?.block_on(session::run(config, &pids, duration, |event| {
+        match event {
+            Event::Snapshot(s) => writer.push(&s).map_err(Failure::Runtime)?,
+            Event::TargetGone(pid) => {
+                writer.flush().map_err(Failure::Runtime)?;
+                eprintln!("\rudamon: pid {pid} exited");
+            }
+        }
+        if let Some((started, total)) = progress {
+            draw_progress(started.elapsed(), total, writer.snapshots());
+        }
+        Ok(())
+    }));
+    if progress.is_some() {
+        eprintln!();
+    }
+    // Whatever ended the run, keep what was recorded.
+    let flushed = writer.flush();
+    let (_, ended) = result?;
+    flushed.map_err(Failure::Runtime)?;
+    if writer.snapshots() == 0 {
+        let why = match ended {
+            Ended::TargetsGone => "every target exited before the first aggregation",
+            Ended::Duration | Ended::Signal => "stopped before the first aggregation",
+        };
+        return Err(Failure::Runtime(anyhow!("{why}: nothing recorded, no file written")));
+    }
+    eprintln!(
+        "udamon: {} snapshots written to {} ({})",
+        writer.snapshots(),
+        args.output.display(),
+        args.format
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn draw_progress(elapsed: Duration, total: Duration, snapshots: usize) {
+    const WIDTH: usize = 30;
+    let done = (elapsed.as_secs_f64() / total.as_secs_f64().max(1e-9)).min(1.0);
+    let filled = (done * WIDTH as f64) as usize;
+    let mut stderr = std::io::stderr().lock();
+    let _ = write!(
+        stderr,
+        "\r[{}{}] {:.0}/{:.0} s, {snapshots} snapshots ",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        elapsed.as_secs_f64(),
+        total.as_secs_f64()
+    );
+    let _ = stderr.flush();
+}
