@@ -12,11 +12,23 @@ fn text(bytes: &[u8]) -> String {
 
 /// `udamon` as user nobody with no capabilities, through setpriv (util-linux); needs root.
 fn udamon_as_nobody(args: &[&str]) -> Option<Output> {
+    udamon_as_nobody_with(&[], args)
+}
+
+/// `udamon` as user nobody with only `caps` (e.g. "bpf"), inherited and ambient.
+fn udamon_as_nobody_with(caps: &[&str], args: &[&str]) -> Option<Output> {
     // The binary may sit under a directory nobody cannot enter; run a copy from /tmp.
     let copy = std::env::temp_dir().join(format!("udamon-cli-test-{}", std::process::id()));
     std::fs::copy(env!("CARGO_BIN_EXE_udamon"), &copy).ok()?;
+    let caps = if caps.is_empty() {
+        vec!["--inh-caps=-all".to_owned()]
+    } else {
+        let list = caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",");
+        vec![format!("--inh-caps={list}"), format!("--ambient-caps={list}")]
+    };
     let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(caps)
         .arg(&copy)
         .args(args)
         .current_dir("/")
@@ -224,4 +236,43 @@ fn sim_runs_average_over_consecutive_seeds() {
     assert_eq!(report["runs"], 3);
     assert_eq!(report["detections"].as_array().unwrap().len(), 3 * 6, "every run's detections");
     assert_eq!(udamon(&["sim", "stairs", "--runs", "0"]).status.code(), Some(2));
+}
+
+#[test]
+fn monitoring_errors_are_one_line_with_the_right_exit_code() {
+    if !damon_user::test_support::privileged(
+        "monitoring_errors_are_one_line_with_the_right_exit_code",
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("udamon-cli-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = dir.join("never.data");
+    let record = record.to_str().unwrap();
+    let cases: [(&[&str], i32, &str); 6] = [
+        (&["monitor", "4194305"], 2, "no process with pid 4194305"),
+        (&["monitor", "2"], 2, "kernel thread"),
+        (&["monitor"], 2, "nothing to monitor"),
+        (&["record", "-o", record, "1", "--", "true"], 2, "not both"),
+        (&["monitor", "--", "/no/such/program"], 2, "cannot run `/no/such/program`"),
+        // Gone before the first sample: a runtime failure, and no file.
+        (&["record", "-o", record, "--", "true"], 1, "exited before the first"),
+    ];
+    for (args, code, expected) in cases {
+        let out = udamon(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    assert!(!std::path::Path::new(record).exists(), "a failed record left a file");
+    // Privileges: none at all, then all but the one that reads another user's process.
+    let out = udamon_as_nobody(&["monitor", "1"]).expect("setpriv");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("missing CAP_BPF"), "{}", text(&out.stderr));
+    let caps = ["bpf", "perfmon", "sys_admin", "sys_nice"];
+    let out = udamon_as_nobody_with(&caps, &["monitor", "1"]).expect("setpriv");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr).trim(), "udamon: cannot monitor pid 1: permission denied");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

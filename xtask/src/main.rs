@@ -52,7 +52,7 @@ fn main() {
             Cmd::Build => setup::run().and_then(|()| build()),
             Cmd::Run { args } => setup::run().and_then(|()| build()).and_then(|()| run(&args)),
             Cmd::Test => setup::run().and_then(|()| test(&setup::test_tools()?)),
-            Cmd::Bench => setup::run().and_then(|()| bench()),
+            Cmd::Bench => setup::run().and_then(|()| bench(&setup::test_tools()?)),
         });
     if let Err(err) = result {
         eprintln!("xtask: {err:#}");
@@ -131,9 +131,13 @@ fn test(damo: &Path) -> Result<()> {
 }
 
 /// Every benchmark, each printing its figures; the README quotes them beside this command.
-fn bench() -> Result<()> {
-    for bench in ["engine", "vaddr"] {
-        run_command(cargo().args(["bench", "--package", "damon-user", "--bench", bench]))?;
+fn bench(damo: &Path) -> Result<()> {
+    for bench in ["engine", "vaddr", "records"] {
+        run_command(
+            cargo()
+                .args(["bench", "--package", "damon-user", "--bench", bench])
+                .env("UDAMON_DAMO", damo),
+        )?;
     }
     Ok(())
 }

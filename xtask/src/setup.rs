@@ -67,7 +67,8 @@ pub fn test_tools() -> Result<PathBuf> {
     let venv = PathBuf::from("target/test-tools/damo-venv");
     let damo = std::path::absolute(venv.join("bin/damo"))?;
     let installed = || {
-        output(&[damo.to_str().unwrap_or("damo"), "version"]).is_some_and(|v| v.trim() == DAMO_VERSION)
+        output(&[damo.to_str().unwrap_or("damo"), "version"])
+            .is_some_and(|v| v.trim() == DAMO_VERSION)
     };
     if installed() {
         eprintln!("setup: damo {DAMO_VERSION} ... present");
@@ -81,7 +82,10 @@ pub fn test_tools() -> Result<PathBuf> {
             || !(run_ok(&install) || (run_ok(&["apt-get", "update"]) && run_ok(&install)))
             || !run_ok(&["python3", "-m", "venv", "--clear", venv_str])
         {
-            bail!("setup: cannot create a Python virtualenv for damo; run this yourself, then retry:\n    {} && python3 -m venv {venv_str}", install.join(" "));
+            bail!(
+                "setup: cannot create a Python virtualenv for damo; run this yourself, then retry:\n    {} && python3 -m venv {venv_str}",
+                install.join(" ")
+            );
         }
     }
     let pip = venv.join("bin/pip");
@@ -89,7 +93,10 @@ pub fn test_tools() -> Result<PathBuf> {
     let cmd = [pip.to_str().expect("a UTF-8 path"), "install", "--quiet", &spec];
     eprintln!("setup: damo {DAMO_VERSION} ... installing: {}", cmd.join(" "));
     if !run_ok(&cmd) || !installed() {
-        bail!("setup: could not install damo; run this yourself, then retry:\n    {}", cmd.join(" "));
+        bail!(
+            "setup: could not install damo; run this yourself, then retry:\n    {}",
+            cmd.join(" ")
+        );
     }
     eprintln!("setup: damo {DAMO_VERSION} ... installed");
     Ok(damo)

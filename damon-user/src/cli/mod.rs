@@ -76,9 +76,13 @@ pub fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "udamon", &mut script);
-            emit(&String::from_utf8_lossy(&script))
-                .map(|()| ExitCode::SUCCESS)
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "udamon",
+                &mut script,
+            );
+            emit(&String::from_utf8_lossy(&script)).map(|()| ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args),
         Command::Workload { phase_change, memory_loop } => {

@@ -1,6 +1,9 @@
 //! `udamon monitor`: the live view, one snapshot per aggregation interval (or every Nth).
 
-use std::{process::ExitCode, time::{Duration, Instant}};
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::Args;
 
@@ -58,8 +61,11 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
     let intervals = Intervals::from(&config.attrs);
     let mut cpu = (Instant::now(), process_cpu());
     let mut shown = 0u64;
-    let (summary, ended) = session::runtime()?.block_on(session::run(config, &pids, duration, |event| {
-        match event {
+    let (summary, ended) = session::runtime()?.block_on(session::run(
+        config,
+        &pids,
+        duration,
+        |event| match event {
             Event::TargetGone(pid) => emit(&if args.json {
                 serde_json::json!({ "exited": pid }).to_string() + "\n"
             } else {
@@ -73,8 +79,8 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
                 shown += 1;
                 emit(&view(&s, &intervals, share, &args))
             }
-        }
-    }))?;
+        },
+    ))?;
     if shown == 0 && ended == Ended::TargetsGone {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "every target exited before the first aggregation: nothing to show"
@@ -96,13 +102,19 @@ fn view(s: &Snapshot, intervals: &Intervals, cpu_share: f64, args: &MonitorArgs)
     let mut out = String::new();
     for target in &s.targets {
         let Some(recorded) = RecordedSnapshot::of(s, target.pid as u64, None) else { continue };
-        let report = access::report(target.pid as u64, s.aggregation as usize, &recorded, intervals);
+        let report =
+            access::report(target.pid as u64, s.aggregation as usize, &recorded, intervals);
         if args.json {
             let mut value = serde_json::to_value(&report).expect("reports serialize");
             value["udamon_cpu_percent"] = (100.0 * cpu_share).into();
             out.push_str(&(value.to_string() + "\n"));
         } else {
-            out.push_str(&access::render(&report, &recorded, intervals, args.heatmap_width as usize));
+            out.push_str(&access::render(
+                &report,
+                &recorded,
+                intervals,
+                args.heatmap_width as usize,
+            ));
         }
     }
     if !args.json {

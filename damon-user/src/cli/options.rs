@@ -65,12 +65,11 @@ impl MonitoringArgs {
     /// `attrs` with the given options applied; the result is not validated here.
     pub fn apply(&self, attrs: &mut Attrs) -> Result<()> {
         let file = self.file()?;
-        let duration = |text: &Option<String>, from_file: Option<Micros>, what: &str| {
-            match text.as_deref() {
+        let duration =
+            |text: &Option<String>, from_file: Option<Micros>, what: &str| match text.as_deref() {
                 Some(t) => parse_duration_us(t).with_context(|| format!("--{what}")).map(Some),
                 None => Ok(from_file.map(|m| m.0)),
-            }
-        };
+            };
         if let Some(us) = duration(&self.sample, file.sample, "sample")? {
             attrs.sample_us = us;
         }
@@ -126,7 +125,9 @@ impl MonitoringArgs {
 }
 
 fn random_seed() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]
@@ -137,10 +138,17 @@ mod tests {
     fn the_command_line_overrides_the_config_file() {
         let path = std::env::temp_dir().join(format!("udamon-config-{}.toml", std::process::id()));
         std::fs::write(&path, "sample = \"10ms\"\naggr = \"200ms\"\nmaxr = 500\nsplit-policy = \"fraction\"\nseed = 7\n").unwrap();
-        let args = MonitoringArgs { config: Some(path.clone()), aggr: Some("1s".into()), ..Default::default() };
+        let args = MonitoringArgs {
+            config: Some(path.clone()),
+            aggr: Some("1s".into()),
+            ..Default::default()
+        };
         let config = args.monitor_config().unwrap();
         assert_eq!((config.attrs.sample_us, config.attrs.aggr_us), (10_000, 1_000_000));
-        assert_eq!((config.attrs.max_nr_regions, config.policy, config.seed), (500, SplitPolicy::Fraction, 7));
+        assert_eq!(
+            (config.attrs.max_nr_regions, config.policy, config.seed),
+            (500, SplitPolicy::Fraction, 7)
+        );
         std::fs::write(&path, "smaple = \"10ms\"\n").unwrap();
         let err = args.monitor_config().unwrap_err().to_string();
         assert!(err.contains("unknown field `smaple`"), "{err}");

@@ -56,8 +56,10 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
     atomic_file::check_writable(&args.output).map_err(Failure::Input)?;
     let (pids, _started) = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
-    let mut writer = RecordWriter::new(args.output.clone(), args.format, &pids, intervals, flush_every);
-    let progress = duration.filter(|_| std::io::stderr().is_terminal()).map(|d| (Instant::now(), d));
+    let mut writer =
+        RecordWriter::new(args.output.clone(), args.format, &pids, intervals, flush_every);
+    let progress =
+        duration.filter(|_| std::io::stderr().is_terminal()).map(|d| (Instant::now(), d));
     let result = session::runtime()?.block_on(session::run(config, &pids, duration, |event| {
         match event {
             Event::Snapshot(s) => writer.push(&s).map_err(Failure::Runtime)?,

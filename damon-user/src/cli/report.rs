@@ -8,6 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::{Failure, emit};
 use crate::{
     atomic_file,
+    engine::Attrs,
     record::{self, Intervals, TargetRecord},
     report::{
         access,
@@ -107,10 +108,14 @@ pub(super) fn run(args: ReportArgs) -> Result<ExitCode, Failure> {
         }
         Kind::Heatmap { input, output, time_bins, address_bins, address_range, colour } => {
             let targets = load(input)?;
-            let range = address_range.as_deref().map(parse_range).transpose().map_err(Failure::Input)?;
+            let range =
+                address_range.as_deref().map(parse_range).transpose().map_err(Failure::Input)?;
             let picture = output.is_some();
-            let bins = |given: Option<u64>, terminal, image| given.map_or(if picture { image } else { terminal }, |n| n as usize);
-            let (time_bins, address_bins) = (bins(*time_bins, 40, 400), bins(*address_bins, 80, 250));
+            let bins = |given: Option<u64>, terminal, image| {
+                given.map_or(if picture { image } else { terminal }, |n| n as usize)
+            };
+            let (time_bins, address_bins) =
+                (bins(*time_bins, 40, 400), bins(*address_bins, 80, 250));
             let maps: Vec<(u64, Heatmap)> = targets
                 .iter()
                 .map(|t| {
@@ -120,14 +125,21 @@ pub(super) fn run(args: ReportArgs) -> Result<ExitCode, Failure> {
                 .filter(|(_, map)| !map.spans.is_empty())
                 .collect();
             if maps.is_empty() {
-                return Err(Failure::Input(anyhow!("no region of the record lies in --address-range")));
+                return Err(Failure::Input(anyhow!(
+                    "no region of the record lies in --address-range"
+                )));
             }
             match output {
                 Some(path) => {
                     write_picture(path, &maps)?;
                     return Ok(ExitCode::SUCCESS);
                 }
-                None if input.json => json(&maps.iter().map(|(id, map)| serde_json::json!({ "target_id": id, "heatmap": map })).collect::<Vec<_>>()),
+                None if input.json => json(
+                    &maps
+                        .iter()
+                        .map(|(id, map)| serde_json::json!({ "target_id": id, "heatmap": map }))
+                        .collect::<Vec<_>>(),
+                ),
                 None => {
                     let colours = match colour {
                         Colour::Always => true,
@@ -138,8 +150,12 @@ pub(super) fn run(args: ReportArgs) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Kind::Wss { input, skip } => distributions(&load(input)?, Metric::WorkingSet, *skip, input.json),
-        Kind::NrRegions { input, skip } => distributions(&load(input)?, Metric::Regions, *skip, input.json),
+        Kind::Wss { input, skip } => {
+            distributions(&load(input)?, Metric::WorkingSet, *skip, input.json)
+        }
+        Kind::NrRegions { input, skip } => {
+            distributions(&load(input)?, Metric::Regions, *skip, input.json)
+        }
     };
     emit(&text)?;
     Ok(ExitCode::SUCCESS)
@@ -164,14 +180,19 @@ fn load(input: &Input) -> Result<Vec<TargetRecord>, Failure> {
 
 /// The record's intervals, or DAMON's defaults for trace text that lacks them.
 fn intervals_of(target: &TargetRecord) -> Intervals {
-    target.intervals.unwrap_or(Intervals { sample_us: 5000, aggr_us: 100_000, ops_update_us: 1_000_000 })
+    target.intervals.unwrap_or_else(|| Intervals::from(&Attrs::default()))
 }
 
 fn json(value: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(value).expect("reports serialize") + "\n"
 }
 
-fn access_report(targets: &[TargetRecord], all: bool, snapshot: Option<i64>, as_json: bool) -> anyhow::Result<String> {
+fn access_report(
+    targets: &[TargetRecord],
+    all: bool,
+    snapshot: Option<i64>,
+    as_json: bool,
+) -> anyhow::Result<String> {
     let mut reports = Vec::new();
     let mut text = String::new();
     for t in targets {
@@ -241,7 +262,8 @@ fn write_picture(path: &std::path::Path, maps: &[(u64, Heatmap)]) -> Result<(), 
 }
 
 fn distributions(targets: &[TargetRecord], metric: Metric, skip: usize, as_json: bool) -> String {
-    let dists: Vec<_> = targets.iter().map(|t| distribution::distribution(t, metric, skip)).collect();
+    let dists: Vec<_> =
+        targets.iter().map(|t| distribution::distribution(t, metric, skip)).collect();
     if as_json {
         return json(&dists);
     }
@@ -262,7 +284,9 @@ fn parse_range(text: &str) -> anyhow::Result<(u64, u64)> {
     let (start, end) = text
         .split_once('-')
         .and_then(|(s, e)| Some((number(s)?, number(e)?)))
-        .with_context(|| format!("--address-range `{text}`: expected START-END, e.g. 0x7f00000000-0x7f10000000"))?;
+        .with_context(|| {
+            format!("--address-range `{text}`: expected START-END, e.g. 0x7f00000000-0x7f10000000")
+        })?;
     if start >= end {
         bail!("--address-range `{text}`: the start is not below the end");
     }

@@ -50,16 +50,16 @@ pub(super) fn run(args: SimArgs) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::SUCCESS);
     }
     let m = &args.monitoring;
-    let (seed, version, policy) = (|| anyhow::Ok((m.seed()?, m.core_version()?, m.policy()?)))()
-        .map_err(Failure::Input)?;
+    let (seed, version, policy) =
+        (|| anyhow::Ok((m.seed()?, m.core_version()?, m.policy()?)))().map_err(Failure::Input)?;
     let seed = seed.unwrap_or(scenario.seed);
     let text = if args.compare {
         let reports =
             sim::compare(&scenario, seed, args.runs, version).map_err(Failure::Runtime)?;
         if args.json { json(&reports) } else { sim::compare_table(&reports) }
     } else {
-        let report = sim::run_many(&scenario, policy, seed, args.runs, version)
-            .map_err(Failure::Runtime)?;
+        let report =
+            sim::run_many(&scenario, policy, seed, args.runs, version).map_err(Failure::Runtime)?;
         if args.json { json(&report) } else { sim::run_table(&report) }
     };
     emit(&text)?;

@@ -43,10 +43,12 @@ impl TargetArgs {
     /// The pids to monitor, and the command if we started one.
     pub fn resolve(&self) -> Result<(Vec<u32>, Option<Started>), Failure> {
         match (&self.pids[..], &self.command[..]) {
-            ([], []) => Err(Failure::Input(anyhow!("nothing to monitor: give PIDs or -- CMD ARGS"))),
-            ([_, ..], [_, ..]) => Err(Failure::Input(anyhow!(
-                "give PIDs or -- CMD ARGS, not both"
-            ))),
+            ([], []) => {
+                Err(Failure::Input(anyhow!("nothing to monitor: give PIDs or -- CMD ARGS")))
+            }
+            ([_, ..], [_, ..]) => {
+                Err(Failure::Input(anyhow!("give PIDs or -- CMD ARGS, not both")))
+            }
             (pids, []) => {
                 let mut unique = pids.to_vec();
                 unique.sort_unstable();
@@ -57,9 +59,10 @@ impl TargetArgs {
                 Ok((pids.to_vec(), None))
             }
             ([], [program, args @ ..]) => {
-                let child = Command::new(program).args(args).spawn().map_err(|err| {
-                    Failure::Input(anyhow!("cannot run `{program}`: {err}"))
-                })?;
+                let child = Command::new(program)
+                    .args(args)
+                    .spawn()
+                    .map_err(|err| Failure::Input(anyhow!("cannot run `{program}`: {err}")))?;
                 Ok((vec![child.id()], Some(Started(child))))
             }
         }

@@ -123,10 +123,7 @@ fn to_json(target: &TargetRecord) -> JsonTarget {
                             samples: Some(Number(r.nr_accesses as i128)),
                             percent: None,
                         }),
-                        age: Some(Age {
-                            usec: None,
-                            aggr_intervals: Some(Number(r.age as i128)),
-                        }),
+                        age: Some(Age { usec: None, aggr_intervals: Some(Number(r.age as i128)) }),
                         probe_hits: Vec::new(),
                         sz_filter_passed: Some(Number(0)),
                     })
@@ -188,7 +185,8 @@ fn snapshot(s: JsonSnapshot, intervals: Option<&Intervals>) -> Result<Option<Rec
         let age = match r.age {
             Some(Age { aggr_intervals: Some(n), .. }) => n.unsigned("age")?,
             Some(Age { usec: Some(us), .. }) => {
-                us.unsigned("age")? / intervals.context("age in time but no intervals")?.aggr_us.max(1)
+                us.unsigned("age")?
+                    / intervals.context("age in time but no intervals")?.aggr_us.max(1)
             }
             _ => 0,
         };
@@ -277,11 +275,13 @@ fn parse_text(text: &str, kind: u8) -> Result<i128> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
             .filter(|&i| i > 0)
             .with_context(|| format!("`{text}` is not a number"))?;
-        let value: f64 = rest[..split].parse().with_context(|| format!("`{text}` is not a number"))?;
+        let value: f64 =
+            rest[..split].parse().with_context(|| format!("`{text}` is not a number"))?;
         let after = rest[split..].trim_start();
         let unit_end = after.find(|c: char| c.is_ascii_whitespace()).unwrap_or(after.len());
         let unit = &after[..unit_end];
-        total += value * scale(unit, kind).with_context(|| format!("unknown unit `{unit}` in `{text}`"))?;
+        total += value
+            * scale(unit, kind).with_context(|| format!("unknown unit `{unit}` in `{text}`"))?;
         rest = after[unit_end..].trim_start();
     }
     Ok(total.round() as i128)

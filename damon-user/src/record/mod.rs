@@ -60,7 +60,11 @@ pub struct Intervals {
 
 impl From<&Attrs> for Intervals {
     fn from(attrs: &Attrs) -> Self {
-        Self { sample_us: attrs.sample_us, aggr_us: attrs.aggr_us, ops_update_us: attrs.ops_update_us }
+        Self {
+            sample_us: attrs.sample_us,
+            aggr_us: attrs.aggr_us,
+            ops_update_us: attrs.ops_update_us,
+        }
     }
 }
 
@@ -208,23 +212,37 @@ pub(crate) mod tests {
         vec![
             TargetRecord {
                 target_id: 4242,
-                intervals: Some(Intervals { sample_us: 5000, aggr_us: 100_000, ops_update_us: 1_000_000 }),
+                intervals: Some(Intervals {
+                    sample_us: 5000,
+                    aggr_us: 100_000,
+                    ops_update_us: 1_000_000,
+                }),
                 snapshots: vec![
                     RecordedSnapshot {
                         start_ns: 0,
                         end_ns: 100_000_000,
-                        regions: vec![region(0x1000, 0x3000, 20, 1), region(0x3000, 0x10_0000, 0, 3)],
+                        regions: vec![
+                            region(0x1000, 0x3000, 20, 1),
+                            region(0x3000, 0x10_0000, 0, 3),
+                        ],
                     },
                     RecordedSnapshot {
                         start_ns: 100_000_000,
                         end_ns: 200_000_000,
-                        regions: vec![region(0x1000, 0x3000, 15, 2), region(0x3000, 0x10_0000, 1, 0)],
+                        regions: vec![
+                            region(0x1000, 0x3000, 15, 2),
+                            region(0x3000, 0x10_0000, 1, 0),
+                        ],
                     },
                 ],
             },
             TargetRecord {
                 target_id: 7,
-                intervals: Some(Intervals { sample_us: 5000, aggr_us: 100_000, ops_update_us: 1_000_000 }),
+                intervals: Some(Intervals {
+                    sample_us: 5000,
+                    aggr_us: 100_000,
+                    ops_update_us: 1_000_000,
+                }),
                 snapshots: vec![RecordedSnapshot {
                     start_ns: 0,
                     end_ns: 100_000_000,

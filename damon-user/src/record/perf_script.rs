@@ -67,7 +67,11 @@ pub fn parse(text: &str) -> Result<Vec<TargetRecord>> {
         let slot = match open.iter().position(|(id, ..)| *id == target_id) {
             Some(slot) => slot,
             None => {
-                open.push((target_id, RecordedSnapshot { start_ns: 0, end_ns, regions: vec![] }, nr_regions));
+                open.push((
+                    target_id,
+                    RecordedSnapshot { start_ns: 0, end_ns, regions: vec![] },
+                    nr_regions,
+                ));
                 open.len() - 1
             }
         };
@@ -116,9 +120,17 @@ fn finish(targets: &mut Vec<TargetRecord>, id: u64, mut snapshot: RecordedSnapsh
 }
 
 enum Line {
-    Region { end_ns: u64, target_id: u64, nr_regions: usize, region: Region },
+    Region {
+        end_ns: u64,
+        target_id: u64,
+        nr_regions: usize,
+        region: Region,
+    },
     /// damo's fake snapshot after a lone one (-1 accesses): it only tells the lone one's length.
-    Padding { end_ns: u64, target_id: u64 },
+    Padding {
+        end_ns: u64,
+        target_id: u64,
+    },
 }
 
 fn parse_line(line: &str, event: usize) -> Result<Line> {
@@ -150,7 +162,12 @@ fn parse_line(line: &str, event: usize) -> Result<Line> {
     if nr_regions == 0 || start >= end {
         bail!("an empty region or snapshot");
     }
-    Ok(Line::Region { end_ns, target_id, nr_regions, region: Region { start, end, nr_accesses, age } })
+    Ok(Line::Region {
+        end_ns,
+        target_id,
+        nr_regions,
+        region: Region { start, end, nr_accesses, age },
+    })
 }
 
 fn parse_seconds(text: &str) -> Option<u64> {
@@ -182,7 +199,10 @@ some unrelated line
         assert_eq!(t.snapshots[0].end_ns, 82_877_315_633_000);
         assert_eq!(t.snapshots[0].start_ns, 82_877_215_633_000);
         assert_eq!(t.snapshots[1].start_ns, 82_877_315_633_000);
-        assert_eq!(t.snapshots[0].regions[1], Region { start: 8192, end: 12288, nr_accesses: 5, age: 1 });
+        assert_eq!(
+            t.snapshots[0].regions[1],
+            Region { start: 8192, end: 12288, nr_accesses: 5, age: 1 }
+        );
     }
 
     #[test]

@@ -38,15 +38,7 @@ impl RecordWriter {
                 snapshots: Vec::new(),
             })
             .collect();
-        Self {
-            path,
-            format,
-            targets,
-            flush_every,
-            flushed: Instant::now(),
-            taken: 0,
-            saved: 0,
-        }
+        Self { path, format, targets, flush_every, flushed: Instant::now(), taken: 0, saved: 0 }
     }
 
     /// Adds a snapshot; rewrites the file when the last write is `flush_every` old.

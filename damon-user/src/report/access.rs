@@ -37,7 +37,12 @@ pub struct AccessReport {
     pub regions: Vec<RegionRow>,
 }
 
-pub fn report(target_id: u64, index: usize, s: &RecordedSnapshot, intervals: &Intervals) -> AccessReport {
+pub fn report(
+    target_id: u64,
+    index: usize,
+    s: &RecordedSnapshot,
+    intervals: &Intervals,
+) -> AccessReport {
     let max = intervals.max_accesses() as f64;
     let aggr_s = intervals.aggr_us as f64 / 1e6;
     AccessReport {
@@ -66,7 +71,12 @@ pub fn report(target_id: u64, index: usize, s: &RecordedSnapshot, intervals: &In
 }
 
 /// The table, then a heatmap line of `width` cells across the snapshot's address space.
-pub fn render(report: &AccessReport, s: &RecordedSnapshot, intervals: &Intervals, width: usize) -> String {
+pub fn render(
+    report: &AccessReport,
+    s: &RecordedSnapshot,
+    intervals: &Intervals,
+    width: usize,
+) -> String {
     let mut out = format!(
         "target {} snapshot {} at {:.1} s: {} regions, {} total, working set {}\n",
         report.target_id,

@@ -60,7 +60,12 @@ pub fn render(d: &Distribution, name: &str, format: impl Fn(u64) -> String) -> S
     let max = d.percentiles.iter().map(|&(_, v)| v).max().unwrap_or(0).max(1);
     for &(p, v) in &d.percentiles {
         let bar = (v * BAR / max) as usize;
-        out.push_str(&format!("{p:>3}  {:>12}  |{}{}|\n", format(v), "*".repeat(bar), " ".repeat(BAR as usize - bar)));
+        out.push_str(&format!(
+            "{p:>3}  {:>12}  |{}{}|\n",
+            format(v),
+            "*".repeat(bar),
+            " ".repeat(BAR as usize - bar)
+        ));
     }
     out
 }

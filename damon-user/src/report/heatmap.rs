@@ -59,7 +59,8 @@ impl Heatmap {
         let time_bin = (end_ns - start_ns) as f64 / time_bins as f64;
         let address_bin = axis.max(1) as f64 / address_bins as f64;
         for s in snapshots {
-            let (t0, t1) = ((s.start_ns.max(start_ns) - start_ns) as f64, (s.end_ns - start_ns) as f64);
+            let (t0, t1) =
+                ((s.start_ns.max(start_ns) - start_ns) as f64, (s.end_ns - start_ns) as f64);
             let time_cells = overlaps(t0, t1.max(t0 + 1.0), time_bin, time_bins);
             for r in &s.regions {
                 let (lo, hi) = clip(r);
@@ -121,9 +122,10 @@ fn spans(ranges: impl Iterator<Item = (u64, u64)>) -> Vec<Span> {
 /// `[lo, hi)` (inside the spans) as pieces of the axis.
 fn axis_pieces(spans: &[Span], lo: u64, hi: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
     let first = spans.partition_point(|s| s.end <= lo);
-    spans[first..].iter().take_while(move |s| s.start < hi).map(move |s| {
-        (s.offset + lo.max(s.start) - s.start, s.offset + hi.min(s.end) - s.start)
-    })
+    spans[first..]
+        .iter()
+        .take_while(move |s| s.start < hi)
+        .map(move |s| (s.offset + lo.max(s.start) - s.start, s.offset + hi.min(s.end) - s.start))
 }
 
 /// The bins `[x0, x1)` overlaps, with the length of each overlap.
@@ -147,7 +149,10 @@ mod tests {
         RecordedSnapshot {
             start_ns: t,
             end_ns: t + 100,
-            regions: regions.iter().map(|&(start, end, nr_accesses)| Region { start, end, nr_accesses, age: 0 }).collect(),
+            regions: regions
+                .iter()
+                .map(|&(start, end, nr_accesses)| Region { start, end, nr_accesses, age: 0 })
+                .collect(),
         }
     }
 

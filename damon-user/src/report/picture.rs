@@ -11,7 +11,8 @@ use crate::units::format_size;
 
 /// Black → purple → orange → pale yellow, as the rate goes 0 → 1.
 fn colour(rate: f64) -> [u8; 3] {
-    const STOPS: [[f64; 3]; 4] = [[0.0, 0.0, 4.0], [120.0, 28.0, 109.0], [237.0, 105.0, 37.0], [252.0, 255.0, 164.0]];
+    const STOPS: [[f64; 3]; 4] =
+        [[0.0, 0.0, 4.0], [120.0, 28.0, 109.0], [237.0, 105.0, 37.0], [252.0, 255.0, 164.0]];
     let x = rate.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
     let i = (x as usize).min(STOPS.len() - 2);
     let f = x - i as f64;
@@ -34,7 +35,10 @@ pub fn ascii(map: &Heatmap, colours: bool) -> String {
             match cell {
                 Some(rate) if colours => {
                     let [r, g, b] = colour(rate);
-                    let index = 16 + 36 * (r as u16 * 6 / 256) + 6 * (g as u16 * 6 / 256) + b as u16 * 6 / 256;
+                    let index = 16
+                        + 36 * (r as u16 * 6 / 256)
+                        + 6 * (g as u16 * 6 / 256)
+                        + b as u16 * 6 / 256;
                     let fg = if rate > 0.6 { 16 } else { 250 };
                     let _ = write!(out, "\x1b[48;5;{index}m\x1b[38;5;{fg}m{c}");
                 }
@@ -80,7 +84,12 @@ pub fn svg(map: &Heatmap, title: &str) -> Result<String> {
         left + plot_w + 90.0,
         top + plot_h + 60.0
     );
-    let _ = writeln!(out, r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#, left + plot_w / 2.0, escape(title));
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+        left + plot_w / 2.0,
+        escape(title)
+    );
     // The cells as an embedded PNG, one pixel each, scaled without smoothing: a few kilobytes
     // where one rectangle per cell would take megabytes.
     let _ = writeln!(
@@ -88,34 +97,66 @@ pub fn svg(map: &Heatmap, title: &str) -> Result<String> {
         r#"<image x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" preserveAspectRatio="none" style="image-rendering:pixelated" href="data:image/png;base64,{}"/>"#,
         base64::engine::general_purpose::STANDARD.encode(png(map, 1)?)
     );
-    let _ = writeln!(out, r#"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="black"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="black"/>"#
+    );
     // Time ticks, in seconds from the record's start.
     let seconds = (map.end_ns - map.start_ns) as f64 / 1e9;
     for i in 0..=4 {
         let x = left + plot_w * i as f64 / 4.0;
-        let _ = writeln!(out, r#"<text x="{x}" y="{}" text-anchor="middle">{:.1} s</text>"#, top + plot_h + 18.0, seconds * i as f64 / 4.0);
+        let _ = writeln!(
+            out,
+            r#"<text x="{x}" y="{}" text-anchor="middle">{:.1} s</text>"#,
+            top + plot_h + 18.0,
+            seconds * i as f64 / 4.0
+        );
     }
-    let _ = writeln!(out, r#"<text x="{}" y="{}" text-anchor="middle">time</text>"#, left + plot_w / 2.0, top + plot_h + 40.0);
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle">time</text>"#,
+        left + plot_w / 2.0,
+        top + plot_h + 40.0
+    );
     // Address ticks, and a dashed line where one span ends and the next begins.
     for i in 0..=4 {
         let col = cols * i / 4;
         let y = top + plot_h - plot_h * i as f64 / 4.0;
-        let _ = writeln!(out, r#"<text x="{}" y="{y}" text-anchor="end" dominant-baseline="middle">{:#x}</text>"#, left - 6.0, map.address_at(col, cols));
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{y}" text-anchor="end" dominant-baseline="middle">{:#x}</text>"#,
+            left - 6.0,
+            map.address_at(col, cols)
+        );
     }
     for span in map.spans.iter().skip(1) {
         let y = top + plot_h - plot_h * span.offset() as f64 / map.axis_len().max(1) as f64;
-        let _ = writeln!(out, r#"<line x1="{left}" x2="{}" y1="{y:.2}" y2="{y:.2}" stroke="gray" stroke-dasharray="4 3"/>"#, left + plot_w);
+        let _ = writeln!(
+            out,
+            r#"<line x1="{left}" x2="{}" y1="{y:.2}" y2="{y:.2}" stroke="gray" stroke-dasharray="4 3"/>"#,
+            left + plot_w
+        );
     }
     // Colour scale.
     let scale_x = left + plot_w + 30.0;
     for i in 0..50 {
         let [r, g, b] = colour(i as f64 / 49.0);
         let y = top + plot_h - (i + 1) as f64 * plot_h / 50.0;
-        let _ = writeln!(out, r#"<rect x="{scale_x}" y="{y:.2}" width="16" height="{:.2}" fill="rgb({r},{g},{b})"/>"#, plot_h / 50.0 + 0.05);
+        let _ = writeln!(
+            out,
+            r#"<rect x="{scale_x}" y="{y:.2}" width="16" height="{:.2}" fill="rgb({r},{g},{b})"/>"#,
+            plot_h / 50.0 + 0.05
+        );
     }
     let _ = writeln!(out, r#"<text x="{}" y="{}">100 %</text>"#, scale_x + 20.0, top + 10.0);
     let _ = writeln!(out, r#"<text x="{}" y="{}">0 %</text>"#, scale_x + 20.0, top + plot_h);
-    let _ = writeln!(out, r#"<text x="{left}" y="{}">{} monitored in {} span(s); cell: access rate</text>"#, top + plot_h + 56.0, format_size(map.axis_len()), map.spans.len());
+    let _ = writeln!(
+        out,
+        r#"<text x="{left}" y="{}">{} monitored in {} span(s); cell: access rate</text>"#,
+        top + plot_h + 56.0,
+        format_size(map.axis_len()),
+        map.spans.len()
+    );
     out.push_str("</svg>\n");
     Ok(out)
 }

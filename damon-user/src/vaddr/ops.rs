@@ -89,17 +89,22 @@ impl VaddrOps {
             Some(libc::ESRCH) => TargetError::NoSuchProcess(pid),
             _ => TargetError::Denied(pid, err),
         })?;
-        let mappings = maps::read(pid).map_err(|err| match err.downcast_ref::<std::io::Error>() {
-            _ if pidfd.exited() => TargetError::Exited(pid),
-            Some(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
-                TargetError::Denied(pid, std::io::Error::from(io.kind()))
-            }
-            _ => TargetError::Other(pid, err),
-        })?;
+        let mappings =
+            maps::read(pid).map_err(|err| match err.downcast_ref::<std::io::Error>() {
+                _ if pidfd.exited() => TargetError::Exited(pid),
+                Some(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                    TargetError::Denied(pid, std::io::Error::from(io.kind()))
+                }
+                _ => TargetError::Other(pid, err),
+            })?;
         if mappings.is_empty() {
             // A zombie has no mappings either.
             let exited = pidfd.exited();
-            return Err(if exited { TargetError::Exited(pid) } else { TargetError::KernelThread(pid) });
+            return Err(if exited {
+                TargetError::Exited(pid)
+            } else {
+                TargetError::KernelThread(pid)
+            });
         }
         let pagemap = Pagemap::open(pid).map_err(|err| TargetError::Other(pid, err))?;
         self.processes.insert(pid as u64, Process { pidfd, pagemap, mappings, exited: false });

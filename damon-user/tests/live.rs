@@ -1,0 +1,177 @@
+//! `monitor` and `record` on live processes through the real eBPF data plane (root; under
+//! CI=true they must run), and the real damo reading what was recorded.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+fn udamon() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_udamon"))
+}
+
+fn privileged(test: &str) -> bool {
+    damon_user::test_support::privileged(test)
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("udamon-live-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A process to monitor that lives until dropped.
+struct Sleeper(Child);
+
+impl Sleeper {
+    fn new() -> Self {
+        Self(Command::new("sleep").arg("600").spawn().unwrap())
+    }
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn succeed(out: Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn report(file: &Path, kind: &str) -> Value {
+    let out = udamon().args(["report", kind, "--json", "-i", file.to_str().unwrap()]).output();
+    serde_json::from_str(&succeed(out.unwrap())).unwrap()
+}
+
+#[test]
+fn record_then_report_and_damo_reads_it() {
+    if !privileged("record_then_report_and_damo_reads_it") {
+        return;
+    }
+    let target = Sleeper::new();
+    let dir = scratch("round-trip");
+    let file = dir.join("damon.data");
+    let out = udamon()
+        .args(["record", "-o", file.to_str().unwrap(), "--duration", "2500ms", &target.pid()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("snapshots written to"), "{err}");
+
+    let last = &report(&file, "access")[0];
+    assert_eq!(last["target_id"].as_u64().unwrap().to_string(), target.pid());
+    let regions = last["regions"].as_array().unwrap();
+    assert!(regions.len() >= 3, "a process's address space in {} regions", regions.len());
+    let snapshots = last["snapshot"].as_u64().unwrap() + 1;
+    // 25 at most; fewer when a loaded machine delays sample ticks (aggregations count samples).
+    assert!((8..=26).contains(&snapshots), "{snapshots} snapshots of 100 ms in 2.5 s");
+
+    let Some(damo) = std::env::var_os("UDAMON_DAMO").map(PathBuf::from) else {
+        assert!(!damon_user::test_support::in_ci(), "UDAMON_DAMO must name damo under CI=true");
+        eprintln!("skipping the damo half: UDAMON_DAMO is not set");
+        return;
+    };
+    let damo_says = |args: &[&str]| {
+        let out = Command::new(&damo).args(args).arg("--input").arg(&file).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success() && !text.contains("Traceback"), "damo {args:?}: {text}");
+        text
+    };
+    let access = damo_says(&["report", "access", "--raw_number"]);
+    let first = regions[0]["start"].as_u64().unwrap();
+    assert!(
+        access.contains(&format!("addr {first} ")),
+        "damo shows our first region {first}: {access}"
+    );
+    assert!(access.contains("intervals: sample 5000 aggr 100000"), "{access}");
+    damo_says(&["report", "heatmap"]);
+    let wss = damo_says(&["report", "wss", "--exclude_samples", "0"]);
+    assert!(wss.contains("# avr:"), "{wss}");
+}
+
+#[test]
+fn record_keeps_a_readable_file_while_running_and_flushes_on_sigterm() {
+    if !privileged("record_keeps_a_readable_file_while_running_and_flushes_on_sigterm") {
+        return;
+    }
+    let target = Sleeper::new();
+    let dir = scratch("flush");
+    let file = dir.join("damon.data");
+    let record = udamon()
+        .args(["record", "-o", file.to_str().unwrap(), "--flush-every", "200ms", &target.pid()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Whenever we look, the file is whole: absent at first, then always a readable record.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seen = 0;
+    while Instant::now() < deadline {
+        if file.exists() {
+            let snapshots = report(&file, "access")[0]["snapshot"].as_u64().unwrap() + 1;
+            assert!(snapshots >= seen, "the file went back in time");
+            seen = snapshots;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen >= 3, "only {seen} snapshots flushed after 3 s");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(record.id() as i32, libc::SIGTERM) };
+    let out = record.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let last = report(&file, "access")[0]["snapshot"].as_u64().unwrap() + 1;
+    assert!(last >= seen, "{last} snapshots at the end, {seen} before");
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn monitor_follows_the_command_it_started() {
+    if !privileged("monitor_follows_the_command_it_started") {
+        return;
+    }
+    let started = Instant::now();
+    let out = udamon().args(["monitor", "--every", "5", "--", "sleep", "1.5"]).output().unwrap();
+    let text = succeed(out);
+    assert!(started.elapsed() < Duration::from_secs(20), "monitor outlived its command");
+    assert!(text.contains("working set") && text.contains("heatmap |"), "{text}");
+    assert!(text.contains("udamon CPU"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("pid ") && l.ends_with(" exited")), "{text}");
+    // Every 5th aggregation only: at most 0, 5, 10 and 15 within 1.5 s.
+    let shown = text.lines().filter(|l| l.starts_with("target ")).count();
+    assert!((1..=4).contains(&shown), "{shown} snapshots shown: {text}");
+}
+
+#[test]
+fn monitor_json_lines_describe_each_target() {
+    if !privileged("monitor_json_lines_describe_each_target") {
+        return;
+    }
+    let (a, b) = (Sleeper::new(), Sleeper::new());
+    let out = udamon().args(["monitor", "--json", "--duration", "1s", &a.pid(), &b.pid()]).output();
+    let text = succeed(out.unwrap());
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for pid in [a.pid(), b.pid()] {
+        let theirs: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["target_id"].as_u64().map(|id| id.to_string()) == Some(pid.clone()))
+            .collect();
+        assert!(theirs.len() >= 3, "pid {pid}: {} snapshots in 1 s", theirs.len());
+        assert!(
+            theirs
+                .iter()
+                .all(|l| l["nr_regions"].as_u64() > Some(0) && l["udamon_cpu_percent"].is_number())
+        );
+    }
+}
