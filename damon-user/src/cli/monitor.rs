@@ -59,7 +59,9 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
     let duration = duration(args.duration.as_deref())?;
     let (pids, _started) = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
-    let mut cpu = (Instant::now(), process_cpu());
+    // CPU share since the previous shown snapshot; none for the first, which would mostly
+    // measure loading the eBPF programs.
+    let mut cpu: Option<(Instant, Duration)> = None;
     let mut shown = 0u64;
     let (summary, ended) = session::runtime()?.block_on(session::run(
         config,
@@ -74,8 +76,10 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
             Event::Snapshot(s) if s.aggregation % args.every != 0 => Ok(()),
             Event::Snapshot(s) => {
                 let now = (Instant::now(), process_cpu());
-                let share = (now.1 - cpu.1).as_secs_f64() / (now.0 - cpu.0).as_secs_f64().max(1e-9);
-                cpu = now;
+                let share = cpu.map(|(wall, used)| {
+                    (now.1 - used).as_secs_f64() / (now.0 - wall).as_secs_f64().max(1e-9)
+                });
+                cpu = Some(now);
                 shown += 1;
                 emit(&view(&s, &intervals, share, &args))
             }
@@ -98,7 +102,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn view(s: &Snapshot, intervals: &Intervals, cpu_share: f64, args: &MonitorArgs) -> String {
+fn view(s: &Snapshot, intervals: &Intervals, cpu_share: Option<f64>, args: &MonitorArgs) -> String {
     let mut out = String::new();
     for target in &s.targets {
         let Some(recorded) = RecordedSnapshot::of(s, target.pid as u64, None) else { continue };
@@ -106,7 +110,7 @@ fn view(s: &Snapshot, intervals: &Intervals, cpu_share: f64, args: &MonitorArgs)
             access::report(target.pid as u64, s.aggregation as usize, &recorded, intervals);
         if args.json {
             let mut value = serde_json::to_value(&report).expect("reports serialize");
-            value["udamon_cpu_percent"] = (100.0 * cpu_share).into();
+            value["udamon_cpu_percent"] = cpu_share.map(|c| 100.0 * c).into();
             out.push_str(&(value.to_string() + "\n"));
         } else {
             out.push_str(&access::render(
@@ -118,7 +122,10 @@ fn view(s: &Snapshot, intervals: &Intervals, cpu_share: f64, args: &MonitorArgs)
         }
     }
     if !args.json {
-        out.push_str(&format!("udamon CPU {:.1} %\n\n", 100.0 * cpu_share));
+        match cpu_share {
+            Some(share) => out.push_str(&format!("udamon CPU {:.1} %\n\n", 100.0 * share)),
+            None => out.push_str("udamon CPU: starting\n\n"),
+        }
     }
     out
 }
