@@ -122,6 +122,8 @@ pub struct WalkStats {
     pub walks: u64,
     pub addresses: u64,
     pub nanoseconds: u64,
+    /// Addresses whose results found the ring buffer full.
+    pub lost: u64,
 }
 
 /// `peek` test-run operations: arguments `[op, address]`; the answer lands in `PEEK_OUT`.

@@ -111,8 +111,14 @@ extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Walk` on `handle`'s stack.
     let walk = unsafe { &mut *(ctx as *mut Walk) };
     let Some(request) = WALK_REQUEST.get(0) else { return 1 };
-    let Some(mut record) = WALK_RESULTS.reserve::<WalkRecord>(0) else { return 1 };
     let first = batch as usize * WALK_BATCH;
+    let Some(mut record) = WALK_RESULTS.reserve::<WalkRecord>(0) else {
+        if let Some(stats) = WALK_STATS.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot. The rest of the walk is lost with this batch.
+            unsafe { (*stats).lost += (walk.count as u64).saturating_sub(first as u64) };
+        }
+        return 1;
+    };
     let mut out =
         WalkRecord { first: first as u32, count: 0, results: [WalkResult::default(); WALK_BATCH] };
     for j in 0..WALK_BATCH {

@@ -98,7 +98,7 @@ fn cpu_per_check() {
     let config =
         MonitorConfig { attrs, policy: Default::default(), version: Default::default(), seed: 1 };
     let (tx, _events) = tokio::sync::mpsc::unbounded_channel();
-    let monitor = Monitor::start(config, &[child.id()], tx).expect("monitor");
+    let monitor = Monitor::start(config, &[child.id()], tx, false).expect("monitor");
     thread::sleep(Duration::from_secs(10));
     let summary = serde_json::to_value(monitor.join().expect("monitor")).unwrap();
     let _ = child.kill();
@@ -167,7 +167,7 @@ fn overhead() {
     let mut before = throughput(&rx, pid, 2);
     for _ in 0..ROUNDS {
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let monitor = Monitor::start(config, &[pid], tx).expect("monitor");
+        let monitor = Monitor::start(config, &[pid], tx, false).expect("monitor");
         throughput(&rx, pid, 1); // the monitor's start-up is not the steady state
         let on = throughput(&rx, pid, 2);
         let summary = monitor.join().expect("monitor");

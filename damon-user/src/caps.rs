@@ -4,6 +4,7 @@ use std::fs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Capability {
+    DacReadSearch = 2,
     SysPtrace = 19,
     SysAdmin = 21,
     SysNice = 23,
@@ -14,6 +15,7 @@ pub enum Capability {
 impl Capability {
     pub const fn name(self) -> &'static str {
         match self {
+            Self::DacReadSearch => "CAP_DAC_READ_SEARCH",
             Self::SysPtrace => "CAP_SYS_PTRACE",
             Self::SysAdmin => "CAP_SYS_ADMIN",
             Self::SysNice => "CAP_SYS_NICE",
@@ -22,6 +24,17 @@ impl Capability {
         }
     }
 }
+
+/// What a service needs to monitor any process: the required ones plus reading other users'
+/// processes. Not CAP_SYS_ADMIN: page faults then come from perf events instead of tracefs.
+/// The systemd unit grants exactly these.
+pub const SERVICE: [Capability; 5] = [
+    Capability::Bpf,
+    Capability::Perfmon,
+    Capability::SysNice,
+    Capability::SysPtrace,
+    Capability::DacReadSearch,
+];
 
 /// The effective capability set of this process, as a bit mask.
 #[derive(Clone, Copy, Debug)]

@@ -18,7 +18,10 @@ fn udamon_as_nobody(args: &[&str]) -> Option<Output> {
 /// `udamon` as user nobody with only `caps` (e.g. "bpf"), inherited and ambient.
 fn udamon_as_nobody_with(caps: &[&str], args: &[&str]) -> Option<Output> {
     // The binary may sit under a directory nobody cannot enter; run a copy from /tmp.
-    let copy = std::env::temp_dir().join(format!("udamon-cli-test-{}", std::process::id()));
+    // One copy per call: tests run in parallel and each removes its own.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let copy = std::env::temp_dir().join(format!("udamon-cli-test-{}-{call}", std::process::id()));
     std::fs::copy(env!("CARGO_BIN_EXE_udamon"), &copy).ok()?;
     let caps = if caps.is_empty() {
         vec!["--inh-caps=-all".to_owned()]
@@ -253,7 +256,7 @@ fn monitoring_errors_are_one_line_with_the_right_exit_code() {
         (&["monitor", "4194305"], 2, "no process with pid 4194305"),
         (&["monitor", "2"], 2, "kernel thread"),
         (&["monitor"], 2, "nothing to monitor"),
-        (&["record", "-o", record, "1", "--", "true"], 2, "not both"),
+        (&["record", "-o", record, "1", "--", "true"], 2, "give one of PIDs"),
         (&["monitor", "--", "/no/such/program"], 2, "cannot run `/no/such/program`"),
         // Gone before the first sample: a runtime failure, and no file.
         (&["record", "-o", record, "--", "true"], 1, "exited before the first"),
@@ -273,6 +276,47 @@ fn monitoring_errors_are_one_line_with_the_right_exit_code() {
     let caps = ["bpf", "perfmon", "sys_admin", "sys_nice"];
     let out = udamon_as_nobody_with(&caps, &["monitor", "1"]).expect("setpriv");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stderr).trim(), "udamon: cannot monitor pid 1: permission denied");
+    assert!(text(&out.stderr).starts_with("udamon: cannot monitor pid 1: permission denied"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The shipped systemd unit grants exactly `caps::SERVICE`, and they are enough: as nobody with
+/// only those, `check` passes and another user's process can be monitored.
+#[test]
+fn the_service_unit_runs_with_exactly_the_capabilities_it_needs() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/udamon.service"
+    ))
+    .unwrap();
+    let granted = |key: &str| -> Vec<String> {
+        let line =
+            unit.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no {key}"));
+        let mut caps: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        caps.sort();
+        caps
+    };
+    let mut wanted: Vec<String> =
+        damon_user::caps::SERVICE.iter().map(|c| c.name().to_owned()).collect();
+    wanted.sort();
+    assert_eq!(granted("AmbientCapabilities="), wanted);
+    assert_eq!(granted("CapabilityBoundingSet="), wanted);
+    if !damon_user::test_support::privileged(
+        "the_service_unit_runs_with_exactly_the_capabilities_it_needs",
+    ) {
+        return;
+    }
+    let caps: Vec<String> =
+        wanted.iter().map(|c| c.trim_start_matches("CAP_").to_lowercase()).collect();
+    let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
+    let out = udamon_as_nobody_with(&caps, &["check"]).expect("setpriv");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let mut root_owned = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = root_owned.id().to_string();
+    let out = udamon_as_nobody_with(&caps, &["monitor", "--duration", "1s", "--every", "5", &pid]);
+    let _ = root_owned.kill();
+    let _ = root_owned.wait();
+    let out = out.expect("setpriv");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("working set"));
 }

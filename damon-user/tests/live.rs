@@ -147,7 +147,7 @@ fn monitor_follows_the_command_it_started() {
     assert!(started.elapsed() < Duration::from_secs(20), "monitor outlived its command");
     assert!(text.contains("working set") && text.contains("heatmap |"), "{text}");
     assert!(text.contains("udamon CPU"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("pid ") && l.ends_with(" exited")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("pid ") && l.ends_with(" gone")), "{text}");
     // Every 5th aggregation only: at most 0, 5, 10 and 15 within 1.5 s.
     let shown = text.lines().filter(|l| l.starts_with("target ")).count();
     assert!((1..=4).contains(&shown), "{shown} snapshots shown: {text}");

@@ -105,7 +105,7 @@ fn run(args: &[String]) -> Result<()> {
     bail!("cannot run {}: {err}", binary.display())
 }
 
-fn test(damo: &Path) -> Result<()> {
+fn test(tools: &setup::TestTools) -> Result<()> {
     run_command(cargo().args(["fmt", "--all", "--check"]))?;
     run_command(cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))?;
     // The eBPF crate is not a default member: lint it for its own target, on nightly.
@@ -126,18 +126,25 @@ fn test(damo: &Path) -> Result<()> {
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER"),
     )?;
-    // Tests that need the real damo find it here (and fail under CI=true without it).
-    run_command(cargo().args(["test", "--release"]).env("UDAMON_DAMO", damo))
+    // Tests that need the real damo or Prometheus find them here (and fail under CI=true
+    // without them).
+    run_command(with_tools(cargo().args(["test", "--release"]), tools))
+}
+
+fn with_tools<'a>(command: &'a mut Command, tools: &setup::TestTools) -> &'a mut Command {
+    command
+        .env("UDAMON_DAMO", &tools.damo)
+        .env("UDAMON_PROMETHEUS", &tools.prometheus)
+        .env("UDAMON_PROMTOOL", &tools.promtool)
 }
 
 /// Every benchmark, each printing its figures; the README quotes them beside this command.
-fn bench(damo: &Path) -> Result<()> {
-    for bench in ["engine", "vaddr", "records"] {
-        run_command(
-            cargo()
-                .args(["bench", "--package", "damon-user", "--bench", bench])
-                .env("UDAMON_DAMO", damo),
-        )?;
+fn bench(tools: &setup::TestTools) -> Result<()> {
+    for bench in ["engine", "vaddr", "records", "metrics"] {
+        run_command(with_tools(
+            cargo().args(["bench", "--package", "damon-user", "--bench", bench]),
+            tools,
+        ))?;
     }
     Ok(())
 }

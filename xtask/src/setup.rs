@@ -61,9 +61,61 @@ pub fn run() -> Result<()> {
 
 const DAMO_VERSION: &str = "3.4.3";
 
-/// What the tests use besides the build: the real damo (PyPI) in a virtualenv under target/,
-/// to read our records. Returns the `damo` executable.
-pub fn test_tools() -> Result<PathBuf> {
+/// Real programs the tests check udamon against, in ignored directories under target/.
+pub struct TestTools {
+    /// damo from PyPI, to read our records.
+    pub damo: PathBuf,
+    /// Debian's prometheus and promtool, to scrape and lint our metrics.
+    pub prometheus: PathBuf,
+    pub promtool: PathBuf,
+}
+
+pub fn test_tools() -> Result<TestTools> {
+    let damo = damo()?;
+    let (prometheus, promtool) = prometheus()?;
+    Ok(TestTools { damo, prometheus, promtool })
+}
+
+/// Debian's `prometheus` package, downloaded (not installed: no service starts) and unpacked.
+fn prometheus() -> Result<(PathBuf, PathBuf)> {
+    let dir = std::path::absolute("target/test-tools/prometheus")?;
+    let (prometheus, promtool) = (dir.join("usr/bin/prometheus"), dir.join("usr/bin/promtool"));
+    let works = || output(&[prometheus.to_str().unwrap_or("prometheus"), "--version"]).is_some();
+    if works() && promtool.exists() {
+        eprintln!("setup: prometheus (Debian package) ... present");
+        return Ok((prometheus, promtool));
+    }
+    std::fs::create_dir_all(&dir)?;
+    let dir_str = dir.to_str().expect("a UTF-8 path");
+    let manual =
+        format!("cd {dir_str} && apt-get download prometheus && dpkg-deb -x prometheus_*.deb .");
+    eprintln!("setup: prometheus (Debian package) ... fetching: {manual}");
+    let download = || {
+        Command::new("apt-get")
+            .args(["download", "prometheus"])
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A fresh image's package lists may lack it: refresh once (root) on failure.
+    if !(download() || (is_root() && run_ok(&["apt-get", "update"]) && download())) {
+        bail!("setup: could not download prometheus; run this yourself, then retry:\n    {manual}");
+    }
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| anyhow::anyhow!("setup: apt-get download left no .deb in {dir_str}"))?;
+    let deb_str = deb.to_str().expect("a UTF-8 path");
+    if !run_ok(&["dpkg-deb", "-x", deb_str, dir_str]) || !works() {
+        bail!("setup: could not unpack prometheus; run this yourself, then retry:\n    {manual}");
+    }
+    let _ = std::fs::remove_file(&deb);
+    eprintln!("setup: prometheus (Debian package) ... unpacked");
+    Ok((prometheus, promtool))
+}
+
+/// The real damo (PyPI) in a virtualenv under target/. Returns the `damo` executable.
+fn damo() -> Result<PathBuf> {
     let venv = PathBuf::from("target/test-tools/damo-venv");
     let damo = std::path::absolute(venv.join("bin/damo"))?;
     let installed = || {

@@ -38,11 +38,12 @@ impl Facts {
     }
 }
 
-const CAPABILITIES: [(Capability, bool, &str); 5] = [
+const CAPABILITIES: [(Capability, bool, &str); 6] = [
     (Capability::Bpf, true, "all monitoring: eBPF programs and maps"),
     (Capability::Perfmon, true, "all monitoring: tracing, page-table reads"),
     (Capability::SysNice, true, "all monitoring: clearing accessed bits"),
     (Capability::SysPtrace, false, "monitoring other users' processes"),
+    (Capability::DacReadSearch, false, "monitoring other users' processes: their pagemap"),
     (Capability::SysAdmin, false, "mounting tracefs; PFN self-check via pagemap"),
 ];
 

@@ -64,8 +64,8 @@ pub(super) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     if args.json {
         emit(&(serde_json::json!({ "layout": layout }).to_string() + "\n"))?;
     }
-    let pids = [layout.pid];
-    let run = session::run(config, &pids, Some(duration), |e| show(&args, &layout, e));
+    let targets = session::Targets::Pids(vec![layout.pid]);
+    let run = session::run(config, &targets, Some(duration), None, |e| show(&args, &layout, e));
     let (summary, _) = session::runtime()?.block_on(run)?;
     let text = if args.json {
         serde_json::json!({ "summary": summary }).to_string() + "\n"
@@ -97,6 +97,8 @@ fn spawn_workload(phase_change: Duration) -> anyhow::Result<(Workload, Layout)> 
 fn show(args: &DemoArgs, layout: &Layout, event: Event) -> Result<(), Failure> {
     match event {
         Event::TargetGone(pid) => emit(&format!("pid {pid} exited\n")),
+        // The demo's one target is never added or refused while running.
+        Event::TargetAdded(_) | Event::TargetRefused(..) => Ok(()),
         Event::Snapshot(s) if s.aggregation % args.every != 0 => Ok(()),
         Event::Snapshot(s) if args.json => {
             emit(&(serde_json::json!({ "snapshot": s }).to_string() + "\n"))

@@ -11,7 +11,7 @@ use super::{
     Failure, emit,
     options::MonitoringArgs,
     session::{self, Ended},
-    targets::TargetArgs,
+    targets::{ServeArgs, TargetArgs},
 };
 use crate::{
     monitor::{Event, Snapshot, process_cpu},
@@ -29,6 +29,8 @@ use crate::{
 pub struct MonitorArgs {
     #[command(flatten)]
     targets: TargetArgs,
+    #[command(flatten)]
+    serve: ServeArgs,
     /// Show only every Nth aggregation.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     every: u64,
@@ -38,6 +40,9 @@ pub struct MonitorArgs {
     /// JSON lines instead of tables: one object per target and shown aggregation.
     #[arg(long)]
     json: bool,
+    /// Print nothing per aggregation (with --metrics: a service that only serves metrics).
+    #[arg(long, conflicts_with_all = ["json", "every"])]
+    quiet: bool,
     /// Cells in the one-line heatmap.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1024))]
     heatmap_width: u64,
@@ -57,35 +62,49 @@ pub fn duration(text: Option<&str>) -> Result<Option<Duration>, Failure> {
 pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
     let config = args.monitoring.monitor_config().map_err(Failure::Input)?;
     let duration = duration(args.duration.as_deref())?;
-    let (pids, _started) = args.targets.resolve()?;
+    let metrics = args.serve.addr()?;
+    let (targets, _started) = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
     // CPU share since the previous shown snapshot; none for the first, which would mostly
     // measure loading the eBPF programs.
     let mut cpu: Option<(Instant, Duration)> = None;
-    let mut shown = 0u64;
+    let mut seen = 0u64;
     let (summary, ended) = session::runtime()?.block_on(session::run(
         config,
-        &pids,
+        &targets,
         duration,
+        metrics,
         |event| match event {
+            // Exited, or left the cgroup.
             Event::TargetGone(pid) => emit(&if args.json {
-                serde_json::json!({ "exited": pid }).to_string() + "\n"
+                serde_json::json!({ "gone": pid }).to_string() + "\n"
             } else {
-                format!("pid {pid} exited\n")
+                format!("pid {pid} gone\n")
             }),
-            Event::Snapshot(s) if s.aggregation % args.every != 0 => Ok(()),
+            Event::TargetAdded(pid) => emit(&if args.json {
+                serde_json::json!({ "added": pid }).to_string() + "\n"
+            } else {
+                format!("pid {pid} added\n")
+            }),
+            Event::TargetRefused(pid, why) => {
+                eprintln!("udamon: not monitoring pid {pid}: {why}");
+                Ok(())
+            }
             Event::Snapshot(s) => {
+                seen += 1;
+                if args.quiet || s.aggregation % args.every != 0 {
+                    return Ok(());
+                }
                 let now = (Instant::now(), process_cpu());
                 let share = cpu.map(|(wall, used)| {
                     (now.1 - used).as_secs_f64() / (now.0 - wall).as_secs_f64().max(1e-9)
                 });
                 cpu = Some(now);
-                shown += 1;
                 emit(&view(&s, &intervals, share, &args))
             }
         },
     ))?;
-    if shown == 0 && ended == Ended::TargetsGone {
+    if seen == 0 && ended == Ended::TargetsGone {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "every target exited before the first aggregation: nothing to show"
         )));

@@ -15,7 +15,7 @@ use super::{
     monitor::duration,
     options::MonitoringArgs,
     session::{self, Ended},
-    targets::TargetArgs,
+    targets::{ServeArgs, TargetArgs},
 };
 use crate::{
     atomic_file,
@@ -31,6 +31,8 @@ use crate::{
 pub struct RecordArgs {
     #[command(flatten)]
     targets: TargetArgs,
+    #[command(flatten)]
+    serve: ServeArgs,
     /// The record file.
     #[arg(short, long, default_value = "damon.data", value_name = "FILE")]
     output: PathBuf,
@@ -54,25 +56,30 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
         .map(Duration::from_micros)
         .map_err(|err| Failure::Input(err.context("--flush-every")))?;
     atomic_file::check_writable(&args.output).map_err(Failure::Input)?;
-    let (pids, _started) = args.targets.resolve()?;
+    let metrics = args.serve.addr()?;
+    let (targets, _started) = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
-    let mut writer =
-        RecordWriter::new(args.output.clone(), args.format, &pids, intervals, flush_every);
+    let mut writer = RecordWriter::new(args.output.clone(), args.format, intervals, flush_every);
     let progress =
         duration.filter(|_| std::io::stderr().is_terminal()).map(|d| (Instant::now(), d));
-    let result = session::runtime()?.block_on(session::run(config, &pids, duration, |event| {
-        match event {
-            Event::Snapshot(s) => writer.push(&s).map_err(Failure::Runtime)?,
-            Event::TargetGone(pid) => {
-                writer.flush().map_err(Failure::Runtime)?;
-                eprintln!("\rudamon: pid {pid} exited");
+    let result =
+        session::runtime()?.block_on(session::run(config, &targets, duration, metrics, |event| {
+            match event {
+                Event::Snapshot(s) => writer.push(&s).map_err(Failure::Runtime)?,
+                Event::TargetGone(pid) => {
+                    writer.flush().map_err(Failure::Runtime)?;
+                    eprintln!("\rudamon: pid {pid} gone");
+                }
+                Event::TargetAdded(pid) => eprintln!("\rudamon: pid {pid} added"),
+                Event::TargetRefused(pid, why) => {
+                    eprintln!("\rudamon: not monitoring pid {pid}: {why}")
+                }
             }
-        }
-        if let Some((started, total)) = progress {
-            draw_progress(started.elapsed(), total, writer.snapshots());
-        }
-        Ok(())
-    }));
+            if let Some((started, total)) = progress {
+                draw_progress(started.elapsed(), total, writer.snapshots());
+            }
+            Ok(())
+        }));
     if progress.is_some() {
         eprintln!();
     }

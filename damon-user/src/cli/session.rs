@@ -1,7 +1,13 @@
-//! One monitoring run for `monitor`, `record` and `demo`: the sampler, page-fault hints, and the
-//! end (duration, Ctrl-C/SIGTERM, or every target gone), with each event handed to the caller.
+//! One monitoring run for `monitor`, `record` and `demo`: the sampler, page-fault hints,
+//! cgroup membership, the metrics endpoint, and the end (duration, Ctrl-C/SIGTERM, or every
+//! target gone), with each event handed to the caller.
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::anyhow;
 use tokio::{
@@ -12,9 +18,11 @@ use tokio::{
 
 use super::Failure;
 use crate::{
+    cgroup::Cgroup,
     check,
     faults::FaultStream,
-    monitor::{Event, Monitor, MonitorConfig, Summary},
+    metrics::{Metrics, server},
+    monitor::{Control, Event, Monitor, MonitorConfig, Summary},
     vaddr::ops::TargetError,
 };
 
@@ -22,42 +30,77 @@ use crate::{
 pub enum Ended {
     Duration,
     Signal,
-    /// Every target exited.
+    /// Every target exited (or the cgroup went away).
     TargetsGone,
 }
 
-/// Monitors `pids` until the end, calling `on_event` for each snapshot and target exit.
+/// What to monitor: processes by pid, or every process of a cgroup as they come and go.
+pub enum Targets {
+    Pids(Vec<u32>),
+    Cgroup(Cgroup),
+}
+
+/// Monitors `targets` until the end, calling `on_event` for each snapshot and target change;
+/// serves metrics on `metrics` if given.
 pub async fn run(
     config: MonitorConfig,
-    pids: &[u32],
+    targets: &Targets,
     duration: Option<Duration>,
+    metrics: Option<SocketAddr>,
     mut on_event: impl FnMut(Event) -> Result<(), Failure>,
 ) -> Result<(Summary, Ended), Failure> {
     check::require_monitoring().map_err(Failure::Runtime)?;
+    let (pids, cgroup) = match targets {
+        Targets::Pids(pids) => (pids.clone(), None),
+        Targets::Cgroup(cgroup) => (cgroup.procs().map_err(Failure::Runtime)?, Some(cgroup)),
+    };
+    let shared = match metrics {
+        Some(addr) => {
+            let shared = Arc::new(Mutex::new(Metrics::new(cgroup.map_or("", |c| c.name()))));
+            let bound = server::serve(addr, shared.clone()).await.map_err(Failure::Input)?;
+            eprintln!("udamon: metrics on http://{bound}/metrics");
+            Some(shared)
+        }
+        None => None,
+    };
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let monitor = Monitor::start(config, pids, events_tx).map_err(|err| {
-        match err.downcast_ref::<TargetError>() {
+    let monitor =
+        Monitor::start(config, &pids, events_tx, cgroup.is_some()).map_err(|err| match err
+            .downcast_ref::<TargetError>(
+        ) {
             Some(TargetError::Other(..) | TargetError::Exited(_)) | None => Failure::Runtime(err),
             Some(_) => Failure::Input(err),
-        }
-    })?;
-    let mut faults = fault_stream(pids);
+        })?;
+    let mut faults = fault_stream(&pids);
     let fault_feed = monitor.faults();
+    let control = monitor.control();
+    let mut members =
+        Members { requested: pids.iter().copied().collect(), refused: HashSet::new() };
     let signal = |kind| tokio::signal::unix::signal(kind).map_err(|e| Failure::Runtime(e.into()));
     let (mut interrupt, mut terminate) =
         (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
     let end = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(end);
+    let mut membership = tokio::time::interval(Duration::from_micros(config.attrs.ops_update_us));
     let ended = loop {
         tokio::select! {
             _ = &mut end => break Ended::Duration,
             _ = interrupt.recv() => break Ended::Signal,
             _ = terminate.recv() => break Ended::Signal,
             event = events.recv() => match event {
-                Some(event) => on_event(event)?,
+                Some(event) => {
+                    observe(&event, shared.as_ref(), faults.as_mut(), &mut members);
+                    on_event(event)?;
+                }
                 // The sampler ended: every target gone, or an error (join says which).
                 None => break Ended::TargetsGone,
             },
+            _ = membership.tick(), if cgroup.is_some() => {
+                let Some(Ok(now)) = cgroup.map(Cgroup::procs) else { break Ended::TargetsGone };
+                for change in members.changes(&now) {
+                    let _ = control.send(change);
+                }
+            }
             _ = async {
                 match faults.as_mut() {
                     Some(stream) => forward_faults(stream, &fault_feed).await,
@@ -68,10 +111,73 @@ pub async fn run(
     };
     monitor.stop();
     while let Ok(event) = events.try_recv() {
+        observe(&event, shared.as_ref(), faults.as_mut(), &mut members);
         on_event(event)?;
     }
     let summary = monitor.join().map_err(Failure::Runtime)?;
     Ok((summary, ended))
+}
+
+/// The processes asked for, and those that could not be monitored (not asked for again while
+/// they stay in the group).
+struct Members {
+    requested: HashSet<u32>,
+    refused: HashSet<u32>,
+}
+
+impl Members {
+    /// What to change so that the targets follow `now`, the group's processes.
+    fn changes(&mut self, now: &[u32]) -> Vec<Control> {
+        let now: HashSet<u32> = now.iter().copied().collect();
+        self.refused.retain(|pid| now.contains(pid));
+        let mut changes = Vec::new();
+        for &pid in now.difference(&self.requested) {
+            if !self.refused.contains(&pid) {
+                changes.push(Control::Add(pid));
+            }
+        }
+        for &pid in self.requested.difference(&now) {
+            changes.push(Control::Remove(pid));
+        }
+        self.requested = now.difference(&self.refused).copied().collect();
+        changes
+    }
+}
+
+/// Keeps the metrics, the fault filter and the membership in step with the sampler's events.
+fn observe(
+    event: &Event,
+    metrics: Option<&server::Shared>,
+    faults: Option<&mut AsyncFd<FaultStream>>,
+    members: &mut Members,
+) {
+    let with_metrics = |f: &dyn Fn(&mut Metrics)| {
+        if let Some(Ok(mut m)) = metrics.map(|m| m.lock()) {
+            f(&mut m);
+        }
+    };
+    match event {
+        Event::Snapshot(s) => {
+            let lost = faults.as_ref().and_then(|f| f.get_ref().lost().ok()).unwrap_or(0);
+            with_metrics(&|m| m.update(s, lost));
+        }
+        Event::TargetGone(pid) => {
+            members.requested.remove(pid);
+            with_metrics(&|m| m.remove(*pid));
+            if let Some(f) = faults {
+                let _ = f.get_mut().remove_target(*pid);
+            }
+        }
+        Event::TargetAdded(pid) => {
+            if let Some(f) = faults {
+                let _ = f.get_mut().add_target(*pid);
+            }
+        }
+        Event::TargetRefused(pid, _) => {
+            members.requested.remove(pid);
+            members.refused.insert(*pid);
+        }
+    }
 }
 
 /// Page faults are hints, not essential: go on without them if they cannot be had here.
@@ -107,4 +213,36 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .enable_all()
         .build()
         .map_err(|err| Failure::Runtime(anyhow!("cannot start the runtime: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(changes: &[Control]) -> (Vec<u32>, Vec<u32>) {
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for c in changes {
+            match c {
+                Control::Add(p) => added.push(*p),
+                Control::Remove(p) => removed.push(*p),
+            }
+        }
+        added.sort_unstable();
+        removed.sort_unstable();
+        (added, removed)
+    }
+
+    #[test]
+    fn membership_follows_the_group_and_does_not_retry_refusals() {
+        let mut m = Members { requested: [1, 2].into(), refused: HashSet::new() };
+        assert_eq!(summary(&m.changes(&[1, 2])), (vec![], vec![]));
+        assert_eq!(summary(&m.changes(&[2, 3, 4])), (vec![3, 4], vec![1]));
+        // 4 could not be monitored: it is not asked for again while it stays.
+        m.requested.remove(&4);
+        m.refused.insert(4);
+        assert_eq!(summary(&m.changes(&[2, 3, 4])), (vec![], vec![]));
+        // Once it leaves and comes back, it is tried again.
+        assert_eq!(summary(&m.changes(&[2, 3])), (vec![], vec![]));
+        assert_eq!(summary(&m.changes(&[2, 3, 4])), (vec![4], vec![]));
+    }
 }

@@ -165,6 +165,36 @@ impl Context {
         }
     }
 
+    /// Adds a target between steps; best right after an aggregation, when counts restart. The
+    /// operations give it its regions, and every region gets a fresh sampling address.
+    pub fn add_target(
+        &mut self,
+        ops: &mut (impl Operations + ?Sized),
+        target: Target,
+    ) -> Result<()> {
+        anyhow::ensure!(
+            self.targets.iter().all(|t| t.id != target.id),
+            "target {} is monitored already",
+            target.id
+        );
+        self.targets.push(target);
+        if let Err(err) = ops.init(&mut self.targets) {
+            self.targets.pop();
+            return Err(err);
+        }
+        self.regions_changed = true;
+        self.prepare(ops);
+        Ok(())
+    }
+
+    /// Stops monitoring target `id`; false if there was none.
+    pub fn remove_target(&mut self, id: u64) -> bool {
+        let before = self.targets.len();
+        self.targets.retain(|t| t.id != id);
+        self.regions_changed |= self.targets.len() != before;
+        self.targets.len() != before
+    }
+
     /// Before the first step: initial regions, the size limit, the first sampling addresses.
     pub fn start(&mut self, ops: &mut (impl Operations + ?Sized)) -> Result<()> {
         let attrs = self.config.attrs;

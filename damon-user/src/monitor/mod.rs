@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-pub use self::snapshot::{RegionSnapshot, Snapshot, TargetSnapshot};
+pub use self::snapshot::{RegionSnapshot, SamplerStats, Snapshot, TargetSnapshot};
 use self::ticker::Ticker;
 use crate::{
     engine::{Attrs, Config, Context, CoreVersion, Counters, SplitPolicy},
@@ -41,8 +41,18 @@ pub type Events = tokio::sync::mpsc::UnboundedSender<Event>;
 
 pub enum Event {
     Snapshot(Snapshot),
-    /// A monitored process exited; the others go on.
+    /// A monitored process exited or was removed; the others go on.
     TargetGone(u32),
+    /// A process added while monitoring (`Control::Add`) is monitored from now on.
+    TargetAdded(u32),
+    /// A process could not be added, and why.
+    TargetRefused(u32, String),
+}
+
+/// Changes to the targets while monitoring; applied right after the next aggregation.
+pub enum Control {
+    Add(u32),
+    Remove(u32),
 }
 
 /// What a monitoring run cost and did.
@@ -66,12 +76,20 @@ pub struct Summary {
 pub struct Monitor {
     stop: Arc<AtomicBool>,
     faults: mpsc::Sender<(u32, u64)>,
+    control: mpsc::Sender<Control>,
     sampler: JoinHandle<Result<Summary>>,
 }
 
 impl Monitor {
     /// Loads the data plane, opens the targets and starts sampling; events arrive on `events`.
-    pub fn start(config: MonitorConfig, pids: &[u32], events: Events) -> Result<Self> {
+    /// Sampling ends when every target is gone, unless `follow` (targets come and go through
+    /// `control`).
+    pub fn start(
+        config: MonitorConfig,
+        pids: &[u32],
+        events: Events,
+        follow: bool,
+    ) -> Result<Self> {
         let mut ops = VaddrOps::new(Walker::new()?);
         let targets = pids.iter().map(|&pid| ops.add(pid)).collect::<Result<Vec<_>, _>>()?;
         let engine = Config {
@@ -84,19 +102,26 @@ impl Monitor {
         let ctx = Context::new(engine, targets)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (faults, fault_feed) = mpsc::channel();
+        let (control, controls) = mpsc::channel();
         let sampler = {
             let stop = stop.clone();
+            let inputs = Inputs { faults: fault_feed, controls, follow };
             std::thread::Builder::new()
                 .name("udamon-sampler".into())
-                .spawn(move || sample(ctx, ops, &stop, &events, &fault_feed))
+                .spawn(move || sample(ctx, ops, &stop, &events, &inputs))
                 .context("cannot start the sampler thread")?
         };
-        Ok(Self { stop, faults, sampler })
+        Ok(Self { stop, faults, control, sampler })
     }
 
     /// A sender for page faults `(pid, address)`, applied at the next tick.
     pub fn faults(&self) -> mpsc::Sender<(u32, u64)> {
         self.faults.clone()
+    }
+
+    /// A sender of target changes, applied after the next aggregation.
+    pub fn control(&self) -> mpsc::Sender<Control> {
+        self.control.clone()
     }
 
     pub fn stop(&self) {
@@ -109,27 +134,46 @@ impl Monitor {
     }
 }
 
+/// What reaches the sampler thread besides the clock.
+struct Inputs {
+    faults: mpsc::Receiver<(u32, u64)>,
+    controls: mpsc::Receiver<Control>,
+    follow: bool,
+}
+
 fn sample(
     mut ctx: Context,
     mut ops: VaddrOps,
     stop: &AtomicBool,
     events: &Events,
-    faults: &mpsc::Receiver<(u32, u64)>,
+    inputs: &Inputs,
 ) -> Result<Summary> {
     ctx.start(&mut ops)?;
     raise_priority();
     let started = Instant::now();
     let mut ticker = Ticker::new();
-    while !stop.load(Ordering::Acquire) && !ctx.targets().is_empty() {
+    while !stop.load(Ordering::Acquire) && (inputs.follow || !ctx.targets().is_empty()) {
         ticker.wait(Duration::from_micros(ctx.attrs().sample_us));
-        while let Ok((pid, addr)) = faults.try_recv() {
+        while let Ok((pid, addr)) = inputs.faults.try_recv() {
             ctx.record_fault(pid as u64, addr);
         }
-        let step = ctx.step(&mut ops, |ctx, _| {
-            let _ = events.send(Event::Snapshot(Snapshot::of(ctx, started.elapsed())));
+        let step = ctx.step(&mut ops, |ctx, ops| {
+            let mut snapshot = Snapshot::of(ctx, started.elapsed());
+            snapshot.stats = SamplerStats {
+                counters: *ctx.counters(),
+                ticks: ticker.ticks,
+                late_ticks: ticker.late,
+                cpu_seconds: cpu(libc::RUSAGE_THREAD).as_secs_f64(),
+                walk_lost: ops.walker().stats().map_or(0, |s| s.lost),
+            };
+            let _ = events.send(Event::Snapshot(snapshot));
         })?;
         for pid in step.dropped {
+            ops.remove(pid as u32);
             let _ = events.send(Event::TargetGone(pid as u32));
+        }
+        if step.aggregation.is_some() {
+            apply_controls(&mut ctx, &mut ops, &inputs.controls, events);
         }
     }
     let walk = ops.walker().stats().unwrap_or_default();
@@ -143,6 +187,35 @@ fn sample(
         walked_addresses: walk.addresses,
         calls: ops.walker().call_times(),
     })
+}
+
+/// Adds and removes targets as asked, at an aggregation boundary where counts restart.
+fn apply_controls(
+    ctx: &mut Context,
+    ops: &mut VaddrOps,
+    controls: &mpsc::Receiver<Control>,
+    events: &Events,
+) {
+    while let Ok(control) = controls.try_recv() {
+        let event = match control {
+            Control::Add(pid) => {
+                match ops.add(pid).map_err(anyhow::Error::from).and_then(|t| ctx.add_target(ops, t))
+                {
+                    Ok(()) => Event::TargetAdded(pid),
+                    Err(err) => {
+                        ops.remove(pid);
+                        Event::TargetRefused(pid, format!("{err:#}"))
+                    }
+                }
+            }
+            Control::Remove(pid) => {
+                ctx.remove_target(pid as u64);
+                ops.remove(pid);
+                Event::TargetGone(pid)
+            }
+        };
+        let _ = events.send(event);
+    }
 }
 
 /// Ticks wake on time more often at a higher priority (nice −10 measured about a third as

@@ -4,7 +4,20 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::Context;
+use crate::engine::{Context, Counters};
+
+/// The sampler's running totals when a snapshot was taken.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct SamplerStats {
+    pub counters: Counters,
+    pub ticks: u64,
+    /// Ticks that started late.
+    pub late_ticks: u64,
+    /// CPU time of the sampler thread so far.
+    pub cpu_seconds: f64,
+    /// Walk results the eBPF side could not deliver (ring buffer full).
+    pub walk_lost: u64,
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RegionSnapshot {
@@ -35,6 +48,7 @@ pub struct Snapshot {
     /// Samples per aggregation: the most `nr_accesses` can be.
     pub samples: u32,
     pub targets: Vec<TargetSnapshot>,
+    pub stats: SamplerStats,
 }
 
 impl Snapshot {
@@ -64,6 +78,7 @@ impl Snapshot {
                         .collect(),
                 })
                 .collect(),
+            stats: SamplerStats::default(),
         }
     }
 

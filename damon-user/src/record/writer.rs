@@ -14,6 +14,8 @@ use crate::monitor::Snapshot;
 pub struct RecordWriter {
     path: PathBuf,
     format: Format,
+    intervals: Intervals,
+    /// In the order targets first appeared (they may come and go).
     targets: Vec<TargetRecord>,
     flush_every: Duration,
     flushed: Instant,
@@ -23,26 +25,30 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    pub fn new(
-        path: PathBuf,
-        format: Format,
-        pids: &[u32],
-        intervals: Intervals,
-        flush_every: Duration,
-    ) -> Self {
-        let targets = pids
-            .iter()
-            .map(|&pid| TargetRecord {
-                target_id: pid as u64,
-                intervals: Some(intervals),
-                snapshots: Vec::new(),
-            })
-            .collect();
-        Self { path, format, targets, flush_every, flushed: Instant::now(), taken: 0, saved: 0 }
+    pub fn new(path: PathBuf, format: Format, intervals: Intervals, flush_every: Duration) -> Self {
+        Self {
+            path,
+            format,
+            intervals,
+            targets: Vec::new(),
+            flush_every,
+            flushed: Instant::now(),
+            taken: 0,
+            saved: 0,
+        }
     }
 
     /// Adds a snapshot; rewrites the file when the last write is `flush_every` old.
     pub fn push(&mut self, snapshot: &Snapshot) -> Result<()> {
+        for t in &snapshot.targets {
+            if !self.targets.iter().any(|r| r.target_id == t.pid as u64) {
+                self.targets.push(TargetRecord {
+                    target_id: t.pid as u64,
+                    intervals: Some(self.intervals),
+                    snapshots: Vec::new(),
+                });
+            }
+        }
         self.targets.iter_mut().for_each(|t| t.push(snapshot));
         self.taken += 1;
         if self.flushed.elapsed() >= self.flush_every {

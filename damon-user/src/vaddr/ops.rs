@@ -52,7 +52,10 @@ impl fmt::Display for TargetError {
                 write!(f, "pid {pid} is a kernel thread: it has no address space to monitor")
             }
             Self::Exited(pid) => write!(f, "pid {pid} exited before the first sample"),
-            Self::Denied(pid, err) => write!(f, "cannot monitor pid {pid}: {err}"),
+            Self::Denied(pid, err) => write!(
+                f,
+                "cannot monitor pid {pid}: {err} (another user's process needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
+            ),
             Self::Other(pid, err) => write!(f, "cannot monitor pid {pid}: {err:#}"),
         }
     }
@@ -106,9 +109,20 @@ impl VaddrOps {
                 TargetError::KernelThread(pid)
             });
         }
-        let pagemap = Pagemap::open(pid).map_err(|err| TargetError::Other(pid, err))?;
+        let pagemap =
+            Pagemap::open(pid).map_err(|err| match err.downcast_ref::<std::io::Error>() {
+                Some(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                    TargetError::Denied(pid, std::io::Error::from(io.kind()))
+                }
+                _ => TargetError::Other(pid, err),
+            })?;
         self.processes.insert(pid as u64, Process { pidfd, pagemap, mappings, exited: false });
         Ok(Target::new(pid as u64))
+    }
+
+    /// Forgets process `pid` (after its target left the engine).
+    pub fn remove(&mut self, pid: u32) {
+        self.processes.remove(&(pid as u64));
     }
 
     /// Regions for `target` from its mappings: the kernel's three regions around the two biggest

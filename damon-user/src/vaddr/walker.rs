@@ -106,6 +106,7 @@ impl Walker {
             walks: a.walks + s.walks,
             addresses: a.addresses + s.addresses,
             nanoseconds: a.nanoseconds + s.nanoseconds,
+            lost: a.lost + s.lost,
         }))
     }
 

@@ -1,0 +1,93 @@
+//! cgroup v2 targets: every process of a group, read from its `cgroup.procs` as they come and go.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid systems.
+pub fn root() -> Result<PathBuf> {
+    let mounts =
+        fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .min_by_key(|dir| dir.as_os_str().len())
+        .context("no cgroup v2 hierarchy is mounted")
+}
+
+#[derive(Clone, Debug)]
+pub struct Cgroup {
+    dir: PathBuf,
+    /// As shown in labels: the path below the cgroup root, e.g. `/system.slice/nginx.service`.
+    name: String,
+}
+
+impl Cgroup {
+    /// `path` is a directory of the cgroup v2 hierarchy, absolute or relative to its root.
+    pub fn open(path: &str) -> Result<Self> {
+        let root = root().with_context(|| format!("--cgroup {path}"))?;
+        let dir = match Path::new(path) {
+            p if p.is_absolute() => p.to_owned(),
+            p => root.join(p),
+        };
+        if !dir.is_dir() {
+            bail!("--cgroup {path}: no such cgroup directory ({})", dir.display());
+        }
+        if !dir.join("cgroup.procs").exists() {
+            bail!(
+                "--cgroup {path}: {} is not a cgroup v2 directory (no cgroup.procs)",
+                dir.display()
+            );
+        }
+        let name = dir
+            .strip_prefix(&root)
+            .map_or_else(|_| dir.display().to_string(), |rest| format!("/{}", rest.display()));
+        let cgroup = Self { dir, name };
+        cgroup.procs().with_context(|| format!("--cgroup {path}"))?;
+        Ok(cgroup)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The processes in the group now (not in its children), sorted.
+    pub fn procs(&self) -> Result<Vec<u32>> {
+        let path = self.dir.join("cgroup.procs");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_paths_are_named() {
+        let err = Cgroup::open("/nonexistent/cgroup").unwrap_err().to_string();
+        assert!(err.contains("no such cgroup directory"), "{err}");
+        let err = Cgroup::open("/tmp").unwrap_err().to_string();
+        assert!(err.contains("not a cgroup v2 directory"), "{err}");
+    }
+
+    #[test]
+    fn the_root_group_reads_if_mounted() {
+        if let Ok(dir) = root() {
+            let root = Cgroup::open(dir.to_str().unwrap()).unwrap();
+            assert_eq!(root.name(), "/");
+            assert!(!root.procs().unwrap().is_empty());
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! `--metrics` and `--cgroup` against the real kernel (root; under CI=true they must run), a
+//! real Prometheus (Debian's package, `UDAMON_PROMETHEUS`) scraping udamon, and promtool
+//! (`UDAMON_PROMTOOL`) linting the exposition. `cargo xtask test` sets both.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+fn privileged(test: &str) -> bool {
+    damon_user::test_support::privileged(test)
+}
+
+/// A tool `cargo xtask test` provides, or None (a printed skip) outside CI.
+fn tool(var: &str, test: &str) -> Option<PathBuf> {
+    match std::env::var_os(var).map(PathBuf::from).filter(|p| p.exists()) {
+        Some(path) => Some(path),
+        None if damon_user::test_support::in_ci() => {
+            panic!("{test}: {var} is not set under CI=true")
+        }
+        None => {
+            eprintln!("skipping {test}: {var} is not set (`cargo xtask test` sets it)");
+            None
+        }
+    }
+}
+
+/// A child killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sleeper() -> Killed {
+    Killed(Command::new("sleep").arg("600").spawn().unwrap())
+}
+
+/// udamon monitoring with `args`: its metrics address (from its stderr) and its stdout lines as
+/// they come.
+struct Udamon {
+    /// Held for its drop: udamon is killed with the test's end.
+    _child: Killed,
+    metrics: String,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Udamon {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_udamon"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let metrics = loop {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "udamon ended before serving metrics"
+            );
+            if let Some(url) = line.trim().strip_prefix("udamon: metrics on http://") {
+                break url.trim_end_matches("/metrics").to_owned();
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { _child: Killed(child), metrics, lines }
+    }
+
+    fn json_lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Waits up to 15 s for a JSON line that satisfies `found`.
+    fn wait_for(&self, what: &str, found: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.json_lines().iter().any(&found) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within 15 s: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET: the status code and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Metric names in an exposition (a sample's name, before its labels).
+fn served_names(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
+
+fn dashboard_names() -> BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("udamon_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn prometheus_scrapes_what_udamon_reports() {
+    let test = "prometheus_scrapes_what_udamon_reports";
+    if !privileged(test) {
+        return;
+    }
+    let (Some(prometheus), Some(promtool)) =
+        (tool("UDAMON_PROMETHEUS", test), tool("UDAMON_PROMTOOL", test))
+    else {
+        return;
+    };
+    let target = sleeper();
+    let pid = target.0.id();
+    let udamon = Udamon::start(&["monitor", "--json", "--metrics", "0", &pid.to_string()]);
+    udamon.wait_for("snapshot", |l| l["target_id"] == pid);
+
+    // The exposition itself: served, linted by promtool, and enough for the dashboard.
+    let (status, exposition) = get(&udamon.metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        exposition.contains(&format!("udamon_regions{{cgroup=\"\",pid=\"{pid}\"}}")),
+        "{exposition}"
+    );
+    let mut lint = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lint.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let served = served_names(&exposition);
+    let missing: Vec<_> = dashboard_names().difference(&served).cloned().collect();
+    assert!(missing.is_empty(), "the dashboard queries metrics udamon does not serve: {missing:?}");
+    assert_eq!(get(&udamon.metrics, "/nothing").0, 404);
+
+    // A real Prometheus scrapes it.
+    let dir = std::env::temp_dir().join(format!("udamon-prometheus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: udamon\n    static_configs:\n      - targets: ['{}']\n",
+            udamon.metrics
+        ),
+    )
+    .unwrap();
+    let web = format!("127.0.0.1:{}", free_port());
+    let _prometheus = Killed(
+        Command::new(&prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (labels, value) = loop {
+        assert!(Instant::now() < deadline, "Prometheus never had udamon_regions");
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(_) = TcpStream::connect(&web) else { continue };
+        let (status, body) = get(&web, "/api/v1/query?query=udamon_regions");
+        let Ok(answer) = serde_json::from_str::<Value>(&body) else { continue };
+        if status == 200
+            && let Some(sample) = answer["data"]["result"].as_array().and_then(|r| r.first())
+        {
+            let value: u64 = sample["value"][1].as_str().unwrap().parse().unwrap();
+            break (sample["metric"].clone(), value);
+        }
+    };
+    assert_eq!(labels["pid"], pid.to_string());
+    assert_eq!(labels["job"], "udamon");
+    // The value is one udamon reported for that pid.
+    let reported: BTreeSet<u64> = udamon
+        .json_lines()
+        .iter()
+        .filter(|l| l["target_id"] == pid)
+        .filter_map(|l| l["nr_regions"].as_u64())
+        .collect();
+    assert!(reported.contains(&value), "Prometheus has {value}, udamon reported {reported:?}");
+    drop(udamon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh cgroup v2 group, removed (after its processes are moved out) when dropped.
+struct Group {
+    dir: PathBuf,
+    root: PathBuf,
+}
+
+impl Group {
+    fn new() -> Self {
+        let root = damon_user::cgroup::root().expect("a cgroup v2 hierarchy");
+        let dir = root.join(format!("udamon-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir, root }
+    }
+
+    fn join(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    fn leave(&self, pid: u32) {
+        std::fs::write(self.root.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        procs.lines().filter_map(|l| l.parse().ok()).for_each(|pid| self.leave(pid));
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn cgroup_members_are_followed_as_they_come_and_go() {
+    if !privileged("cgroup_members_are_followed_as_they_come_and_go") {
+        return;
+    }
+    let group = Group::new();
+    let (a, b) = (sleeper(), sleeper());
+    let (a_pid, b_pid) = (a.0.id(), b.0.id());
+    group.join(a_pid);
+    let path = group.dir.to_str().unwrap();
+    let udamon = Udamon::start(&[
+        "monitor",
+        "--json",
+        "--updr",
+        "200ms",
+        "--cgroup",
+        path,
+        "--metrics",
+        "0",
+    ]);
+    udamon.wait_for("a snapshot of the first member", |l| l["target_id"] == a_pid);
+    let name = format!("/udamon-test-{}", std::process::id());
+    let (_, exposition) = get(&udamon.metrics, "/metrics");
+    assert!(
+        exposition.contains(&format!("udamon_regions{{cgroup=\"{name}\",pid=\"{a_pid}\"}}")),
+        "{exposition}"
+    );
+
+    group.join(b_pid);
+    udamon.wait_for("the second member added", |l| l["added"] == b_pid);
+    udamon.wait_for("a snapshot of the second member", |l| l["target_id"] == b_pid);
+    group.leave(a_pid);
+    udamon.wait_for("the first member gone", |l| l["gone"] == a_pid);
+    // After it left: no more snapshots of it, and no more series.
+    let seen = udamon.json_lines().len();
+    udamon.wait_for("more snapshots of the second member", |l| {
+        l["target_id"] == b_pid && l["snapshot"].as_u64() > Some(30)
+    });
+    assert!(
+        !udamon.json_lines()[seen..].iter().any(|l| l["target_id"] == a_pid),
+        "a left but is still monitored"
+    );
+    let (_, exposition) = get(&udamon.metrics, "/metrics");
+    assert!(!exposition.contains(&format!("pid=\"{a_pid}\"")), "{exposition}");
+}
+
+#[test]
+fn metrics_and_cgroup_bad_input_is_one_line_and_exit_2() {
+    if !privileged("metrics_and_cgroup_bad_input_is_one_line_and_exit_2") {
+        return;
+    }
+    let target = sleeper();
+    let pid = target.0.id().to_string();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let cases: [(&[&str], &str); 5] = [
+        (&["monitor", "--metrics", &taken, &pid], "Address already in use"),
+        (&["monitor", "--metrics", "localhost:99999", &pid], "expected [HOST:]PORT"),
+        (&["record", "--metrics", "nonsense", &pid], "expected [HOST:]PORT"),
+        (&["monitor", "--cgroup", "/nonexistent/group"], "no such cgroup directory"),
+        (&["monitor", "--cgroup", "/tmp", "--metrics", "0"], "not a cgroup v2 directory"),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_udamon")).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
