@@ -75,8 +75,14 @@ impl Udamon {
                 break url.trim_end_matches("/metrics").to_owned();
             }
         };
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         let lines = Arc::new(Mutex::new(Vec::new()));
+        // The rest of stderr joins the lines (not JSON: only shown when a wait fails).
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(format!("stderr: {line}"));
+            }
+        });
         let stdout: ChildStdout = child.stdout.take().unwrap();
         let sink = lines.clone();
         std::thread::spawn(move || {
