@@ -50,9 +50,11 @@ pub async fn run(
     mut on_event: impl FnMut(Event) -> Result<(), Failure>,
 ) -> Result<(Summary, Ended), Failure> {
     check::require_monitoring().map_err(Failure::Runtime)?;
+    // A cgroup's members join through the first membership check, one by one: one that exits
+    // meanwhile (or cannot be monitored) is refused alone instead of failing the start.
     let (pids, cgroup) = match targets {
         Targets::Pids(pids) => (pids.clone(), None),
-        Targets::Cgroup(cgroup) => (cgroup.procs().map_err(Failure::Runtime)?, Some(cgroup)),
+        Targets::Cgroup(cgroup) => (Vec::new(), Some(cgroup)),
     };
     let shared = match metrics {
         Some(addr) => {
