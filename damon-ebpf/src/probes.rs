@@ -52,17 +52,21 @@ pub fn probe_tp_btf(ctx: BtfTracePointContext) -> i32 {
     let mut word = mm;
     // SAFETY: the callback and its context live for the duration of the call.
     unsafe { bpf_loop(1, read_word as *mut c_void, &mut word as *mut u64 as *mut c_void, 0) };
-    if word != 0 {
+    if word == READ_OK {
         mark(Probe::BtfTracePoint, 1);
     }
     0
 }
 
-/// `bpf_loop` callback: replaces `*ctx`, a kernel address, with the word stored there.
+/// What `read_word` leaves when the read worked (the word itself may be 0: on 6.1 the first
+/// word of `mm_struct` is an unlocked spinlock).
+const READ_OK: u64 = 1;
+
+/// `bpf_loop` callback: replaces `*ctx`, a kernel address, with whether it could be read.
 extern "C" fn read_word(_index: u64, ctx: *mut c_void) -> i64 {
     let word = ctx as *mut u64;
     // SAFETY: `ctx` is the probe's stack slot; the address it holds is read by a checked helper.
-    unsafe { *word = bpf_probe_read_kernel(*word as *const u64).unwrap_or(0) };
+    unsafe { *word = bpf_probe_read_kernel(*word as *const u64).map_or(0, |_: u64| READ_OK) };
     1
 }
 

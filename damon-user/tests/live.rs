@@ -53,22 +53,26 @@ fn report(file: &Path, kind: &str) -> Value {
     serde_json::from_str(&succeed(out.unwrap())).unwrap()
 }
 
-#[test]
-fn record_then_report_and_damo_reads_it() {
-    if !privileged("record_then_report_and_damo_reads_it") {
-        return;
-    }
-    let target = Sleeper::new();
-    let dir = scratch("round-trip");
-    let file = dir.join("damon.data");
+/// Records `target` for `duration` into a fresh directory; the file's path.
+fn record(test: &str, target: &Sleeper, duration: &str) -> PathBuf {
+    let file = scratch(test).join("damon.data");
     let out = udamon()
-        .args(["record", "-o", file.to_str().unwrap(), "--duration", "2500ms", &target.pid()])
+        .args(["record", "-o", file.to_str().unwrap(), "--duration", duration, &target.pid()])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("snapshots written to"), "{err}");
+    file
+}
 
+#[test]
+fn record_then_report_round_trip() {
+    if !privileged("record_then_report_round_trip") {
+        return;
+    }
+    let target = Sleeper::new();
+    let file = record("round-trip", &target, "2500ms");
     let last = &report(&file, "access")[0];
     assert_eq!(last["target_id"].as_u64().unwrap().to_string(), target.pid());
     let regions = last["regions"].as_array().unwrap();
@@ -76,12 +80,23 @@ fn record_then_report_and_damo_reads_it() {
     let snapshots = last["snapshot"].as_u64().unwrap() + 1;
     // 25 at most; fewer when a loaded machine delays sample ticks (aggregations count samples).
     assert!((8..=26).contains(&snapshots), "{snapshots} snapshots of 100 ms in 2.5 s");
+}
 
+/// The real damo reads a live record (not in vm-test guests, which have no damo: they skip it
+/// by name).
+#[test]
+fn damo_reads_a_live_record() {
+    if !privileged("damo_reads_a_live_record") {
+        return;
+    }
     let Some(damo) = std::env::var_os("UDAMON_DAMO").map(PathBuf::from) else {
         assert!(!damon_user::test_support::in_ci(), "UDAMON_DAMO must name damo under CI=true");
-        eprintln!("skipping the damo half: UDAMON_DAMO is not set");
+        eprintln!("skipping damo_reads_a_live_record: UDAMON_DAMO is not set");
         return;
     };
+    let target = Sleeper::new();
+    let file = record("damo", &target, "1500ms");
+    let regions = report(&file, "access")[0]["regions"].clone();
     let damo_says = |args: &[&str]| {
         let out = Command::new(&damo).args(args).arg("--input").arg(&file).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -113,18 +128,23 @@ fn record_keeps_a_readable_file_while_running_and_flushes_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Whenever we look, the file is whole: absent at first, then always a readable record.
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // Whenever we look, the file is whole: absent at first, then always a readable record. Watch
+    // for 2 s after it first appears (start-up takes seconds in an emulated guest).
+    let appeared = Instant::now() + Duration::from_secs(60);
+    let mut deadline = appeared;
     let mut seen = 0;
     while Instant::now() < deadline {
         if file.exists() {
+            if deadline == appeared {
+                deadline = Instant::now() + Duration::from_secs(2);
+            }
             let snapshots = report(&file, "access")[0]["snapshot"].as_u64().unwrap() + 1;
             assert!(snapshots >= seen, "the file went back in time");
             seen = snapshots;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(seen >= 3, "only {seen} snapshots flushed after 3 s");
+    assert!(seen >= 3, "only {seen} snapshots flushed 2 s after the first flush");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(record.id() as i32, libc::SIGTERM) };
     let out = record.wait_with_output().unwrap();
@@ -142,15 +162,16 @@ fn monitor_follows_the_command_it_started() {
         return;
     }
     let started = Instant::now();
-    let out = udamon().args(["monitor", "--every", "5", "--", "sleep", "1.5"]).output().unwrap();
+    // Long enough to outlast start-up in an emulated guest, where loading takes seconds.
+    let out = udamon().args(["monitor", "--every", "5", "--", "sleep", "4"]).output().unwrap();
     let text = succeed(out);
-    assert!(started.elapsed() < Duration::from_secs(20), "monitor outlived its command");
+    assert!(started.elapsed() < Duration::from_secs(60), "monitor outlived its command");
     assert!(text.contains("working set") && text.contains("heatmap |"), "{text}");
     assert!(text.contains("udamon CPU"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("pid ") && l.ends_with(" gone")), "{text}");
-    // Every 5th aggregation only: at most 0, 5, 10 and 15 within 1.5 s.
+    // Every 5th aggregation only: at most 0, 5, …, 40 within 4 s.
     let shown = text.lines().filter(|l| l.starts_with("target ")).count();
-    assert!((1..=4).contains(&shown), "{shown} snapshots shown: {text}");
+    assert!((1..=9).contains(&shown), "{shown} snapshots shown: {text}");
 }
 
 #[test]

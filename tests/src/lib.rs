@@ -3,7 +3,7 @@
 //! holds what they share: a child process with a known memory layout.
 
 use std::{
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -71,6 +71,23 @@ impl Child {
     fn control(&self) -> &AtomicU32 {
         // SAFETY: a shared page that lives as long as `self`.
         unsafe { &*self.control }
+    }
+
+    /// Completed sweeps over the hot pages; in the control page, after the state word.
+    fn sweeps(&self) -> &AtomicU64 {
+        // SAFETY: the shared control page, 8-byte aligned at offset 8.
+        unsafe { &*(self.control as *const u8).add(8).cast::<AtomicU64>() }
+    }
+
+    /// Waits until the child has swept its hot pages `n` more times: however slow the machine
+    /// (an emulated guest shares one CPU), every hot page has been written since the call.
+    pub fn wait_sweeps(&self, n: u64) {
+        let target = self.sweeps().load(Ordering::Acquire) + n;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.sweeps().load(Ordering::Acquire) < target {
+            assert!(Instant::now() < deadline, "the child stopped sweeping");
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     pub fn page(&self, index: usize) -> u64 {
@@ -156,6 +173,8 @@ impl OneShotWriter {
 }
 
 unsafe fn run_child(small: usize, pages: usize, huge: usize, control: &AtomicU32) -> ! {
+    // SAFETY: the control page is shared and 8-byte aligned at offset 8 (see `Child::sweeps`).
+    let sweeps = unsafe { &*(control as *const AtomicU32 as *const u8).add(8).cast::<AtomicU64>() };
     let write = |addr: usize| unsafe { (addr as *mut u8).write_volatile(1) };
     (0..pages).for_each(|i| write(small + i * PAGE));
     (0..2 * HUGE).step_by(PAGE).for_each(|off| write(huge + off));
@@ -166,6 +185,7 @@ unsafe fn run_child(small: usize, pages: usize, huge: usize, control: &AtomicU32
         }
         write(huge);
         write(huge + HUGE);
+        sweeps.fetch_add(1, Ordering::Release);
     }
     unsafe { libc::_exit(0) }
 }

@@ -37,7 +37,8 @@ fn accessed_bits_follow_the_child_over_a_thousand_rounds() {
     let (mut right, mut checks) = (0u64, 0u64);
     for _ in 0..1000 {
         clear_accessed(&mut walker, &target, &addrs, &mut leaves);
-        std::thread::sleep(Duration::from_millis(5));
+        // Two sweeps: the one under way may have passed some pages before the clear.
+        child.wait_sweeps(2);
         walker.walk(&target, &addrs, &mut leaves).unwrap();
         for (i, leaf) in leaves.iter().enumerate() {
             checks += 1;

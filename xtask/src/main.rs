@@ -2,6 +2,7 @@
 //! builds runs `setup` first, so a fresh machine needs nothing installed by hand.
 
 mod setup;
+mod vm;
 
 use std::{
     env,
@@ -34,10 +35,20 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run every test: unit, integration and privileged (which fail instead of skipping under CI=true).
+    /// Run every test: unit, integration and privileged (which fail instead of skipping under
+    /// CI=true), then the same privileged tests on Debian kernels 6.1, 6.12 and 7.2 (vm-test).
     Test,
     /// Run the benchmarks and print their figures.
     Bench,
+    /// Boot Debian kernels under QEMU and run udamon's checks and privileged tests in each.
+    VmTest {
+        /// Kernels to test (6.1, 6.12, 7.2); default: all.
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
+        /// Add a failing step to every guest, to see a failure reported.
+        #[arg(long)]
+        inject_failure: bool,
+    },
 }
 
 /// What `cargo xtask run` runs without arguments.
@@ -51,8 +62,14 @@ fn main() {
             Cmd::BuildEbpf => setup::run().and_then(|()| build_ebpf()),
             Cmd::Build => setup::run().and_then(|()| build()),
             Cmd::Run { args } => setup::run().and_then(|()| build()).and_then(|()| run(&args)),
-            Cmd::Test => setup::run().and_then(|()| test(&setup::test_tools()?)),
+            // The kernel matrix last: it only runs once everything on this kernel passed.
+            Cmd::Test => setup::run()
+                .and_then(|()| test(&setup::test_tools()?))
+                .and_then(|()| vm::run(&[], false)),
             Cmd::Bench => setup::run().and_then(|()| bench(&setup::test_tools()?)),
+            Cmd::VmTest { kernels, inject_failure } => {
+                setup::run().and_then(|()| vm::run(&kernels, inject_failure))
+            }
         });
     if let Err(err) = result {
         eprintln!("xtask: {err:#}");
@@ -150,11 +167,11 @@ fn bench(tools: &setup::TestTools) -> Result<()> {
 }
 
 /// The cargo that runs xtask (stable), for the workspace's host crates.
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn run_command(command: &mut Command) -> Result<()> {
+pub(crate) fn run_command(command: &mut Command) -> Result<()> {
     let shown = format!(
         "{} {}",
         command.get_program().display(),

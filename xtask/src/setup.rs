@@ -61,6 +61,42 @@ pub fn run() -> Result<()> {
 
 const DAMO_VERSION: &str = "3.4.3";
 
+/// What `vm-test` needs: QEMU and a static busybox for the guests. Installing Debian 12's
+/// qemu-system-x86 replaces the image's qemu-utils from backports; qemu-utils comes back at
+/// bookworm's version. Returns the busybox to pack.
+pub fn vm_tools() -> Result<PathBuf> {
+    let busybox = PathBuf::from("/bin/busybox");
+    let present = || run_ok(&["qemu-system-x86_64", "--version"]) && busybox.exists();
+    if present() {
+        eprintln!("setup: qemu-system-x86, busybox-static ... present");
+        return Ok(busybox);
+    }
+    let install = [
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "qemu-system-x86",
+        "qemu-utils",
+        "busybox-static",
+    ];
+    if !is_root() {
+        bail!(
+            "setup: QEMU is missing and installing it needs root; run as root:\n    {}",
+            install.join(" ")
+        );
+    }
+    eprintln!("setup: qemu-system-x86, busybox-static ... installing: {}", install.join(" "));
+    let ok = run_ok(&install) || (run_ok(&["apt-get", "update"]) && run_ok(&install));
+    if !ok || !present() {
+        bail!(
+            "setup: could not install QEMU; run this yourself, then retry:\n    {}",
+            install.join(" ")
+        );
+    }
+    Ok(busybox)
+}
+
 /// Real programs the tests check udamon against, in ignored directories under target/.
 pub struct TestTools {
     /// damo from PyPI, to read our records.

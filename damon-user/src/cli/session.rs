@@ -73,6 +73,9 @@ pub async fn run(
             Some(TargetError::Other(..) | TargetError::Exited(_)) | None => Failure::Runtime(err),
             Some(_) => Failure::Input(err),
         })?;
+    // The duration counts from the sampler's start, not from whatever start-up follows.
+    let end = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(end);
     let mut faults = fault_stream(&pids);
     let fault_feed = monitor.faults();
     let control = monitor.control();
@@ -81,8 +84,6 @@ pub async fn run(
     let signal = |kind| tokio::signal::unix::signal(kind).map_err(|e| Failure::Runtime(e.into()));
     let (mut interrupt, mut terminate) =
         (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
-    let end = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
-    tokio::pin!(end);
     let mut membership = tokio::time::interval(Duration::from_micros(config.attrs.ops_update_us));
     let ended = loop {
         tokio::select! {

@@ -1,0 +1,223 @@
+//! `cargo xtask vm-test`: udamon on other kernels. Debian kernels boot under QEMU (TCG: this
+//! machine's /dev/kvm cannot run ordinary guests) with an initramfs of static test binaries; each
+//! guest runs `udamon check`, the privileged integration tests and a monitored demo, and prints a
+//! verdict on its serial console.
+
+mod console;
+mod initramfs;
+mod kernels;
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use self::{console::Verdict, initramfs::Archive};
+
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The integration tests that need only the kernel (no damo, Prometheus or setpriv). Not
+/// `demo`: its accuracy bounds assume the workload sweeps its hot memory at native speed, and
+/// under TCG it runs ~5× slower; the guest runs `udamon demo` end to end instead.
+const GUEST_TESTS: [&str; 3] = ["fault_stream", "walker", "live"];
+const GUEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+/// How long each of kernel DAMON and udamon watches the workload, one after the other.
+const SIDE_BY_SIDE_SECONDS: u32 = 10;
+const SIDE: &str = "UDAMON-VM-SIDE-BY-SIDE:";
+
+pub fn run(names: &[String], inject_failure: bool) -> Result<()> {
+    let kernels = if names.is_empty() {
+        kernels::ALL.iter().collect()
+    } else {
+        names.iter().map(|n| kernels::by_name(n)).collect::<Result<Vec<_>>>()?
+    };
+    let busybox = crate::setup::vm_tools()?;
+    let work = std::path::absolute("target/vm")?;
+    std::fs::create_dir_all(&work)?;
+    let initrd = work.join("initrd.cpio");
+    pack(&busybox, &initrd, inject_failure)?;
+    let mut results = Vec::new();
+    for kernel in kernels {
+        let vmlinuz = kernel.vmlinuz(&work.join("kernels"))?;
+        let log = work.join(format!("console-{}.log", kernel.name));
+        let started = Instant::now();
+        let mut verdict = boot(&vmlinuz, &initrd, &log)?;
+        if let Verdict::Broken(why) = &verdict {
+            eprintln!("vm-test: kernel {}: {why}; booting once more", kernel.name);
+            verdict = boot(&vmlinuz, &initrd, &log)?;
+        }
+        eprintln!(
+            "vm-test: kernel {}: {verdict:?} in {:.0} s (console: {})",
+            kernel.name,
+            started.elapsed().as_secs_f64(),
+            log.display()
+        );
+        let console = std::fs::read_to_string(&log).unwrap_or_default();
+        let side = console.lines().find_map(|l| l.strip_prefix(SIDE)).map(|r| r.trim().to_owned());
+        results.push((kernel.name, verdict, side.unwrap_or_default()));
+    }
+    println!("kernel  verdict  beside kernel DAMON");
+    for (name, verdict, side) in &results {
+        println!("{name:<7} {verdict:?}  {side}");
+    }
+    let failed: Vec<_> =
+        results.iter().filter(|(_, v, _)| *v != Verdict::Pass).map(|(n, ..)| *n).collect();
+    if !failed.is_empty() {
+        bail!("vm-test failed on kernel(s) {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Static binaries (glibc with crt-static), and the guest's steps over them.
+fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
+    let flags =
+        ("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static");
+    crate::run_command(
+        crate::cargo()
+            .args(["build", "--release", "--target", TARGET, "-p", "damon-user", "--bin", "udamon"])
+            .env(flags.0, flags.1),
+    )?;
+    let mut build = crate::cargo();
+    build.args([
+        "test",
+        "--release",
+        "--no-run",
+        "--target",
+        TARGET,
+        "-p",
+        "tests",
+        "-p",
+        "damon-user",
+        "--message-format=json",
+    ]);
+    for test in GUEST_TESTS {
+        build.args(["--test", test]);
+    }
+    let out = build
+        .env(flags.0, flags.1)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
+    if !out.status.success() {
+        bail!("building the static test binaries failed");
+    }
+    let tests: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["profile"]["test"] == true)
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .collect();
+    if tests.len() != GUEST_TESTS.len() {
+        bail!("expected {} test binaries, cargo built {tests:?}", GUEST_TESTS.len());
+    }
+    crate::run_command(
+        crate::cargo()
+            .args([
+                "build",
+                "--release",
+                "--target",
+                TARGET,
+                "-p",
+                "tests",
+                "--bin",
+                "side_by_side",
+            ])
+            .env(flags.0, flags.1),
+    )?;
+    let udamon = std::path::absolute(format!("target/{TARGET}/release/udamon"))?;
+    let side_by_side = std::path::absolute(format!("target/{TARGET}/release/side_by_side"))?;
+    let mut archive = Archive::new();
+    archive.copy("/bin/busybox", busybox)?;
+    for dir in
+        ["/proc", "/sys", "/dev", "/tmp", "/sys/kernel/tracing", "/sys/fs/bpf", "/sys/fs/cgroup"]
+    {
+        archive.dir(dir);
+    }
+    // The tests find udamon where cargo put it (CARGO_BIN_EXE_udamon): the same path inside.
+    let udamon_path = udamon.to_str().context("a UTF-8 path")?;
+    archive.copy(udamon_path, &udamon)?;
+    let mut steps = vec![format!("{udamon_path} check")];
+    for test in &tests {
+        let name = test.file_name().and_then(|n| n.to_str()).context("a test binary name")?;
+        let inside = format!("/tests/{name}");
+        archive.copy(&inside, test)?;
+        // No damo in the guest: its test is skipped by name.
+        steps.push(format!("{inside} --test-threads=1 --skip damo_"));
+    }
+    steps.push(format!("{udamon_path} demo --duration 8s --every 20"));
+    // Beside the kernel's own DAMON, where the kernel has it (6.12, 7.2).
+    archive.copy("/side_by_side", &side_by_side)?;
+    steps.push(format!(
+        "if [ -d /sys/kernel/mm/damon/admin ]; then /side_by_side {udamon_path} {SIDE_BY_SIDE_SECONDS}; else echo '{SIDE} no kernel DAMON here'; fi"
+    ));
+    if inject_failure {
+        steps.push("false".to_owned());
+    }
+    archive.file("/init", &initramfs::init_script(&steps), 0o755);
+    initramfs::write(initrd, archive)
+}
+
+/// Boots `vmlinuz` with `initrd`, echoes the guest's progress, keeps the console in `log`.
+fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Verdict> {
+    let mut qemu = Command::new("qemu-system-x86_64")
+        // One TCG thread: multi-threaded TCG on QEMU 7.2 oopses in ~4 % of boots (int3).
+        .args([
+            "-accel",
+            "tcg,thread=single",
+            "-smp",
+            "1",
+            "-m",
+            "2048",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        // 7.2's own DAMON monitor would hold DAMON busy.
+        .args(["-append", "console=ttyS0 panic=-1 damon_stat.enabled=N"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start qemu-system-x86_64")?;
+    let stdout = qemu.stdout.take().context("no console pipe")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + GUEST_TIMEOUT;
+    let mut console = String::new();
+    // Written as it comes, so a slow or hung guest can be watched.
+    let mut file = std::fs::File::create(log)?;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                if line.contains("UDAMON-VM")
+                    || line.contains("test result")
+                    || line.contains("panicked")
+                {
+                    eprintln!("  guest: {line}");
+                }
+                let _ = writeln!(file, "{line}");
+                console.push_str(&line);
+                console.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = qemu.kill();
+                console.push_str("vm-test: the guest timed out\n");
+                break;
+            }
+        }
+    }
+    let _ = qemu.wait();
+    Ok(console::verdict(&console))
+}
