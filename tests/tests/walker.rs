@@ -34,7 +34,7 @@ fn accessed_bits_follow_the_child_over_a_thousand_rounds() {
     let target = PidFd::open(child.pid).unwrap();
     let addrs: Vec<u64> = (0..child.pages).map(|i| child.page(i)).collect();
     let mut leaves = Vec::new();
-    let (mut right, mut checks) = (0u64, 0u64);
+    let (mut right, mut checks, mut hot_idle) = (0u64, 0u64, 0u64);
     for _ in 0..1000 {
         clear_accessed(&mut walker, &target, &addrs, &mut leaves);
         // Two sweeps: the one under way may have passed some pages before the clear.
@@ -43,12 +43,17 @@ fn accessed_bits_follow_the_child_over_a_thousand_rounds() {
         for (i, leaf) in leaves.iter().enumerate() {
             checks += 1;
             right += (leaf.accessed() == Child::is_hot(i)) as u64;
+            hot_idle += (Child::is_hot(i) && !leaf.accessed()) as u64;
         }
     }
     child.stop();
     let share = right as f64 / checks as f64;
     eprintln!("{right} of {checks} checks right");
-    assert!(share >= 0.99, "{right} of {checks} checks right ({:.2} %)", share * 100.0);
+    assert!(
+        share >= 0.99,
+        "{right} of {checks} checks right ({:.2} %); {hot_idle} written pages read idle",
+        share * 100.0
+    );
 }
 
 #[test]
@@ -95,7 +100,11 @@ fn huge_pages_are_cleared_whole_and_never_split() {
     walker.walk(&target, &addrs, &mut leaves).unwrap();
     let after = child.anon_huge_kib();
     child.stop();
-    assert_eq!(after, before, "AnonHugePages changed: a huge page was split");
+    // More is khugepaged collapsing the child's other memory; less would be our split.
+    assert!(
+        after >= before,
+        "AnonHugePages fell from {before} to {after} kB: a huge page was split"
+    );
     if before >= 4096 {
         assert!(leaves.iter().all(|l| matches!(l, Leaf::Pmd(_))), "{leaves:?}");
     }
