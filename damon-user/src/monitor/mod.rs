@@ -203,7 +203,10 @@ fn apply_controls(
                 {
                     Ok(()) => Event::TargetAdded(pid),
                     Err(err) => {
-                        ops.remove(pid);
+                        // Forget the process only if the engine does not monitor it already.
+                        if ctx.targets().iter().all(|t| t.id != pid as u64) {
+                            ops.remove(pid);
+                        }
                         Event::TargetRefused(pid, format!("{err:#}"))
                     }
                 }
