@@ -45,6 +45,10 @@ fn map(len: usize, flags: i32) -> usize {
 impl Child {
     pub fn spawn(pages: usize) -> Self {
         let small = map(pages * PAGE, libc::MAP_PRIVATE);
+        // Small pages they must stay: where THP is `always` (Debian's kernels) the area may share
+        // a VMA with a 2 MiB-aligned range and come back as one huge page.
+        // SAFETY: advising our own fresh mapping.
+        unsafe { libc::madvise(small as *mut libc::c_void, pages * PAGE, libc::MADV_NOHUGEPAGE) };
         // 6 MiB, to find two aligned huge pages inside.
         let raw = map(3 * HUGE, libc::MAP_PRIVATE);
         let huge = raw.next_multiple_of(HUGE);

@@ -34,7 +34,7 @@ fn accessed_bits_follow_the_child_over_a_thousand_rounds() {
     let target = PidFd::open(child.pid).unwrap();
     let addrs: Vec<u64> = (0..child.pages).map(|i| child.page(i)).collect();
     let mut leaves = Vec::new();
-    let (mut right, mut checks, mut hot_idle) = (0u64, 0u64, 0u64);
+    let (mut right, mut checks, mut hot_idle, mut huge) = (0u64, 0u64, 0u64, 0u64);
     for _ in 0..1000 {
         clear_accessed(&mut walker, &target, &addrs, &mut leaves);
         // Two sweeps: the one under way may have passed some pages before the clear.
@@ -44,6 +44,7 @@ fn accessed_bits_follow_the_child_over_a_thousand_rounds() {
             checks += 1;
             right += (leaf.accessed() == Child::is_hot(i)) as u64;
             hot_idle += (Child::is_hot(i) && !leaf.accessed()) as u64;
+            huge += (leaf.page_size() != Some(PAGE as u64)) as u64;
         }
     }
     child.stop();
@@ -51,7 +52,8 @@ fn accessed_bits_follow_the_child_over_a_thousand_rounds() {
     eprintln!("{right} of {checks} checks right");
     assert!(
         share >= 0.99,
-        "{right} of {checks} checks right ({:.2} %); {hot_idle} written pages read idle",
+        "{right} of {checks} checks right ({:.2} %); {hot_idle} written pages read idle, \
+         {huge} reads not of a 4 KiB page",
         share * 100.0
     );
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's build, run, test and benchmark entry points. Every command that
 //! builds runs `setup` first, so a fresh machine needs nothing installed by hand.
 
+mod apt;
 mod setup;
 mod vm;
 

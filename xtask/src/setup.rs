@@ -61,9 +61,10 @@ pub fn run() -> Result<()> {
 
 const DAMO_VERSION: &str = "3.4.3";
 
-/// What `vm-test` needs: QEMU and a static busybox for the guests. Installing Debian 12's
-/// qemu-system-x86 replaces the image's qemu-utils from backports; qemu-utils comes back at
-/// bookworm's version. Returns the busybox to pack.
+/// What `vm-test` needs: QEMU and a static busybox for the guests. QEMU comes from backports:
+/// the image's qemu-utils is backports' already, and the release's own qemu-system-x86 (7.2)
+/// conflicts with it. Backports is read through lists of our own, not added to the host's
+/// sources. Returns the busybox to pack.
 pub fn vm_tools() -> Result<PathBuf> {
     let busybox = PathBuf::from("/bin/busybox");
     let present = || run_ok(&["qemu-system-x86_64", "--version"]) && busybox.exists();
@@ -71,28 +72,26 @@ pub fn vm_tools() -> Result<PathBuf> {
         eprintln!("setup: qemu-system-x86, busybox-static ... present");
         return Ok(busybox);
     }
-    let install = [
-        "apt-get",
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "qemu-system-x86",
-        "qemu-utils",
-        "busybox-static",
-    ];
+    let packages = ["qemu-system-x86", "qemu-utils", "busybox-static"];
     if !is_root() {
-        bail!(
-            "setup: QEMU is missing and installing it needs root; run as root:\n    {}",
-            install.join(" ")
-        );
+        bail!("setup: QEMU is missing and installing it needs root: {}", packages.join(" "));
     }
-    eprintln!("setup: qemu-system-x86, busybox-static ... installing: {}", install.join(" "));
-    let ok = run_ok(&install) || (run_ok(&["apt-get", "update"]) && run_ok(&install));
-    if !ok || !present() {
-        bail!(
-            "setup: could not install QEMU; run this yourself, then retry:\n    {}",
-            install.join(" ")
-        );
+    let release = crate::apt::codename()?;
+    let backports = format!("{release}-backports");
+    let mirror = "http://deb.debian.org/debian";
+    let sources = format!(
+        "deb {mirror} {release} main\ndeb {mirror} {release}-updates main\n\
+         deb {mirror}-security {release}-security main\ndeb {mirror} {backports} main\n"
+    );
+    let options =
+        crate::apt::private_sources(std::path::Path::new("target/vm/apt-backports"), &sources)?;
+    eprintln!("setup: qemu-system-x86, busybox-static ... installing from {backports}");
+    let mut install: Vec<&str> = vec!["apt-get"];
+    install.extend(options.iter().map(String::as_str));
+    install.extend(["install", "-y", "--no-install-recommends", "-t", &backports]);
+    install.extend(packages);
+    if !run_ok(&install) || !present() {
+        bail!("setup: could not install QEMU: `{}` failed", install.join(" "));
     }
     Ok(busybox)
 }

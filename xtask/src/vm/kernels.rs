@@ -89,28 +89,15 @@ impl Kernel {
         })
     }
 
-    /// apt options for the package's suite: the host's own, or sid's lists kept under `cache`
-    /// (only for downloading; the host's sources stay as they are).
+    /// apt options for the package's suite: the host's own, or sid's lists kept under `cache`.
     fn apt_options(&self, cache: &Path) -> Result<Vec<String>> {
         if !self.sid {
             return Ok(Vec::new());
         }
-        let dir = std::path::absolute(cache.join("apt-sid"))?;
-        std::fs::create_dir_all(dir.join("lists/partial"))?;
-        std::fs::create_dir_all(dir.join("cache/archives/partial"))?;
-        let sources = dir.join("sources.list");
-        std::fs::write(&sources, "deb http://deb.debian.org/debian sid main\n")?;
-        let options = vec![
-            format!("-oDir::Etc::SourceList={}", sources.display()),
-            "-oDir::Etc::SourceParts=/dev/null".to_owned(),
-            format!("-oDir::State::Lists={}", dir.join("lists").display()),
-            format!("-oDir::Cache={}", dir.join("cache").display()),
-        ];
-        let status = Command::new("apt-get").args(&options).arg("update").status()?;
-        if !status.success() {
-            bail!("cannot read sid's package lists (apt-get update with {})", sources.display());
-        }
-        Ok(options)
+        crate::apt::private_sources(
+            &cache.join("apt-sid"),
+            "deb http://deb.debian.org/debian sid main\n",
+        )
     }
 }
 
