@@ -37,8 +37,12 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run every test: unit, integration and privileged (which fail instead of skipping under
-    /// CI=true). The kernel matrix (vm-test) is not part of it yet: see the README.
-    Test,
+    /// CI=true), then the kernel matrix (vm-test) on all its kernels.
+    Test {
+        /// Add a failing step to every guest of the matrix, to see CI fail.
+        #[arg(long)]
+        inject_vm_failure: bool,
+    },
     /// Run the benchmarks and print their figures.
     Bench,
     /// Boot Debian kernels under QEMU and run udamon's checks and privileged tests in each.
@@ -63,7 +67,9 @@ fn main() {
             Cmd::BuildEbpf => setup::run().and_then(|()| build_ebpf()),
             Cmd::Build => setup::run().and_then(|()| build()),
             Cmd::Run { args } => setup::run().and_then(|()| build()).and_then(|()| run(&args)),
-            Cmd::Test => setup::run().and_then(|()| test(&setup::test_tools()?)),
+            Cmd::Test { inject_vm_failure } => setup::run()
+                .and_then(|()| test(&setup::test_tools()?))
+                .and_then(|()| vm::run(&[], inject_vm_failure)),
             Cmd::Bench => setup::run().and_then(|()| bench(&setup::test_tools()?)),
             Cmd::VmTest { kernels, inject_failure } => {
                 setup::run().and_then(|()| vm::run(&kernels, inject_failure))

@@ -24,7 +24,8 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// `demo`: its accuracy bounds assume the workload sweeps its hot memory at native speed, and
 /// under TCG it runs ~5× slower; the guest runs `udamon demo` end to end instead.
 const GUEST_TESTS: [&str; 3] = ["fault_stream", "walker", "live"];
-const GUEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+/// A guest takes 40 s to 3 min under TCG here; a hung one must not eat CI's budget.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// How long each of kernel DAMON and udamon watches the workload, one after the other.
 const SIDE_BY_SIDE_SECONDS: u32 = 10;
 const SIDE: &str = "UDAMON-VM-SIDE-BY-SIDE:";
