@@ -100,6 +100,8 @@ impl Archive {
 /// off. Each step's failure is printed and counted; the verdict line is the only thing the host
 /// trusts (QEMU's exit code means nothing).
 pub fn init_script(steps: &[String]) -> Vec<u8> {
+    // Nothing is mounted over /tmp (the initramfs is writable as it is): the binaries sit at
+    // their host build paths, which may lie under /tmp.
     let mut script = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
@@ -107,7 +109,6 @@ pub fn init_script(steps: &[String]) -> Vec<u8> {
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
          mount -t devtmpfs dev /dev\n\
-         mount -t tmpfs tmp /tmp\n\
          mount -t tracefs tracefs /sys/kernel/tracing\n\
          mount -t bpf bpf /sys/fs/bpf\n\
          mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
