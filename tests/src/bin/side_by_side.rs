@@ -24,6 +24,8 @@ const AGGR_US: u64 = 100_000;
 struct Run {
     cpu: Duration,
     region_samples: f64,
+    /// Regions in the last snapshot.
+    regions: usize,
     hot: Vec<(u64, u64)>,
 }
 
@@ -103,7 +105,11 @@ fn kernel_damon(pid: u32, seconds: u64) -> Result<Run> {
     let samples = elapsed.as_micros() as f64 / SAMPLE_US as f64;
     // A region is hot when any of the aggregation's samples found it accessed.
     let hot = last.iter().filter(|r| r.2 > 0).map(|r| (r.0, r.1)).collect();
-    Ok(Run { cpu, region_samples: mean * samples, hot })
+    // Into the console log, to see what a low agreement is made of.
+    for (start, end, accesses) in &last {
+        eprintln!("kdamond region {start:#x}-{end:#x} nr_accesses={accesses}");
+    }
+    Ok(Run { cpu, region_samples: mean * samples, regions: last.len(), hot })
 }
 
 fn udamon(udamon: &str, pid: u32, seconds: u64) -> Result<Run> {
@@ -128,14 +134,13 @@ fn udamon(udamon: &str, pid: u32, seconds: u64) -> Result<Run> {
         cpu_s += l["udamon_cpu_percent"].as_f64().unwrap_or(0.0) / 100.0 * AGGR_US as f64 / 1e6;
         region_samples += l["nr_regions"].as_f64().unwrap_or(0.0) * per_aggr;
     }
-    let hot = last["regions"]
-        .as_array()
-        .context("regions")?
+    let regions = last["regions"].as_array().context("regions")?;
+    let hot = regions
         .iter()
         .filter(|r| r["nr_accesses"].as_u64() > Some(0))
         .filter_map(|r| Some((r["start"].as_u64()?, r["end"].as_u64()?)))
         .collect();
-    Ok(Run { cpu: Duration::from_secs_f64(cpu_s), region_samples, hot })
+    Ok(Run { cpu: Duration::from_secs_f64(cpu_s), region_samples, regions: regions.len(), hot })
 }
 
 fn bytes(ranges: &[(u64, u64)]) -> u64 {
@@ -177,12 +182,17 @@ fn main() -> Result<()> {
         let per = |run: &Run| run.cpu.as_nanos() as f64 / run.region_samples.max(1.0);
         let ours_vs_truth = jaccard(&ours.hot, &truth);
         let line = format!(
-            "kdamond_ns_per_region_sample={:.0} udamon_ns_per_region_sample={:.0} ratio={:.2} hot_agreement={:.2} kdamond_vs_truth={:.2} udamon_vs_truth={ours_vs_truth:.2}",
+            "kdamond_ns_per_region_sample={:.0} udamon_ns_per_region_sample={:.0} ratio={:.2} hot_agreement={:.2} kdamond_vs_truth={:.2} udamon_vs_truth={ours_vs_truth:.2} regions={}/{} hot_mib={}/{}/{}",
             per(&kernel),
             per(&ours),
             per(&ours) / per(&kernel).max(1e-9),
             jaccard(&kernel.hot, &ours.hot),
             jaccard(&kernel.hot, &truth),
+            kernel.regions,
+            ours.regions,
+            bytes(&kernel.hot) >> 20,
+            bytes(&ours.hot) >> 20,
+            bytes(&truth) >> 20,
         );
         Ok((line, ours_vs_truth))
     })();
