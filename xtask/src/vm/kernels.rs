@@ -9,18 +9,24 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// A kernel of the matrix: its name on the command line, the package that holds its vmlinuz,
-/// and whether it comes from a suite the host does not use (sid).
+/// and whether it comes from Debian's newer suites rather than the host's own.
 pub struct Kernel {
     pub name: &'static str,
     pattern: &'static str,
-    sid: bool,
+    newer: bool,
 }
 
+/// Where 7.2 lives: sid today; testing and trixie-backports keep it after sid moves on.
+const NEWER_SUITES: &str = "deb http://deb.debian.org/debian sid main
+deb http://deb.debian.org/debian forky main
+deb http://deb.debian.org/debian trixie-backports main
+";
+
 pub const ALL: [Kernel; 3] = [
-    Kernel { name: "6.1", pattern: r"^linux-image-6\.1\.0-[0-9]+-amd64$", sid: false },
-    Kernel { name: "6.12", pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$", sid: false },
-    // sid splits the image: the kernel itself is in linux-binary-*.
-    Kernel { name: "7.2", pattern: r"^linux-binary-7\.2\.[0-9]+\+deb[0-9]+-amd64$", sid: true },
+    Kernel { name: "6.1", pattern: r"^linux-image-6\.1\.0-[0-9]+-amd64$", newer: false },
+    Kernel { name: "6.12", pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$", newer: false },
+    // The newer suites split the image: the kernel itself is in linux-binary-*.
+    Kernel { name: "7.2", pattern: r"^linux-binary-7\.2\.[0-9]+\+deb[0-9]+-amd64$", newer: true },
 ];
 
 pub fn by_name(name: &str) -> Result<&'static Kernel> {
@@ -89,15 +95,13 @@ impl Kernel {
         })
     }
 
-    /// apt options for the package's suite: the host's own, or sid's lists kept under `cache`.
+    /// apt options for the package's suites: the host's own, or the newer suites' lists kept
+    /// under `cache`.
     fn apt_options(&self, cache: &Path) -> Result<Vec<String>> {
-        if !self.sid {
+        if !self.newer {
             return Ok(Vec::new());
         }
-        crate::apt::private_sources(
-            &cache.join("apt-sid"),
-            "deb http://deb.debian.org/debian sid main\n",
-        )
+        crate::apt::private_sources(&cache.join("apt-newer"), NEWER_SUITES)
     }
 }
 
