@@ -105,13 +105,15 @@ pub fn init_script(steps: &[String]) -> Vec<u8> {
     let mut script = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
-         export PATH=/bin CI=true RUST_BACKTRACE=1 HOME=/tmp\n\
+         export PATH=/usr/bin:/bin CI=true RUST_BACKTRACE=1 HOME=/tmp\n\
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
          mount -t devtmpfs dev /dev\n\
          mount -t tracefs tracefs /sys/kernel/tracing\n\
          mount -t bpf bpf /sys/fs/bpf\n\
          mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
+         ip link set lo up\n\
+         echo '127.0.0.1 localhost' > /etc/hosts\n\
          echo \"UDAMON-VM: kernel $(uname -r)\"\n\
          fail=0\n",
     );

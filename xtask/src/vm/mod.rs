@@ -20,10 +20,16 @@ use anyhow::{Context as _, Result, bail};
 use self::{console::Verdict, initramfs::Archive};
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
-/// The integration tests that need only the kernel (no damo, Prometheus or setpriv). Not
-/// `demo`: its accuracy bounds assume the workload sweeps its hot memory at native speed, and
-/// under TCG it runs ~5× slower; the guest runs `udamon demo` end to end instead.
-const GUEST_TESTS: [&str; 3] = ["fault_stream", "walker", "live"];
+/// The integration tests with privileged parts. Not `demo`: its accuracy bounds assume the
+/// workload sweeps its hot memory at native speed, and under TCG it runs ~5× slower; the guest
+/// runs `udamon demo` end to end instead.
+const GUEST_TESTS: [&str; 5] = ["fault_stream", "walker", "live", "cli", "metrics"];
+/// Tests of udamon against damo and Prometheus, which the guests do not have; the host runs them.
+const HOST_ONLY: [&str; 2] = ["damo_", "prometheus_"];
+/// What the cli tests drop privileges with (util-linux; busybox's cannot change user), and the
+/// source files tests read, both packed at their host paths.
+const HOST_PROGRAMS: [&str; 1] = ["/usr/bin/setpriv"];
+const SOURCE_FILES: [&str; 2] = ["packaging/udamon.service", "packaging/grafana-dashboard.json"];
 /// A guest takes 40 s to 3 min under TCG here; a hung one must not eat CI's budget.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// How long each of kernel DAMON and udamon watches the workload, one after the other.
@@ -133,21 +139,39 @@ fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
     let side_by_side = std::path::absolute(format!("target/{TARGET}/release/side_by_side"))?;
     let mut archive = Archive::new();
     archive.copy("/bin/busybox", busybox)?;
-    for dir in
-        ["/proc", "/sys", "/dev", "/tmp", "/sys/kernel/tracing", "/sys/fs/bpf", "/sys/fs/cgroup"]
-    {
+    for dir in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+        "/sys/kernel/tracing",
+        "/sys/fs/bpf",
+        "/sys/fs/cgroup",
+        "/etc",
+    ] {
         archive.dir(dir);
     }
     // The tests find udamon where cargo put it (CARGO_BIN_EXE_udamon): the same path inside.
     let udamon_path = udamon.to_str().context("a UTF-8 path")?;
     archive.copy(udamon_path, &udamon)?;
+    for program in HOST_PROGRAMS {
+        copy_dynamic(&mut archive, Path::new(program))?;
+    }
+    for file in SOURCE_FILES {
+        let path = std::path::absolute(file)?;
+        archive.copy(path.to_str().context("a UTF-8 path")?, &path)?;
+    }
+    // Tests name those files from their crate's directory (`damon-user/../packaging/…`).
+    for krate in ["damon-user", "tests"] {
+        archive.dir(std::path::absolute(krate)?.to_str().context("a UTF-8 path")?);
+    }
+    let skips: String = HOST_ONLY.iter().map(|t| format!(" --skip {t}")).collect();
     let mut steps = vec![format!("{udamon_path} check")];
     for test in &tests {
         let name = test.file_name().and_then(|n| n.to_str()).context("a test binary name")?;
         let inside = format!("/tests/{name}");
         archive.copy(&inside, test)?;
-        // No damo in the guest: its test is skipped by name.
-        steps.push(format!("{inside} --test-threads=1 --skip damo_"));
+        steps.push(format!("{inside} --test-threads=1{skips}"));
     }
     steps.push(format!("{udamon_path} demo --duration 8s --every 20"));
     // Beside the kernel's own DAMON, where the kernel has it (6.12, 7.2).
@@ -160,6 +184,27 @@ fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
     }
     archive.file("/init", &initramfs::init_script(&steps), 0o755);
     initramfs::write(initrd, archive)
+}
+
+/// Packs a dynamically linked host program with the libraries `ldd` names, at their host paths.
+fn copy_dynamic(archive: &mut Archive, program: &Path) -> Result<()> {
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .with_context(|| format!("cannot run ldd on {}", program.display()))?;
+    if !out.status.success() {
+        bail!("{} is missing (ldd failed); it comes with util-linux", program.display());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" and "/lib64/ld-linux-x86-64.so.2 (0x…)"
+    let libraries = text
+        .lines()
+        .filter_map(|l| l.split("=> ").nth(1).unwrap_or(l).split_whitespace().next())
+        .filter(|p| p.starts_with('/'));
+    for path in std::iter::once(program.to_str().context("a UTF-8 path")?).chain(libraries) {
+        archive.copy(path, Path::new(path))?;
+    }
+    Ok(())
 }
 
 /// Boots `vmlinuz` with `initrd`, echoes the guest's progress, keeps the console in `log`.
