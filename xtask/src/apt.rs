@@ -5,6 +5,9 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
+/// A mirror's hiccup should not fail a CI run.
+pub const RETRIES: &str = "-oAcquire::Retries=3";
+
 /// apt options that read `sources` (sources.list lines) through lists and a cache under `dir`,
 /// after fetching those lists.
 pub fn private_sources(dir: &Path, sources: &str) -> Result<Vec<String>> {
@@ -18,6 +21,7 @@ pub fn private_sources(dir: &Path, sources: &str) -> Result<Vec<String>> {
         "-oDir::Etc::SourceParts=/dev/null".to_owned(),
         format!("-oDir::State::Lists={}", dir.join("lists").display()),
         format!("-oDir::Cache={}", dir.join("cache").display()),
+        RETRIES.to_owned(),
     ];
     let status = Command::new("apt-get")
         .args(&options)

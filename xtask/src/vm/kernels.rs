@@ -50,7 +50,7 @@ impl Kernel {
         eprintln!("vm-test: kernel {}: downloading {package}", self.name);
         let download = Command::new("apt-get")
             .args(&apt)
-            .args(["download", &package])
+            .args([crate::apt::RETRIES, "download", &package])
             .current_dir(&dir)
             .status()
             .context("cannot run apt-get")?;
