@@ -45,7 +45,7 @@ fn map(len: usize, flags: i32) -> usize {
 impl Child {
     pub fn spawn(pages: usize) -> Self {
         let small = map(pages * PAGE, libc::MAP_PRIVATE);
-        // Small pages they must stay: where THP is `always` (Debian's kernels) the area may share
+        // They must stay small pages: where THP is `always` (Debian's kernels) the area may share
         // a VMA with a 2 MiB-aligned range and come back as one huge page.
         // SAFETY: advising our own fresh mapping.
         unsafe { libc::madvise(small as *mut libc::c_void, pages * PAGE, libc::MADV_NOHUGEPAGE) };
