@@ -67,7 +67,12 @@ const DAMO_VERSION: &str = "3.4.3";
 /// sources. Returns the busybox to pack.
 pub fn vm_tools() -> Result<PathBuf> {
     let busybox = PathBuf::from("/bin/busybox");
-    let present = || run_ok(&["qemu-system-x86_64", "--version"]) && busybox.exists();
+    // Debian's plain `busybox` is dynamically linked and would not run in the guest.
+    let present = || {
+        run_ok(&["qemu-system-x86_64", "--version"])
+            && output(&["dpkg-query", "-W", "-f=${Status}", "busybox-static"])
+                .is_some_and(|status| status == "install ok installed")
+    };
     if present() {
         eprintln!("setup: qemu-system-x86, busybox-static ... present");
         return Ok(busybox);
