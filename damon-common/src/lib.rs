@@ -4,6 +4,74 @@
 //! with explicit padding, and the userspace side marks them `aya::Pod` (feature `user`).
 #![no_std]
 
+/// Names of the object's maps and programs, as both sides spell them: the eBPF side names its
+/// statics after these (aya takes a static's name as the map's), userspace looks them up by
+/// them, and a test checks the built object against this list.
+pub mod names {
+    pub const WALK_CONFIG: &str = "WALK_CONFIG";
+    pub const WALK_REQUEST: &str = "WALK_REQUEST";
+    pub const WALK_RESULTS: &str = "WALK_RESULTS";
+    pub const WALK_STATS: &str = "WALK_STATS";
+    pub const FAULT_TARGETS: &str = "FAULT_TARGETS";
+    pub const FAULT_EVENTS: &str = "FAULT_EVENTS";
+    pub const FAULT_LOST: &str = "FAULT_LOST";
+    pub const PEEK_OUT: &str = "PEEK_OUT";
+    pub const PROBE_FIRED: &str = "PROBE_FIRED";
+    pub const MAPS: [&str; 9] = [
+        WALK_CONFIG,
+        WALK_REQUEST,
+        WALK_RESULTS,
+        WALK_STATS,
+        FAULT_TARGETS,
+        FAULT_EVENTS,
+        FAULT_LOST,
+        PEEK_OUT,
+        PROBE_FIRED,
+    ];
+
+    pub const WALK_ON_LOCK: &str = "walk_on_lock";
+    pub const PAGE_FAULT_USER: &str = "page_fault_user";
+    pub const PEEK: &str = "peek";
+    pub const PROBE_TRACEPOINT: &str = "probe_tracepoint";
+    pub const PROBE_TP_BTF: &str = "probe_tp_btf";
+    pub const PROBE_RAW_TP: &str = "probe_raw_tp";
+    pub const PROBE_PERF_EVENT: &str = "probe_perf_event";
+    pub const PROBE_KPROBE: &str = "probe_kprobe";
+    pub const PROBE_FENTRY: &str = "probe_fentry";
+    pub const PROGRAMS: [&str; 9] = [
+        WALK_ON_LOCK,
+        PAGE_FAULT_USER,
+        PEEK,
+        PROBE_TRACEPOINT,
+        PROBE_TP_BTF,
+        PROBE_RAW_TP,
+        PROBE_PERF_EVENT,
+        PROBE_KPROBE,
+        PROBE_FENTRY,
+    ];
+
+    /// The global the loader sets to its own process id, so probes ignore other processes.
+    pub const PROBE_TGID: &str = "PROBE_TGID";
+    /// The tracepoint the walker and its probe attach to (tp_btf).
+    pub const MMAP_LOCK_TRACEPOINT: &str = "mmap_lock_acquire_returned";
+}
+
+/// x86-64 page-table entry bits, the same at every level.
+pub mod x86 {
+    pub const PRESENT: u64 = 1;
+    pub const WRITABLE: u64 = 1 << 1;
+    pub const ACCESSED: u64 = 1 << 5;
+    /// PSE: at the PUD and PMD levels, the entry maps a huge page instead of a table.
+    pub const HUGE: u64 = 1 << 7;
+    /// The physical address bits of an entry (for a huge page, its low bits are flags).
+    pub const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+    pub const PAGE_SHIFT: u32 = 12;
+    /// Index bits per table level.
+    pub const LEVEL_BITS: u32 = 9;
+    pub const PMD_SIZE: u64 = 1 << 21;
+    pub const PUD_SIZE: u64 = 1 << 30;
+}
+
 /// One page fault taken by a monitored process, from the `exceptions:page_fault_user` tracepoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +157,7 @@ pub struct WalkResult {
     /// One of the `LEAF_*` constants.
     pub leaf: u32,
     pub _pad: u32,
-    /// The leaf entry (bit 5: accessed, bit 6: dirty), or the entry that was not present.
+    /// The leaf entry (see `x86`), or the entry that was not present.
     pub entry: u64,
 }
 

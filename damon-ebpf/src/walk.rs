@@ -16,6 +16,7 @@ use aya_ebpf::{
 use damon_common::{
     LEAF_FAULT, LEAF_NONE, LEAF_PMD, LEAF_PTE, LEAF_PUD, MAX_WALK, WALK_BATCH, WalkConfig,
     WalkRecord, WalkRequest, WalkResult, WalkStats,
+    x86::{ADDRESS, HUGE, LEVEL_BITS, PAGE_SHIFT, PRESENT},
 };
 
 #[map]
@@ -30,11 +31,6 @@ static WALK_RESULTS: RingBuf = RingBuf::with_byte_size(1 << 17, 0);
 
 #[map]
 static WALK_STATS: PerCpuArray<WalkStats> = PerCpuArray::with_max_entries(1, 0);
-
-/// Present bit, huge-page bit (PSE) at the PUD and PMD levels, and the physical address bits.
-const PRESENT: u64 = 1;
-const HUGE: u64 = 1 << 7;
-const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
 #[btf_tracepoint(function = "mmap_lock_acquire_returned")]
 pub fn walk_on_lock(ctx: BtfTracePointContext) -> i32 {
@@ -73,12 +69,14 @@ fn handle(ctx: &BtfTracePointContext) {
     // arithmetic on the typed pointer is refused.
     let Ok(mm) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }) else { return };
     // The sampler's own memory (a page fault while it fills the request) is never the target.
-    // SAFETY: reads of kernel memory through a checked helper.
+    // SAFETY: returns a pointer value; nothing is dereferenced here.
     let task = unsafe { bpf_get_current_task() };
+    // SAFETY: checked reads of kernel memory.
     let own_mm = unsafe { bpf_probe_read_kernel((task + config.task_mm_offset) as *const u64) };
     if own_mm == Ok(mm) {
         return;
     }
+    // SAFETY: a checked read of `mm->pgd`.
     let Ok(pgd) = (unsafe { bpf_probe_read_kernel((mm + config.mm_pgd_offset) as *const u64) })
     else {
         return;
@@ -93,11 +91,13 @@ fn handle(ctx: &BtfTracePointContext) {
         path: [(u64::MAX, 0); 8],
     };
     let batches = count.div_ceil(WALK_BATCH as u32);
-    // SAFETY: the callback and its context outlive the call.
+    // SAFETY: a helper without arguments.
     let started = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the callback matches bpf_loop's signature; `walk` outlives the call.
     unsafe {
         bpf_loop(batches, walk_batch as *mut c_void, &mut walk as *mut Walk as *mut c_void, 0)
     };
+    // SAFETY: as above.
     let took = unsafe { bpf_ktime_get_ns() } - started;
     if let Some(stats) = WALK_STATS.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
@@ -133,7 +133,7 @@ extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
             results: [WalkResult::default(); WALK_BATCH],
         },
     };
-    // SAFETY: the callback and its context outlive the call.
+    // SAFETY: the callback matches bpf_loop's signature; `b` outlives the call.
     unsafe { bpf_loop(n, walk_one as *mut c_void, &mut b as *mut Batch as *mut c_void, 0) };
     let Some(mut record) = WALK_RESULTS.reserve::<WalkRecord>(0) else {
         if let Some(stats) = WALK_STATS.get_ptr_mut(0) {
@@ -171,15 +171,15 @@ fn translate(walk: &mut Walk, addr: u64) -> (u32, u64) {
             break;
         }
         let (prefix, cached) = walk.path[l as usize & 7];
-        if prefix == addr >> (12 + 9 * l) {
+        if prefix == addr >> (PAGE_SHIFT + LEVEL_BITS * l) {
             level = l;
             table = cached;
             break;
         }
     }
     for _ in 0..5 {
-        walk.path[level as usize & 7] = (addr >> (12 + 9 * level), table);
-        let index = (addr >> (12 + 9 * (level - 1))) & 511;
+        walk.path[level as usize & 7] = (addr >> (PAGE_SHIFT + LEVEL_BITS * level), table);
+        let index = (addr >> (PAGE_SHIFT + LEVEL_BITS * (level - 1))) & 511;
         // SAFETY: a checked read of kernel memory.
         let Ok(entry) = (unsafe { bpf_probe_read_kernel((table + index * 8) as *const u64) })
         else {

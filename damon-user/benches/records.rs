@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use damon_user::record::{self, Format, Intervals, RecordedSnapshot, Region, TargetRecord};
+use damon_user::output::record::{self, Format, Intervals, RecordedSnapshot, Region, TargetRecord};
 
 /// An hour at one aggregation a second would be 3600 snapshots; take 2000 of 500 regions.
 const SNAPSHOTS: u64 = 2000;
@@ -20,11 +20,13 @@ fn big_record() -> Vec<TargetRecord> {
             start_ns: s * 100_000_000,
             end_ns: (s + 1) * 100_000_000,
             regions: (0..REGIONS)
-                .map(|r| Region {
-                    start: 0x7f00_0000_0000 + r * (1 << 20),
-                    end: 0x7f00_0000_0000 + (r + 1) * (1 << 20),
-                    nr_accesses: ((r * 7 + s) % 21) as u32,
-                    age: (s % 50) as u32,
+                .map(|r| {
+                    Region::new(
+                        0x7f00_0000_0000 + r * (1 << 20),
+                        0x7f00_0000_0000 + (r + 1) * (1 << 20),
+                        ((r * 7 + s) % 21) as u32,
+                        (s % 50) as u32,
+                    )
                 })
                 .collect(),
         })

@@ -9,9 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use damon_engine::Attrs;
 use damon_user::{
-    engine::Attrs,
     monitor::{Monitor, MonitorConfig},
+    vaddr::VaddrOps,
 };
 use serde_json::Value;
 
@@ -37,13 +38,12 @@ fn demo_summary(args: &[&str]) -> Value {
 fn cpu_line(what: &str, s: &Value) {
     let checks = s["counters"]["checks"].as_f64().unwrap();
     let per = |v: &Value| nanos(v) / checks;
-    let (walking, clearing, walk) =
-        (per(&s["calls"]["walking"]), per(&s["calls"]["clearing"]), per(&s["walk_time"]));
+    let (walking, clearing, walk) = (per(&s["walking"]), per(&s["clearing"]), per(&s["walk_time"]));
     let process = per(&s["process_cpu"]);
-    let cleared = s["calls"]["cleared_pages"].as_f64().unwrap();
+    let cleared = s["cleared_pages"].as_f64().unwrap();
     println!(
         "CPU per region-sample, 1000 regions, 5 ms, {what:<24} {process:>5.0} ns   (walk calls {walking:.0}, of which the eBPF walk {walk:.0}; clear calls {clearing:.0}, {:.1} us per cleared page, {:.0} % of samples cleared; the rest {:.0}; late ticks {} of {})",
-        nanos(&s["calls"]["clearing"]) / cleared.max(1.0) / 1e3,
+        nanos(&s["clearing"]) / cleared.max(1.0) / 1e3,
         100.0 * cleared / checks,
         process - walking - clearing,
         s["late_ticks"],
@@ -98,7 +98,9 @@ fn cpu_per_check() {
     let config =
         MonitorConfig { attrs, policy: Default::default(), version: Default::default(), seed: 1 };
     let (tx, _events) = tokio::sync::mpsc::unbounded_channel();
-    let monitor = Monitor::start(config, &[child.id()], tx, false).expect("monitor");
+    let monitor =
+        Monitor::start(config, VaddrOps::load().expect("data plane"), &[child.id()], tx, false)
+            .expect("monitor");
     thread::sleep(Duration::from_secs(10));
     let summary = serde_json::to_value(monitor.join().expect("monitor")).unwrap();
     let _ = child.kill();
@@ -167,7 +169,9 @@ fn overhead() {
     let mut before = throughput(&rx, pid, 2);
     for _ in 0..ROUNDS {
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let monitor = Monitor::start(config, &[pid], tx, false).expect("monitor");
+        let monitor =
+            Monitor::start(config, VaddrOps::load().expect("data plane"), &[pid], tx, false)
+                .expect("monitor");
         throughput(&rx, pid, 1); // the monitor's start-up is not the steady state
         let on = throughput(&rx, pid, 2);
         let summary = monitor.join().expect("monitor");
@@ -176,7 +180,7 @@ fn overhead() {
                 regions.push(s.nr_regions() as f64);
             }
         }
-        clears_per_second.push(summary.calls.cleared_pages as f64 / 3.0);
+        clears_per_second.push(summary.ops.cleared_pages as f64 / 3.0);
         let after = throughput(&rx, pid, 2);
         wall.push(on.0 / ((before.0 + after.0) / 2.0));
         cpu.push(on.1 / ((before.1 + after.1) / 2.0));

@@ -1,26 +1,36 @@
-//! udamon: DAMON-style memory access monitoring from userspace, with an eBPF data plane.
+//! udamon: DAMON's data access monitoring of processes from userspace, with an eBPF data plane.
+//!
+//! How data flows (each box is a module):
+//!
+//! ```text
+//!  targets: pids, a cgroup, a command         page faults (eBPF ring)   add/remove (cgroup)
+//!               │                                      │                        │
+//!               ▼                                      ▼                        ▼
+//!  monitor::session ── starts ──▶ monitor::Monitor: the sampler thread, one tick per sample
+//!               │                  interval, runs damon_engine::Context::step, whose
+//!               │                  Operations are vaddr::VaddrOps: page-table walks and clears
+//!               │                  through dataplane (eBPF walker, process_madvise)
+//!               ▼
+//!  snapshot::Snapshot, one per aggregation ──▶ cli (live view)
+//!                                          ──▶ output::record (damo's files) ──▶ output::report
+//!                                          ──▶ output::metrics (Prometheus)
+//! ```
+//!
+//! Layers, bottom up: `sys` (system interfaces: procfs, sysfs, syscalls, BTF), `dataplane` (the
+//! eBPF object, loaded once: walker, fault stream, calibration), `vaddr` (the engine's
+//! operations on processes), `monitor` (sampler thread and session), `snapshot` (what an
+//! aggregation reports), `output` (records, reports, metrics), `util` (tables, atomic files),
+//! then `check` (the environment doctor) and `cli`.
 
-pub mod anon;
-pub mod atomic_file;
-pub mod btf;
-pub mod caps;
-pub mod cgroup;
 pub mod check;
 pub mod cli;
-pub mod ebpf;
-pub mod engine;
-pub mod faults;
-pub mod kernel;
-pub mod metrics;
+pub mod dataplane;
 pub mod monitor;
-pub mod pidfd;
-pub mod record;
-pub mod report;
-pub mod sim;
-pub mod table;
+pub mod output;
+pub mod snapshot;
+pub mod sys;
 #[doc(hidden)]
 pub mod test_support;
-pub mod tracefs;
-pub mod units;
+pub mod util;
 pub mod vaddr;
 pub mod workload;

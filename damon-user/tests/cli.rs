@@ -297,7 +297,7 @@ fn the_service_unit_runs_with_exactly_the_capabilities_it_needs() {
         caps
     };
     let mut wanted: Vec<String> =
-        damon_user::caps::SERVICE.iter().map(|c| c.name().to_owned()).collect();
+        damon_user::sys::caps::SERVICE.iter().map(|c| c.name().to_owned()).collect();
     wanted.sort();
     assert_eq!(granted("AmbientCapabilities="), wanted);
     assert_eq!(granted("CapabilityBoundingSet="), wanted);

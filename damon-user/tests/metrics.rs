@@ -259,7 +259,7 @@ struct Group {
 
 impl Group {
     fn new() -> Self {
-        let root = damon_user::cgroup::root().expect("a cgroup v2 hierarchy");
+        let root = damon_user::sys::cgroup::root().expect("a cgroup v2 hierarchy");
         let dir = root.join(format!("udamon-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Self { dir, root }

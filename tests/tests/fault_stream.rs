@@ -3,15 +3,17 @@
 
 use damon_common::FaultRecord;
 use damon_user::{
-    anon::{AnonMapping, PAGE_SIZE},
-    faults::FaultStream,
+    dataplane::{DataPlane, FaultStream},
+    sys::anon::{AnonMapping, PAGE_SIZE},
 };
 
 const WRITE_FAULT: u64 = 1 << 1;
 const USER_MODE: u64 = 1 << 2;
 
 fn attach() -> FaultStream {
-    FaultStream::new().expect("load and attach the fault program")
+    let (_, faults) =
+        DataPlane::load().and_then(|plane| plane.start(true)).expect("the data plane");
+    faults.expect("asked for").expect("load and attach the fault program")
 }
 
 fn drain(stream: &mut FaultStream) -> Vec<FaultRecord> {

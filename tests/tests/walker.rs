@@ -2,13 +2,18 @@
 
 use std::time::{Duration, Instant};
 
+use damon_engine::Attrs;
 use damon_user::{
-    engine::Attrs,
+    dataplane::{DataPlane, Walker, leaf::Leaf},
     monitor::{Event, Monitor, MonitorConfig},
-    pidfd::PidFd,
-    vaddr::{leaf::Leaf, pagemap, walker::Walker},
+    sys::{pagemap, pidfd::PidFd},
+    vaddr::VaddrOps,
 };
 use tests::{Child, HUGE, PAGE};
+
+fn walker() -> Walker {
+    DataPlane::load().and_then(|plane| plane.start(false)).expect("the data plane").0
+}
 
 /// Clears what is marked accessed, the way the vaddr operations do: whole pages, by leaf size.
 fn clear_accessed(walker: &mut Walker, target: &PidFd, addrs: &[u64], leaves: &mut Vec<Leaf>) {
@@ -19,7 +24,9 @@ fn clear_accessed(walker: &mut Walker, target: &PidFd, addrs: &[u64], leaves: &m
         .filter(|(_, l)| l.accessed())
         .map(|(&a, l)| (a, l.page_size().unwrap()))
         .collect();
-    walker.clear(target, &pages).unwrap();
+    let mut refused = Vec::new();
+    walker.clear(target, &pages, &mut refused).unwrap();
+    assert!(refused.is_empty(), "the kernel refused to clear {refused:?}");
 }
 
 #[test]
@@ -30,7 +37,7 @@ fn accessed_bits_follow_the_child_over_a_thousand_rounds() {
         return;
     }
     let child = Child::spawn(256);
-    let mut walker = Walker::new().unwrap();
+    let mut walker = walker();
     let target = PidFd::open(child.pid).unwrap();
     let addrs: Vec<u64> = (0..child.pages).map(|i| child.page(i)).collect();
     let mut leaves = Vec::new();
@@ -64,7 +71,7 @@ fn frames_agree_with_pagemap() {
         return;
     }
     let child = Child::spawn(64);
-    let mut walker = Walker::new().unwrap();
+    let mut walker = walker();
     let target = PidFd::open(child.pid).unwrap();
     let mut addrs: Vec<u64> = (0..child.pages).map(|i| child.page(i)).collect();
     addrs.extend([child.huge as u64 + 5 * PAGE as u64, (child.huge + HUGE) as u64]);
@@ -90,7 +97,7 @@ fn huge_pages_are_cleared_whole_and_never_split() {
     if before < 4096 {
         eprintln!("note: THP gave the child only {before} kB of huge pages; checking those");
     }
-    let mut walker = Walker::new().unwrap();
+    let mut walker = walker();
     let target = PidFd::open(child.pid).unwrap();
     // Addresses inside the huge pages, not at their starts: the clear must widen them.
     let addrs: Vec<u64> = (0..64).map(|i| (child.huge + i * 16 * PAGE + 3 * PAGE) as u64).collect();
@@ -125,7 +132,8 @@ fn a_target_that_exits_is_dropped_and_reported() {
         seed: 1,
     };
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let monitor = Monitor::start(config, &[child.pid], tx, false).unwrap();
+    let monitor =
+        Monitor::start(config, VaddrOps::load().unwrap(), &[child.pid], tx, false).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     child.stop();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -138,6 +146,7 @@ fn a_target_that_exits_is_dropped_and_reported() {
             Ok(Event::TargetAdded(_) | Event::TargetRefused(..)) => {
                 panic!("a target change no one asked for")
             }
+            Ok(Event::Problem(problem)) => panic!("a problem with a plain child: {problem:?}"),
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }

@@ -104,15 +104,16 @@ impl Report {
 
 /// Everything: the system facts, then loading and firing each BPF program type.
 pub fn run() -> Report {
-    let facts = system::Facts::read();
+    let facts = system::Facts::read(true);
     let mut rows = system::rows(&facts);
-    rows.extend(programs::rows(&facts));
+    rows.extend(programs::rows(facts));
     Report::new(rows)
 }
 
-/// The quick part only (no BPF programs loaded), for commands that are about to monitor.
+/// The quick part only (no BPF programs loaded, BTF not parsed), for commands that are about
+/// to monitor.
 pub fn require_monitoring() -> anyhow::Result<()> {
-    Report::new(system::rows(&system::Facts::read())).verdict()
+    Report::new(system::rows(&system::Facts::read(false))).verdict()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::{fs, time::Duration};
 
 use aya::{
-    Btf, Ebpf,
+    Ebpf,
     maps::Array,
     programs::{
         KProbe, PerfEvent, Program, ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun,
@@ -11,10 +11,13 @@ use aya::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use damon_common::{Probe, page_fault_user, raw_tp_probe_answer};
+use damon_common::{Probe, names, page_fault_user, raw_tp_probe_answer};
 
 use super::{Row, system::Facts};
-use crate::{anon::AnonMapping, caps::Capability, ebpf, vaddr::walker::Walker};
+use crate::{
+    dataplane::Object,
+    sys::{anon::AnonMapping, caps::Capability},
+};
 
 struct Spec {
     probe: Probe,
@@ -27,42 +30,42 @@ struct Spec {
 const SPECS: [Spec; 6] = [
     Spec {
         probe: Probe::BtfTracePoint,
-        program: "probe_tp_btf",
+        program: names::PROBE_TP_BTF,
         requirement: "tp_btf + bpf_loop",
         required: true,
         if_missing: "all monitoring: the page-table walk",
     },
     Spec {
         probe: Probe::RawTracePointTestRun,
-        program: "probe_raw_tp",
+        program: names::PROBE_RAW_TP,
         requirement: "raw_tp test run",
         required: true,
         if_missing: "all monitoring: page_offset_base calibration",
     },
     Spec {
         probe: Probe::TracePoint,
-        program: "probe_tracepoint",
+        program: names::PROBE_TRACEPOINT,
         requirement: "tracepoint",
         required: false,
         if_missing: "page-fault hints",
     },
     Spec {
         probe: Probe::PerfEvent,
-        program: "probe_perf_event",
+        program: names::PROBE_PERF_EVENT,
         requirement: "perf_event (software)",
         required: false,
         if_missing: "page-fault hints without tracefs",
     },
     Spec {
         probe: Probe::KProbe,
-        program: "probe_kprobe",
+        program: names::PROBE_KPROBE,
         requirement: "kprobe attach",
         required: false,
         if_missing: "nothing (optional speed-ups on other kernels)",
     },
     Spec {
         probe: Probe::FEntry,
-        program: "probe_fentry",
+        program: names::PROBE_FENTRY,
         requirement: "fentry",
         required: false,
         if_missing: "nothing (optional speed-ups on other kernels)",
@@ -73,30 +76,36 @@ const SPECS: [Spec; 6] = [
 const TRACED_FUNCTION: &str = "vfs_read";
 const RAW_TP_ARGUMENT: u64 = 0x1234_5678;
 
-pub fn rows(facts: &Facts) -> Vec<Row> {
+/// Loads the object once, fires each probe from it, then calibrates the walker's layout with it.
+pub fn rows(mut facts: Facts) -> Vec<Row> {
     let object = Row::new("eBPF object (maps, ring buffer)", true, "all monitoring");
     let spec_rows = || SPECS.iter().map(|s| Row::new(s.requirement, s.required, s.if_missing));
-    if !(facts.caps.has(Capability::Bpf) && facts.caps.has(Capability::Perfmon)) {
-        let why = "needs CAP_BPF and CAP_PERFMON";
-        return std::iter::once(object)
+    let skip_all = |why: &str| -> Vec<Row> {
+        std::iter::once(object.clone())
             .chain(spec_rows())
             .chain([layout_row()])
             .map(|row| row.skipped(why))
-            .collect();
+            .collect()
+    };
+    if !(facts.caps.has(Capability::Bpf) && facts.caps.has(Capability::Perfmon)) {
+        return skip_all("needs CAP_BPF and CAP_PERFMON");
     }
-    let btf = facts.btf.as_ref().ok();
-    let mut bpf = match ebpf::load(btf) {
-        Ok(bpf) => bpf,
+    let Some(Ok(types)) = facts.types.take() else {
+        return skip_all("needs kernel BTF");
+    };
+    let mut loaded = match Object::load(types) {
+        Ok(loaded) => loaded,
         Err(err) => {
             let mut rows = vec![object.missing(format!("{err:#}"))];
             rows.extend(spec_rows().map(|row| row.skipped("the eBPF object did not load")));
+            rows.push(layout_row().skipped("the eBPF object did not load"));
             return rows;
         }
     };
     let attached: Vec<Result<(), String>> =
-        SPECS.iter().map(|spec| attach(&mut bpf, spec, btf, facts)).collect();
+        SPECS.iter().map(|spec| attach(&mut loaded, spec, &facts)).collect();
     exercise();
-    let fired = fired_values(&bpf);
+    let fired = fired_values(loaded.bpf_mut());
     let mut rows = vec![object.ok("loaded")];
     rows.extend(SPECS.iter().zip(attached).map(|(spec, attached)| {
         let row = Row::new(spec.requirement, spec.required, spec.if_missing);
@@ -113,12 +122,16 @@ pub fn rows(facts: &Facts) -> Vec<Row> {
         }
     }));
     let layout = layout_row();
-    rows.push(match Walker::new() {
-        Ok(walker) => {
-            let l = walker.layout();
+    rows.push(match loaded.calibrate() {
+        Ok(plane) => {
+            let l = plane.layout();
             layout.ok(format!(
-                "{} levels, direct map at {:#x}, mm_struct.pgd +{:#x}, task_struct.mm +{:#x}; agrees with pagemap",
-                l.levels, l.page_offset_base, l.mm_pgd_offset, l.task_mm_offset
+                "{} levels, direct map at {:#x}, mm_struct.pgd +{:#x}, task_struct.mm +{:#x}; {}",
+                l.levels,
+                l.page_offset_base,
+                l.offsets.mm_pgd,
+                l.offsets.task_mm,
+                l.verified.describe()
             ))
         }
         Err(err) => layout.missing(format!("{err:#}")),
@@ -133,11 +146,11 @@ fn layout_row() -> Row {
 }
 
 /// Loads and attaches (or, for raw_tp, test-runs) one probe.
-fn attach(bpf: &mut Ebpf, spec: &Spec, btf: Option<&Btf>, facts: &Facts) -> Result<(), String> {
+fn attach(object: &mut Object, spec: &Spec, facts: &Facts) -> Result<(), String> {
+    let (bpf, btf) = (&mut object.bpf, &object.types.btf);
     let program = bpf
         .program_mut(spec.program)
         .ok_or_else(|| format!("eBPF object has no {} program", spec.program))?;
-    let needs_btf = || btf.ok_or("needs kernel BTF".to_owned());
     match (spec.probe, program) {
         (Probe::TracePoint, Program::TracePoint(p)) => {
             facts.tracefs.as_ref().map_err(|_| "needs tracefs".to_owned())?;
@@ -146,8 +159,7 @@ fn attach(bpf: &mut Ebpf, spec: &Spec, btf: Option<&Btf>, facts: &Facts) -> Resu
             })
         }
         (Probe::BtfTracePoint, Program::BtfTracePoint(p)) => {
-            let btf = needs_btf()?;
-            load_then(p, |p| p.load("mmap_lock_acquire_returned", btf), |p| p.attach().map(drop))
+            load_then(p, |p| p.load(names::MMAP_LOCK_TRACEPOINT, btf), |p| p.attach().map(drop))
         }
         (Probe::RawTracePointTestRun, Program::RawTracePoint(p)) => {
             load_then(p, RawTracePoint::load, |p| {
@@ -165,7 +177,6 @@ fn attach(bpf: &mut Ebpf, spec: &Spec, btf: Option<&Btf>, facts: &Facts) -> Resu
             load_then(p, KProbe::load, |p| p.attach(TRACED_FUNCTION, 0).map(drop))
         }
         (Probe::FEntry, Program::FEntry(p)) => {
-            let btf = needs_btf()?;
             load_then(p, |p| p.load(TRACED_FUNCTION, btf), |p| p.attach().map(drop))
         }
         _ => Err(format!("{} has an unexpected program type", spec.program)),
@@ -211,7 +222,7 @@ fn exercise() {
 }
 
 fn fired_values(bpf: &Ebpf) -> Vec<u64> {
-    let Some(map) = bpf.map("PROBE_FIRED") else {
+    let Some(map) = bpf.map(names::PROBE_FIRED) else {
         return Vec::new();
     };
     let Ok(array) = Array::<_, u64>::try_from(map) else {

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{Report, Status};
-use crate::table::{self, Align};
+use crate::util::table::{self, Align};
 
 pub fn table(report: &Report) -> String {
     let rows: Vec<Vec<String>> = report

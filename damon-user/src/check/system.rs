@@ -2,31 +2,43 @@
 
 use std::{ffi::CString, fs, ptr};
 
-use aya::Btf;
-
 use super::Row;
 use crate::{
-    anon::AnonMapping,
-    caps::{CapSet, Capability},
-    ebpf,
-    kernel::{self, KernelVersion, MEMCG_BPF_ACCOUNTING, MIN_KERNEL},
-    pidfd::PidFd,
-    tracefs,
+    dataplane::{KernelTypes, object::ensure_memlock},
+    sys::{
+        anon::AnonMapping,
+        caps::{CapSet, Capability},
+        kernel::{self, KernelVersion, MEMCG_BPF_ACCOUNTING, MIN_KERNEL},
+        pidfd::PidFd,
+        tracefs,
+    },
 };
 
-/// What the program probes need to know about the system.
+/// What the rows and the program probes need to know about the system.
 pub struct Facts {
     pub caps: CapSet,
-    pub btf: Result<Btf, String>,
+    /// The size of the kernel's BTF, if it can be read.
+    pub btf: Result<u64, String>,
+    /// The BTF parsed, for the full check (whose probes load programs with it).
+    pub types: Option<Result<KernelTypes, String>>,
     pub tracefs: Result<tracefs::Mount, String>,
 }
 
 impl Facts {
-    pub fn read() -> Self {
+    /// Without `parse`, the BTF is only found readable: commands about to monitor parse it once,
+    /// when they load the data plane.
+    pub fn read(parse: bool) -> Self {
         let caps = CapSet::current();
+        let readable = fs::File::open(kernel::BTF_VMLINUX)
+            .and_then(|f| f.metadata())
+            .map(|m| m.len())
+            .map_err(|err| format!("cannot read kernel BTF at {}: {err}", kernel::BTF_VMLINUX));
+        let types = (parse && readable.is_ok())
+            .then(|| KernelTypes::read().map_err(|err| format!("{err:#}")));
         Self {
             caps,
-            btf: ebpf::kernel_btf().map_err(|err| format!("{err:#}")),
+            btf: readable,
+            types,
             tracefs: if caps.has(Capability::SysAdmin) {
                 tracefs::ensure_mounted().map_err(|err| format!("{err:#}"))
             } else {
@@ -91,12 +103,11 @@ fn kernel_version() -> Row {
 
 fn btf(facts: &Facts) -> Row {
     let row = Row::new(kernel::BTF_VMLINUX, true, "all monitoring: tp_btf, struct offsets");
-    match &facts.btf {
-        Ok(_) => {
-            let size = fs::metadata(kernel::BTF_VMLINUX).map(|m| m.len()).unwrap_or(0);
-            row.ok(format!("parsed, {:.1} MiB", size as f64 / (1 << 20) as f64))
-        }
-        Err(err) => row.missing(err.clone()),
+    let mib = |size: u64| size as f64 / (1 << 20) as f64;
+    match (&facts.btf, &facts.types) {
+        (Err(err), _) | (_, Some(Err(err))) => row.missing(err.clone()),
+        (Ok(size), Some(Ok(_))) => row.ok(format!("parsed, {:.1} MiB", mib(*size))),
+        (Ok(size), None) => row.ok(format!("readable, {:.1} MiB", mib(*size))),
     }
 }
 
@@ -183,7 +194,7 @@ fn memlock() -> Row {
     if KernelVersion::current().is_some_and(|v| v >= MEMCG_BPF_ACCOUNTING) {
         return row.ok(format!("{current}; unused: BPF memory is memcg-charged"));
     }
-    match ebpf::ensure_memlock() {
+    match ensure_memlock() {
         Ok(()) => row.ok(format!("{current}; udamon raises it to unlimited at start")),
         Err(err) => row.missing(format!("{err:#}")),
     }

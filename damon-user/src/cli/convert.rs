@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Args;
 
 use super::Failure;
-use crate::record::{self, Format};
+use crate::output::record::{self, Format};
 
 /// Convert a record file (udamon's or damo's) to another format, as `damo convert_record_format`
 /// does. The output is written atomically.

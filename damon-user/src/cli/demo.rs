@@ -9,11 +9,17 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use clap::Args;
 
-use super::{Failure, emit, options::MonitoringArgs, session};
+use damon_engine::units::format_size;
+
+use super::{
+    Failure, emit,
+    options::{self, MonitoringArgs},
+    print,
+};
 use crate::{
-    monitor::{Event, Snapshot, Summary},
-    table::{self, Align},
-    units::{format_size, parse_duration_us},
+    monitor::{Event, Summary, session},
+    snapshot::Snapshot,
+    util::table::{self, Align},
     workload::Layout,
 };
 
@@ -51,13 +57,13 @@ impl Drop for Workload {
 }
 
 pub(super) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
-    let input = |r: anyhow::Result<u64>, what: &str| {
-        r.with_context(|| format!("--{what}")).map_err(Failure::Input)
+    let span = |text: &str, option: &str| {
+        options::span(text, option).map(Duration::from_micros).map_err(Failure::Input)
     };
-    let duration = Duration::from_micros(input(parse_duration_us(&args.duration), "duration")?);
-    let phase_change =
-        Duration::from_micros(input(parse_duration_us(&args.phase_change), "phase-change")?);
-    let config = args.monitoring.monitor_config().map_err(Failure::Input)?;
+    let (duration, phase_change) =
+        (span(&args.duration, "duration")?, span(&args.phase_change, "phase-change")?);
+    let config =
+        args.monitoring.resolve().and_then(|s| s.monitor_config()).map_err(Failure::Input)?;
     // Whether monitoring can work is checked once, by the session (the workload is cheap to
     // start and stops with the demo).
     let (_workload, layout) = spawn_workload(phase_change).map_err(Failure::Runtime)?;
@@ -94,16 +100,20 @@ fn spawn_workload(phase_change: Duration) -> anyhow::Result<(Workload, Layout)> 
     Ok((workload, layout))
 }
 
-fn show(args: &DemoArgs, layout: &Layout, event: Event) -> Result<(), Failure> {
+fn show(args: &DemoArgs, layout: &Layout, event: Event) -> anyhow::Result<()> {
     match event {
-        Event::TargetGone(pid) => emit(&format!("pid {pid} exited\n")),
+        Event::TargetGone(pid) => print(&format!("pid {pid} exited\n")),
         // The demo's one target is never added or refused while running.
         Event::TargetAdded(_) | Event::TargetRefused(..) => Ok(()),
+        Event::Problem(problem) => {
+            eprintln!("udamon: pid {}: {}", problem.pid, problem.message);
+            Ok(())
+        }
         Event::Snapshot(s) if s.aggregation % args.every != 0 => Ok(()),
         Event::Snapshot(s) if args.json => {
-            emit(&(serde_json::json!({ "snapshot": s }).to_string() + "\n"))
+            print(&(serde_json::json!({ "snapshot": s }).to_string() + "\n"))
         }
-        Event::Snapshot(s) => emit(&snapshot_table(&s, layout)),
+        Event::Snapshot(s) => print(&snapshot_table(&s, layout)),
     }
 }
 

@@ -7,7 +7,6 @@ mod monitor;
 mod options;
 mod record;
 mod report;
-mod session;
 mod sim;
 mod targets;
 
@@ -18,7 +17,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 
-use crate::check;
+use crate::{check, monitor::session::SessionError};
 
 #[derive(Parser)]
 #[command(version, about = "DAMON-style memory access monitoring from userspace, with eBPF")]
@@ -66,6 +65,15 @@ pub(crate) enum Failure {
     Runtime(anyhow::Error),
 }
 
+impl From<SessionError> for Failure {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::Input(err) => Self::Input(err),
+            SessionError::Runtime(err) => Self::Runtime(err),
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Check { json } => run_check(json),
@@ -105,12 +113,12 @@ pub fn main() -> ExitCode {
 fn run_workload(phase_change: &str, memory_loop: Option<&str>) -> Result<ExitCode, Failure> {
     let result = match memory_loop {
         Some(size) => {
-            let size = crate::units::parse_size(size).map_err(Failure::Input)?;
+            let size = damon_engine::units::parse_size(size).map_err(Failure::Input)?;
             crate::workload::memory_loop(size as usize)
         }
         None => {
             let phase_change =
-                crate::units::parse_duration_us(phase_change).map_err(Failure::Input)?;
+                options::span(phase_change, "phase-change").map_err(Failure::Input)?;
             crate::workload::run(std::time::Duration::from_micros(phase_change))
         }
     };
@@ -125,12 +133,17 @@ fn run_check(json: bool) -> Result<ExitCode, Failure> {
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error, a full disk is.
-pub(crate) fn emit(text: &str) -> Result<(), Failure> {
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
     match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
         Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
-            Err(Failure::Runtime(anyhow::anyhow!("cannot write the output: {err}")))
+            Err(anyhow::anyhow!("cannot write the output: {err}"))
         }
         _ => Ok(()),
     }
+}
+
+/// `print` for a command's own output: a failure is a runtime one.
+pub(crate) fn emit(text: &str) -> Result<(), Failure> {
+    print(text).map_err(Failure::Runtime)
 }

@@ -9,15 +9,20 @@ use clap::Args;
 
 use super::{
     Failure, emit,
-    options::MonitoringArgs,
-    session::{self, Ended},
+    options::{self, MonitoringArgs},
+    print,
     targets::{ServeArgs, TargetArgs},
 };
 use crate::{
-    monitor::{Event, Snapshot, process_cpu},
-    record::{Intervals, RecordedSnapshot},
-    report::access,
-    units::parse_duration_us,
+    monitor::{
+        Event, process_cpu,
+        session::{self, Ended},
+    },
+    output::{
+        record::{Intervals, RecordedSnapshot},
+        report::access,
+    },
+    snapshot::Snapshot,
 };
 
 /// Watch processes live: for each aggregation interval, every region's start address, size,
@@ -50,17 +55,15 @@ pub struct MonitorArgs {
     monitoring: MonitoringArgs,
 }
 
+/// `--duration`, if given (a unit is required).
 pub fn duration(text: Option<&str>) -> Result<Option<Duration>, Failure> {
-    text.map(|t| {
-        parse_duration_us(t)
-            .map(Duration::from_micros)
-            .map_err(|err| Failure::Input(err.context("--duration")))
-    })
-    .transpose()
+    text.map(|t| options::span(t, "duration").map(Duration::from_micros).map_err(Failure::Input))
+        .transpose()
 }
 
 pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
-    let config = args.monitoring.monitor_config().map_err(Failure::Input)?;
+    let config =
+        args.monitoring.resolve().and_then(|s| s.monitor_config()).map_err(Failure::Input)?;
     let duration = duration(args.duration.as_deref())?;
     let metrics = args.serve.addr()?;
     let (targets, _started) = args.targets.resolve()?;
@@ -76,12 +79,12 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
         metrics,
         |event| match event {
             // Exited, or left the cgroup.
-            Event::TargetGone(pid) => emit(&if args.json {
+            Event::TargetGone(pid) => print(&if args.json {
                 serde_json::json!({ "gone": pid }).to_string() + "\n"
             } else {
                 format!("pid {pid} gone\n")
             }),
-            Event::TargetAdded(pid) => emit(&if args.json {
+            Event::TargetAdded(pid) => print(&if args.json {
                 serde_json::json!({ "added": pid }).to_string() + "\n"
             } else {
                 format!("pid {pid} added\n")
@@ -89,6 +92,14 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
             Event::TargetRefused(pid, why) => {
                 eprintln!("udamon: not monitoring pid {pid}: {why}");
                 Ok(())
+            }
+            Event::Problem(problem) => {
+                if args.json {
+                    print(&(serde_json::json!({ "problem": problem }).to_string() + "\n"))
+                } else {
+                    eprintln!("udamon: pid {}: {}", problem.pid, problem.message);
+                    Ok(())
+                }
             }
             Event::Snapshot(s) => {
                 seen += 1;
@@ -100,7 +111,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
                     (now.1 - used).as_secs_f64() / (now.0 - wall).as_secs_f64().max(1e-9)
                 });
                 cpu = Some(now);
-                emit(&view(&s, &intervals, share, &args))
+                print(&view(&s, &intervals, share, &args))
             }
         },
     ))?;
@@ -124,7 +135,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
 fn view(s: &Snapshot, intervals: &Intervals, cpu_share: Option<f64>, args: &MonitorArgs) -> String {
     let mut out = String::new();
     for target in &s.targets {
-        let Some(recorded) = RecordedSnapshot::of(s, target.pid as u64, None) else { continue };
+        let Some(recorded) = RecordedSnapshot::of(s, target.pid as u64) else { continue };
         let report =
             access::report(target.pid as u64, s.aggregation as usize, &recorded, intervals);
         if args.json {

@@ -1,29 +1,38 @@
 //! Monitoring options shared by every command that runs the engine, named as damo names them,
-//! from the command line or a TOML file (`--config`); the command line wins.
+//! from the command line or a TOML file (`--config`); the command line wins. The file is read
+//! once, when the options are resolved.
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
-use clap::Args;
-use serde::Deserialize;
-
-use crate::{
-    engine::{Attrs, CoreVersion, SplitPolicy},
-    monitor::MonitorConfig,
+use anyhow::{Context as _, Result, bail};
+use clap::{
+    Args,
+    builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _},
+};
+use damon_engine::{
+    Attrs, CoreVersion, SplitPolicy,
     units::{Micros, parse_duration_us},
 };
+use serde::Deserialize;
+
+use crate::monitor::MonitorConfig;
+
+/// damo's default operations update interval, and udamon's: mappings and cgroup membership are
+/// re-read this often (the kernel's own default is 60 s).
+pub const DEFAULT_UPDR_US: u64 = 1_000_000;
 
 #[derive(Args, Debug, Default)]
 pub struct MonitoringArgs {
     /// Sample interval: how often each region's sampled page is checked (e.g. 5ms; a bare number
-    /// is microseconds). Default 5ms.
+    /// is microseconds, as in damo). Default 5ms.
     #[arg(long, value_name = "DURATION")]
     pub sample: Option<String>,
     /// Aggregation interval: how often the access counts are reported, and regions merged and
     /// split (e.g. 100ms). A region's count is out of aggr/sample samples. Default 100ms.
     #[arg(long, value_name = "DURATION")]
     pub aggr: Option<String>,
-    /// Operations update interval: how often regions are re-fitted to the mappings. Default 1s.
+    /// Operations update interval: how often regions are re-fitted to the mappings (and a
+    /// cgroup's members re-read). Default 1s, as in damo.
     #[arg(long, value_name = "DURATION")]
     pub updr: Option<String>,
     /// Minimum number of regions (default 10).
@@ -33,18 +42,23 @@ pub struct MonitoringArgs {
     #[arg(long, value_name = "N")]
     pub maxr: Option<u32>,
     /// What to do above max_nr_regions / 2 [default: adaptive].
-    #[arg(long = "split-policy", alias = "policy", value_enum)]
+    #[arg(long = "split-policy", alias = "policy", value_name = "POLICY", value_parser = named(SplitPolicy::ALL.map(|p| (p.name(), p.about()))).map(|s| s.parse::<SplitPolicy>().expect("a listed name")))]
     pub policy: Option<SplitPolicy>,
     /// Seed of the engine's randomness, to repeat a run.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Kernel behaviour where versions differ (merge retries, sampling ranges) [default: newest].
-    #[arg(long, value_enum)]
+    #[arg(long, value_name = "VERSION", value_parser = named(CoreVersion::ALL.map(|v| (v.name(), v.about()))).map(|s| s.parse::<CoreVersion>().expect("a listed name")))]
     pub core_version: Option<CoreVersion>,
     /// A TOML file with any of the options above (sample, aggr, updr, minr, maxr, split-policy,
     /// seed, core-version); options given on the command line override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// A value parser over names, each with its help line.
+fn named<const N: usize>(values: [(&'static str, &'static str); N]) -> PossibleValuesParser {
+    PossibleValuesParser::new(values.map(|(name, about)| PossibleValue::new(name).help(about)))
 }
 
 /// The `--config` file.
@@ -61,56 +75,44 @@ struct ConfigFile {
     core_version: Option<CoreVersion>,
 }
 
+/// The options with the config file under them: what was given, nothing defaulted yet.
+#[derive(Debug, Default)]
+pub struct Settings {
+    pub sample_us: Option<u64>,
+    pub aggr_us: Option<u64>,
+    pub updr_us: Option<u64>,
+    pub minr: Option<u32>,
+    pub maxr: Option<u32>,
+    pub policy: Option<SplitPolicy>,
+    pub version: Option<CoreVersion>,
+    pub seed: Option<u64>,
+}
+
 impl MonitoringArgs {
-    /// `attrs` with the given options applied; the result is not validated here.
-    pub fn apply(&self, attrs: &mut Attrs) -> Result<()> {
+    /// Reads the config file (once) and lays the command line over it.
+    pub fn resolve(&self) -> Result<Settings> {
         let file = self.file()?;
-        let duration =
-            |text: &Option<String>, from_file: Option<Micros>, what: &str| match text.as_deref() {
-                Some(t) => parse_duration_us(t).with_context(|| format!("--{what}")).map(Some),
-                None => Ok(from_file.map(|m| m.0)),
-            };
-        if let Some(us) = duration(&self.sample, file.sample, "sample")? {
-            attrs.sample_us = us;
-        }
-        if let Some(us) = duration(&self.aggr, file.aggr, "aggr")? {
-            attrs.aggr_us = us;
-        }
-        if let Some(us) = duration(&self.updr, file.updr, "updr")? {
-            attrs.ops_update_us = us;
-        }
-        if let Some(n) = self.minr.or(file.minr) {
-            attrs.min_nr_regions = n;
-        }
-        if let Some(n) = self.maxr.or(file.maxr) {
-            attrs.max_nr_regions = n;
-        }
-        Ok(())
-    }
-
-    pub fn policy(&self) -> Result<SplitPolicy> {
-        Ok(self.policy.or(self.file()?.split_policy).unwrap_or_default())
-    }
-
-    pub fn core_version(&self) -> Result<CoreVersion> {
-        Ok(self.core_version.or(self.file()?.core_version).unwrap_or_default())
-    }
-
-    pub fn seed(&self) -> Result<Option<u64>> {
-        Ok(self.seed.or(self.file()?.seed))
-    }
-
-    /// Validated attributes and the rest of a monitoring run's settings; a random seed unless
-    /// one is given.
-    pub fn monitor_config(&self) -> Result<MonitorConfig> {
-        let mut attrs = Attrs::default();
-        self.apply(&mut attrs)?;
-        attrs.validate()?;
-        Ok(MonitorConfig {
-            attrs,
-            policy: self.policy()?,
-            version: self.core_version()?,
-            seed: self.seed()?.unwrap_or_else(random_seed),
+        let from_file = |value: Option<Micros>, key: &str| -> Result<Option<u64>> {
+            let value = value.map(|m| m.0);
+            if value == Some(0) {
+                let path = self.config.as_deref().unwrap_or_else(|| "".as_ref()).display();
+                bail!("--config {path}: {key} must be positive");
+            }
+            Ok(value)
+        };
+        let interval = |text: &Option<String>, file: Option<Micros>, key: &str| match text {
+            Some(text) => positive_interval(text, key).map(Some),
+            None => from_file(file, key),
+        };
+        Ok(Settings {
+            sample_us: interval(&self.sample, file.sample, "sample")?,
+            aggr_us: interval(&self.aggr, file.aggr, "aggr")?,
+            updr_us: interval(&self.updr, file.updr, "updr")?,
+            minr: self.minr.or(file.minr),
+            maxr: self.maxr.or(file.maxr),
+            policy: self.policy.or(file.split_policy),
+            version: self.core_version.or(file.core_version),
+            seed: self.seed.or(file.seed),
         })
     }
 
@@ -122,6 +124,56 @@ impl MonitoringArgs {
             anyhow::anyhow!("--config {}: {}", path.display(), err.message().trim_end())
         })
     }
+}
+
+/// One of damo's interval options: a duration, a bare number being microseconds; never 0.
+fn positive_interval(text: &str, key: &str) -> Result<u64> {
+    let us = parse_duration_us(text).with_context(|| format!("--{key}"))?;
+    if us == 0 {
+        bail!("--{key} {text}: the interval must be positive");
+    }
+    Ok(us)
+}
+
+impl Settings {
+    /// `attrs` with the given options applied; the result is not validated here.
+    pub fn apply(&self, attrs: &mut Attrs) {
+        let set = |target: &mut u64, value: Option<u64>| {
+            if let Some(value) = value {
+                *target = value;
+            }
+        };
+        set(&mut attrs.sample_us, self.sample_us);
+        set(&mut attrs.aggr_us, self.aggr_us);
+        set(&mut attrs.ops_update_us, self.updr_us);
+        attrs.min_nr_regions = self.minr.unwrap_or(attrs.min_nr_regions);
+        attrs.max_nr_regions = self.maxr.unwrap_or(attrs.max_nr_regions);
+    }
+
+    /// Validated attributes (udamon's defaults under the options) and the rest of a monitoring
+    /// run's settings; a random seed unless one is given.
+    pub fn monitor_config(&self) -> Result<MonitorConfig> {
+        let mut attrs = Attrs { ops_update_us: DEFAULT_UPDR_US, ..Attrs::default() };
+        self.apply(&mut attrs);
+        attrs.validate()?;
+        Ok(MonitorConfig {
+            attrs,
+            policy: self.policy.unwrap_or_default(),
+            version: self.version.unwrap_or_default(),
+            seed: self.seed.unwrap_or_else(random_seed),
+        })
+    }
+}
+
+/// A length of time for `--duration`, `--flush-every` and the like: a unit is required, since a
+/// bare number would be read as microseconds by damo's convention and surprise everyone.
+pub fn span(text: &str, option: &str) -> Result<u64> {
+    let trimmed = text.trim();
+    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'_')
+    {
+        bail!("--{option} {text}: give a unit, e.g. {trimmed}s");
+    }
+    parse_duration_us(text).with_context(|| format!("--{option}"))
 }
 
 fn random_seed() -> u64 {
@@ -143,15 +195,38 @@ mod tests {
             aggr: Some("1s".into()),
             ..Default::default()
         };
-        let config = args.monitor_config().unwrap();
+        let config = args.resolve().unwrap().monitor_config().unwrap();
         assert_eq!((config.attrs.sample_us, config.attrs.aggr_us), (10_000, 1_000_000));
+        assert_eq!(
+            config.attrs.ops_update_us, DEFAULT_UPDR_US,
+            "udamon's default, not the kernel's"
+        );
         assert_eq!(
             (config.attrs.max_nr_regions, config.policy, config.seed),
             (500, SplitPolicy::Fraction, 7)
         );
         std::fs::write(&path, "smaple = \"10ms\"\n").unwrap();
-        let err = args.monitor_config().unwrap_err().to_string();
+        let err = args.resolve().unwrap_err().to_string();
         assert!(err.contains("unknown field `smaple`"), "{err}");
+        std::fs::write(&path, "updr = \"0s\"\n").unwrap();
+        let err = args.resolve().unwrap_err().to_string();
+        assert!(err.ends_with("updr must be positive"), "{err}");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn zero_intervals_and_unitless_spans_are_refused() {
+        let args = MonitoringArgs { updr: Some("0".into()), ..Default::default() };
+        let err = args.resolve().unwrap_err().to_string();
+        assert_eq!(err, "--updr 0: the interval must be positive");
+        let args = MonitoringArgs { sample: Some("0ms".into()), ..Default::default() };
+        assert!(args.resolve().is_err());
+        assert_eq!(
+            span("8", "duration").unwrap_err().to_string(),
+            "--duration 8: give a unit, e.g. 8s"
+        );
+        assert_eq!(span("8s", "duration").unwrap(), 8_000_000);
+        assert_eq!(span("250ms", "flush-every").unwrap(), 250_000);
+        assert!(span("8 parsecs", "duration").is_err());
     }
 }

@@ -13,15 +13,16 @@ use clap::Args;
 use super::{
     Failure,
     monitor::duration,
-    options::MonitoringArgs,
-    session::{self, Ended},
+    options::{self, MonitoringArgs},
     targets::{ServeArgs, TargetArgs},
 };
 use crate::{
-    atomic_file,
-    monitor::Event,
-    record::{Format, Intervals, writer::RecordWriter},
-    units::parse_duration_us,
+    monitor::{
+        Event,
+        session::{self, Ended},
+    },
+    output::record::{Format, Intervals, writer::RecordWriter},
+    util::atomic_file,
 };
 
 /// Record processes' access snapshots (one per aggregation interval) into a file damo can read.
@@ -50,11 +51,12 @@ pub struct RecordArgs {
 }
 
 pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
-    let config = args.monitoring.monitor_config().map_err(Failure::Input)?;
+    let config =
+        args.monitoring.resolve().and_then(|s| s.monitor_config()).map_err(Failure::Input)?;
     let duration = duration(args.duration.as_deref())?;
-    let flush_every = parse_duration_us(&args.flush_every)
+    let flush_every = options::span(&args.flush_every, "flush-every")
         .map(Duration::from_micros)
-        .map_err(|err| Failure::Input(err.context("--flush-every")))?;
+        .map_err(Failure::Input)?;
     atomic_file::check_writable(&args.output).map_err(Failure::Input)?;
     let metrics = args.serve.addr()?;
     let (targets, _started) = args.targets.resolve()?;
@@ -65,14 +67,17 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
     let result =
         session::runtime()?.block_on(session::run(config, &targets, duration, metrics, |event| {
             match event {
-                Event::Snapshot(s) => writer.push(&s).map_err(Failure::Runtime)?,
+                Event::Snapshot(s) => writer.push(&s)?,
                 Event::TargetGone(pid) => {
-                    writer.flush().map_err(Failure::Runtime)?;
+                    writer.flush()?;
                     eprintln!("\rudamon: pid {pid} gone");
                 }
                 Event::TargetAdded(pid) => eprintln!("\rudamon: pid {pid} added"),
                 Event::TargetRefused(pid, why) => {
                     eprintln!("\rudamon: not monitoring pid {pid}: {why}")
+                }
+                Event::Problem(problem) => {
+                    eprintln!("\rudamon: pid {}: {}", problem.pid, problem.message)
                 }
             }
             if let Some((started, total)) = progress {

@@ -6,17 +6,19 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::{Failure, emit};
+use damon_engine::{Attrs, units::format_size};
+
 use crate::{
-    atomic_file,
-    engine::Attrs,
-    record::{self, Intervals, TargetRecord},
-    report::{
-        access,
-        distribution::{self, DEFAULT_SKIP, Metric},
-        heatmap::Heatmap,
-        picture,
+    output::{
+        record::{self, Intervals, TargetRecord},
+        report::{
+            access,
+            distribution::{self, DEFAULT_SKIP, Metric},
+            heatmap::Heatmap,
+            picture,
+        },
     },
-    units::format_size,
+    util::atomic_file,
 };
 
 /// Show a record file (udamon's or damo's, any of the formats): the access table, a heatmap,

@@ -5,11 +5,13 @@ use std::{fs, path::Path, process::ExitCode};
 use anyhow::{Context as _, anyhow};
 use clap::Args;
 
-use super::{Failure, emit, options::MonitoringArgs};
-use crate::{
-    sim::{self, builtin, scenario::Scenario},
-    units::parse_duration_us,
+use damon_engine::sim::{self, builtin, scenario::Scenario};
+
+use super::{
+    Failure, emit,
+    options::{self, MonitoringArgs, Settings},
 };
+use crate::output::sim::{compare_table, run_table};
 
 /// Run the monitoring engine against a simulated address space whose access probabilities are
 /// known, and score how well its regions describe them.
@@ -44,23 +46,23 @@ pub struct SimArgs {
 }
 
 pub(super) fn run(args: SimArgs) -> Result<ExitCode, Failure> {
-    let scenario = scenario(&args).map_err(Failure::Input)?;
+    let settings = args.monitoring.resolve().map_err(Failure::Input)?;
+    let scenario = scenario(&args, &settings).map_err(Failure::Input)?;
     if args.print_scenario {
         emit(&scenario.to_toml())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let m = &args.monitoring;
-    let (seed, version, policy) =
-        (|| anyhow::Ok((m.seed()?, m.core_version()?, m.policy()?)))().map_err(Failure::Input)?;
-    let seed = seed.unwrap_or(scenario.seed);
+    let (version, policy) =
+        (settings.version.unwrap_or_default(), settings.policy.unwrap_or_default());
+    let seed = settings.seed.unwrap_or(scenario.seed);
     let text = if args.compare {
         let reports =
             sim::compare(&scenario, seed, args.runs, version).map_err(Failure::Runtime)?;
-        if args.json { json(&reports) } else { sim::compare_table(&reports) }
+        if args.json { json(&reports) } else { compare_table(&reports) }
     } else {
         let report =
             sim::run_many(&scenario, policy, seed, args.runs, version).map_err(Failure::Runtime)?;
-        if args.json { json(&report) } else { sim::run_table(&report) }
+        if args.json { json(&report) } else { run_table(&report) }
     };
     emit(&text)?;
     Ok(ExitCode::SUCCESS)
@@ -71,7 +73,7 @@ fn json(value: &impl serde::Serialize) -> String {
 }
 
 /// The named built-in or file, with command-line overrides applied and validated.
-fn scenario(args: &SimArgs) -> anyhow::Result<Scenario> {
+fn scenario(args: &SimArgs, settings: &Settings) -> anyhow::Result<Scenario> {
     let mut scenario = match builtin::get(&args.scenario) {
         Some(scenario) => scenario,
         None if Path::new(&args.scenario).exists() => {
@@ -88,10 +90,8 @@ fn scenario(args: &SimArgs) -> anyhow::Result<Scenario> {
             ));
         }
     };
-    args.monitoring.apply(&mut scenario.attrs)?;
-    if let Some(us) =
-        args.duration.as_deref().map(parse_duration_us).transpose().context("--duration")?
-    {
+    settings.apply(&mut scenario.attrs);
+    if let Some(us) = args.duration.as_deref().map(|d| options::span(d, "duration")).transpose()? {
         scenario.duration.0 = us;
         scenario.events.retain(|e| e.at.0 <= us);
     }

@@ -9,8 +9,8 @@ use std::{
 use anyhow::anyhow;
 use clap::Args;
 
-use super::{Failure, session::Targets};
-use crate::{cgroup::Cgroup, metrics::server};
+use super::Failure;
+use crate::{monitor::session::Targets, output::metrics::server, sys::cgroup::Cgroup};
 
 #[derive(Args)]
 pub struct TargetArgs {

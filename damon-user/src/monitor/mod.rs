@@ -1,7 +1,10 @@
-//! Monitoring processes: the engine with the vaddr operations, driven by a dedicated sampler
-//! thread on drift-free ticks. Snapshots, target exits and the end come back as events.
+//! Monitoring: the engine driven by a dedicated sampler thread on drift-free ticks, over any
+//! [`Source`] of targets (the vaddr operations on processes; the simulator in tests), with
+//! snapshots, target changes and problems coming back as events. `session` runs a whole
+//! monitoring command around it.
 
-pub mod snapshot;
+pub mod session;
+mod source;
 mod ticker;
 
 use std::{
@@ -15,17 +18,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use damon_engine::{Attrs, Config, Context, CoreVersion, Counters, SplitPolicy};
 use serde::Serialize;
 
-pub use self::snapshot::{RegionSnapshot, SamplerStats, Snapshot, TargetSnapshot};
+pub use self::source::{OpsStats, Problem, Source, TargetError};
 use self::ticker::Ticker;
-use crate::{
-    engine::{Attrs, Config, Context, CoreVersion, Counters, SplitPolicy},
-    vaddr::{
-        ops::VaddrOps,
-        walker::{CallTimes, Walker},
-    },
-};
+use crate::snapshot::{SamplerStats, Snapshot};
 
 #[derive(Clone, Copy, Debug)]
 pub struct MonitorConfig {
@@ -39,6 +37,7 @@ pub struct MonitorConfig {
 /// blocking, async code awaits).
 pub type Events = tokio::sync::mpsc::UnboundedSender<Event>;
 
+#[derive(Debug)]
 pub enum Event {
     Snapshot(Snapshot),
     /// A monitored process exited or was removed; the others go on.
@@ -47,6 +46,8 @@ pub enum Event {
     TargetAdded(u32),
     /// A process could not be added, and why.
     TargetRefused(u32, String),
+    /// Something went wrong for a target without ending it (its samples read unknown).
+    Problem(Problem),
 }
 
 /// Changes to the targets while monitoring; applied right after the next aggregation.
@@ -66,11 +67,9 @@ pub struct Summary {
     pub sampler_cpu: Duration,
     /// CPU time of the whole process so far, every thread, user and system.
     pub process_cpu: Duration,
-    /// Time the eBPF walker itself spent, and on how many addresses.
-    pub walk_time: Duration,
-    pub walked_addresses: u64,
-    /// The sampler's system calls: walk requests and calls, and clears.
-    pub calls: CallTimes,
+    /// What the operations spent, as far as they know.
+    #[serde(flatten)]
+    pub ops: OpsStats,
 }
 
 pub struct Monitor {
@@ -81,17 +80,17 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Loads the data plane, opens the targets and starts sampling; events arrive on `events`.
+    /// Opens the targets with `source` and starts sampling; events arrive on `events`.
     /// Sampling ends when every target is gone, unless `follow` (targets come and go through
-    /// `control`).
-    pub fn start(
+    /// `control`). A target that cannot be opened fails the start with its `TargetError`.
+    pub fn start<S: Source>(
         config: MonitorConfig,
+        mut source: S,
         pids: &[u32],
         events: Events,
         follow: bool,
     ) -> Result<Self> {
-        let mut ops = VaddrOps::new(Walker::new()?);
-        let targets = pids.iter().map(|&pid| ops.add(pid)).collect::<Result<Vec<_>, _>>()?;
+        let targets = pids.iter().map(|&pid| source.open(pid)).collect::<Result<Vec<_>, _>>()?;
         let engine = Config {
             attrs: config.attrs,
             policy: config.policy,
@@ -108,7 +107,7 @@ impl Monitor {
             let inputs = Inputs { faults: fault_feed, controls, follow };
             std::thread::Builder::new()
                 .name("udamon-sampler".into())
-                .spawn(move || sample(ctx, ops, &stop, &events, &inputs))
+                .spawn(move || sample(ctx, source, &stop, &events, &inputs))
                 .context("cannot start the sampler thread")?
         };
         Ok(Self { stop, faults, control, sampler })
@@ -141,71 +140,77 @@ struct Inputs {
     follow: bool,
 }
 
-fn sample(
+fn sample<S: Source>(
     mut ctx: Context,
-    mut ops: VaddrOps,
+    mut source: S,
     stop: &AtomicBool,
     events: &Events,
     inputs: &Inputs,
 ) -> Result<Summary> {
-    ctx.start(&mut ops)?;
+    ctx.start(&mut source)?;
     raise_priority();
     let started = Instant::now();
     let mut ticker = Ticker::new();
+    // When the window being sampled began: snapshots carry real times, late ticks and all.
+    let mut window_start = Duration::ZERO;
     while !stop.load(Ordering::Acquire) && (inputs.follow || !ctx.targets().is_empty()) {
         ticker.wait(Duration::from_micros(ctx.attrs().sample_us));
         while let Ok((pid, addr)) = inputs.faults.try_recv() {
             ctx.record_fault(pid as u64, addr);
         }
-        let step = ctx.step(&mut ops, |ctx, ops| {
-            let mut snapshot = Snapshot::of(ctx, started.elapsed());
-            snapshot.stats = SamplerStats {
+        let step = ctx.step(&mut source, |ctx, source| {
+            let now = started.elapsed();
+            let stats = SamplerStats {
                 counters: *ctx.counters(),
                 ticks: ticker.ticks,
                 late_ticks: ticker.late,
                 cpu_seconds: cpu(libc::RUSAGE_THREAD).as_secs_f64(),
-                walk_lost: ops.walker().stats().map_or(0, |s| s.lost),
+                walk_lost: source.stats().walk_lost,
             };
-            let _ = events.send(Event::Snapshot(snapshot));
+            let _ = events.send(Event::Snapshot(Snapshot::of(ctx, window_start, now, stats)));
+            window_start = now;
         })?;
         for pid in step.dropped {
-            ops.remove(pid as u32);
+            source.close(pid as u32);
             let _ = events.send(Event::TargetGone(pid as u32));
         }
         if step.aggregation.is_some() {
-            apply_controls(&mut ctx, &mut ops, &inputs.controls, events);
+            for problem in source.problems() {
+                let _ = events.send(Event::Problem(problem));
+            }
+            apply_controls(&mut ctx, &mut source, &inputs.controls, events);
         }
     }
-    let walk = ops.walker().stats().unwrap_or_default();
     Ok(Summary {
         counters: *ctx.counters(),
         ticks: ticker.ticks,
         late_ticks: ticker.late,
         sampler_cpu: cpu(libc::RUSAGE_THREAD),
         process_cpu: process_cpu(),
-        walk_time: Duration::from_nanos(walk.nanoseconds),
-        walked_addresses: walk.addresses,
-        calls: ops.walker().call_times(),
+        ops: source.stats(),
     })
 }
 
 /// Adds and removes targets as asked, at an aggregation boundary where counts restart.
-fn apply_controls(
+fn apply_controls<S: Source>(
     ctx: &mut Context,
-    ops: &mut VaddrOps,
+    source: &mut S,
     controls: &mpsc::Receiver<Control>,
     events: &Events,
 ) {
     while let Ok(control) = controls.try_recv() {
         let event = match control {
             Control::Add(pid) => {
-                match ops.add(pid).map_err(anyhow::Error::from).and_then(|t| ctx.add_target(ops, t))
+                match source
+                    .open(pid)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|t| ctx.add_target(source, t))
                 {
                     Ok(()) => Event::TargetAdded(pid),
                     Err(err) => {
                         // Forget the process only if the engine does not monitor it already.
                         if ctx.targets().iter().all(|t| t.id != pid as u64) {
-                            ops.remove(pid);
+                            source.close(pid);
                         }
                         Event::TargetRefused(pid, format!("{err:#}"))
                     }
@@ -213,7 +218,7 @@ fn apply_controls(
             }
             Control::Remove(pid) => {
                 ctx.remove_target(pid as u64);
-                ops.remove(pid);
+                source.close(pid);
                 Event::TargetGone(pid)
             }
         };

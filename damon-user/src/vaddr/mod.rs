@@ -1,8 +1,7 @@
-//! Virtual address spaces of processes, checked by the eBPF page-table walker.
+//! The vaddr operations: processes' virtual address spaces, checked by the eBPF page-table
+//! walker and cleared by `process_madvise(MADV_COLD)`.
 
-pub mod layout;
-pub mod leaf;
-pub mod maps;
 pub mod ops;
-pub mod pagemap;
-pub mod walker;
+pub mod regions;
+
+pub use self::ops::VaddrOps;

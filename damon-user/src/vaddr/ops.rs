@@ -1,28 +1,28 @@
-//! The vaddr operations: processes' virtual address spaces, checked by the eBPF page-table walker
-//! and cleared by `process_madvise(MADV_COLD)`.
+//! The vaddr operations on processes.
 //!
 //! Each sample interval takes two calls per target. The first walks the addresses checked now
 //! and those chosen for the next interval (the kernel takes the mmap lock, the walker reads the
 //! page tables, the call itself advises nothing). The second clears the newly chosen pages that
 //! are marked accessed: whole pages, 2 MiB for a huge page, which is therefore never split.
 //! Idle pages need no clearing, which keeps idle memory cheap.
+//!
+//! A failure that is not an exit (a refused range, a failed call or map) ends nothing: it is
+//! kept as a problem for the monitor to report, and the samples it cost read unknown.
 
-use std::{collections::HashMap, fmt};
+use std::collections::{HashMap, hash_map::Entry};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
+use damon_engine::{Access, Operations, Target};
 
-use super::{
-    leaf::Leaf,
-    maps::{self, Mapping},
-    pagemap::Pagemap,
-    walker::Walker,
-};
+use super::regions;
 use crate::{
-    engine::{
-        Access, Operations, Target,
-        set_regions::{self, PAGE_SIZE},
+    dataplane::{DataPlane, DataPlaneError, Walker, leaf::Leaf, walker::Refusal},
+    monitor::{OpsStats, Problem, Source, TargetError},
+    sys::{
+        pagemap::Pagemap,
+        pidfd::PidFd,
+        proc_maps::{self, Mapping},
     },
-    pidfd::PidFd,
 };
 
 /// A monitored process.
@@ -33,42 +33,15 @@ struct Process {
     exited: bool,
 }
 
-/// Why a pid cannot be monitored: one line for the user.
-#[derive(Debug)]
-pub enum TargetError {
-    NoSuchProcess(u32),
-    KernelThread(u32),
-    /// It exited (or is exiting) before monitoring began.
-    Exited(u32),
-    Denied(u32, std::io::Error),
-    Other(u32, anyhow::Error),
-}
-
-impl fmt::Display for TargetError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NoSuchProcess(pid) => write!(f, "no process with pid {pid}"),
-            Self::KernelThread(pid) => {
-                write!(f, "pid {pid} is a kernel thread: it has no address space to monitor")
-            }
-            Self::Exited(pid) => write!(f, "pid {pid} exited before the first sample"),
-            Self::Denied(pid, err) => write!(
-                f,
-                "cannot monitor pid {pid}: {err} (another user's process needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
-            ),
-            Self::Other(pid, err) => write!(f, "cannot monitor pid {pid}: {err:#}"),
-        }
-    }
-}
-
-impl std::error::Error for TargetError {}
-
 pub struct VaddrOps {
     walker: Walker,
     processes: HashMap<u64, Process>,
+    /// Problems since the monitor last asked, per (pid, kind): the first message and a count.
+    problems: HashMap<(u32, &'static str), (String, u64)>,
     addrs: Vec<u64>,
     leaves: Vec<Leaf>,
     pages: Vec<(u64, u64)>,
+    refused: Vec<Refusal>,
 }
 
 impl VaddrOps {
@@ -76,65 +49,41 @@ impl VaddrOps {
         Self {
             walker,
             processes: HashMap::new(),
+            problems: HashMap::new(),
             addrs: Vec::new(),
             leaves: Vec::new(),
             pages: Vec::new(),
+            refused: Vec::new(),
         }
+    }
+
+    /// Loads the data plane (without the fault stream) for operations of their own.
+    pub fn load() -> Result<Self> {
+        let (walker, _) = DataPlane::load()?.start(false)?;
+        Ok(Self::new(walker))
     }
 
     pub fn walker(&self) -> &Walker {
         &self.walker
     }
 
-    /// Starts watching process `pid`; returns its (still empty) engine target.
-    pub fn add(&mut self, pid: u32) -> Result<Target, TargetError> {
-        let pidfd = PidFd::open(pid).map_err(|err| match err.raw_os_error() {
-            Some(libc::ESRCH) => TargetError::NoSuchProcess(pid),
-            _ => TargetError::Denied(pid, err),
-        })?;
-        let mappings =
-            maps::read(pid).map_err(|err| match err.downcast_ref::<std::io::Error>() {
-                _ if pidfd.exited() => TargetError::Exited(pid),
-                Some(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
-                    TargetError::Denied(pid, std::io::Error::from(io.kind()))
-                }
-                _ => TargetError::Other(pid, err),
-            })?;
-        if mappings.is_empty() {
-            // A zombie has no mappings either.
-            let exited = pidfd.exited();
-            return Err(if exited {
-                TargetError::Exited(pid)
-            } else {
-                TargetError::KernelThread(pid)
-            });
+    fn note(&mut self, pid: u64, kind: &'static str, message: impl FnOnce() -> String) {
+        match self.problems.entry((pid as u32, kind)) {
+            Entry::Occupied(mut seen) => seen.get_mut().1 += 1,
+            Entry::Vacant(new) => {
+                new.insert((message(), 1));
+            }
         }
-        let pagemap =
-            Pagemap::open(pid).map_err(|err| match err.downcast_ref::<std::io::Error>() {
-                Some(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
-                    TargetError::Denied(pid, std::io::Error::from(io.kind()))
-                }
-                _ => TargetError::Other(pid, err),
-            })?;
-        self.processes.insert(pid as u64, Process { pidfd, pagemap, mappings, exited: false });
-        Ok(Target::new(pid as u64))
     }
 
-    /// Forgets process `pid` (after its target left the engine).
-    pub fn remove(&mut self, pid: u32) {
-        self.processes.remove(&(pid as u64));
+    fn note_error(&mut self, pid: u64, err: &DataPlaneError) {
+        self.note(pid, err.kind(), || err.to_string());
     }
 
-    /// Regions for `target` from its mappings: the kernel's three regions around the two biggest
-    /// gaps; or, for a process with fewer gaps, one region from its first to its last mapping.
+    /// Regions for `target` from its mappings.
     fn fit(process: &Process, target: &mut Target) -> Result<()> {
-        let (Some(first), Some(last)) = (process.mappings.first(), process.mappings.last()) else {
-            bail!("no mappings");
-        };
         let spans: Vec<(u64, u64)> = process.mappings.iter().map(|m| (m.start, m.end)).collect();
-        let ranges = set_regions::three_regions(&spans)
-            .map_or_else(|| vec![(first.start, last.end)], |r| r.to_vec());
-        set_regions::set_regions(&mut target.regions, &ranges, PAGE_SIZE)
+        regions::fit(&mut target.regions, &spans)
     }
 
     /// What a walked leaf says about an access. A set accessed bit is trusted only on a page the
@@ -145,7 +94,7 @@ impl VaddrOps {
             Leaf::Missing | Leaf::Fault => Access::Unknown,
             _ if !leaf.accessed() => Access::Idle,
             _ => {
-                let shared = maps::find(&process.mappings, addr).is_none_or(|m| m.shared);
+                let shared = proc_maps::find(&process.mappings, addr).is_none_or(|m| m.shared);
                 if (leaf.writable() && !shared) || process.pagemap.exclusive(addr).unwrap_or(false)
                 {
                     Access::Accessed
@@ -170,56 +119,68 @@ impl VaddrOps {
             let range = offset..offset + n;
             offset += n;
             let Some(process) = self.processes.get_mut(&target.id) else { continue };
-            let outcome = if process.exited {
-                Ok(())
-            } else {
-                self.addrs.clear();
-                if results.is_some() {
-                    self.addrs.extend(target.regions.iter().map(|r| r.sampling_addr));
-                }
-                if let Some(next) = next {
-                    self.addrs.extend_from_slice(&next[range.clone()]);
-                }
-                let checked = if results.is_some() { n } else { 0 };
-                walk_and_clear(
-                    &mut self.walker,
-                    process,
-                    &self.addrs,
-                    checked,
-                    &mut self.leaves,
-                    &mut self.pages,
-                )
-            };
-            if outcome.is_err() || process.exited {
+            if process.exited {
                 // Gone between checks: nothing was accessed; the engine drops it at aggregation.
-                process.exited = true;
                 if let Some(out) = results.as_deref_mut() {
                     out[range].fill(Access::Idle);
                 }
                 continue;
             }
+            self.addrs.clear();
+            if results.is_some() {
+                self.addrs.extend(target.regions.iter().map(|r| r.sampling_addr));
+            }
+            if let Some(next) = next {
+                self.addrs.extend_from_slice(&next[range.clone()]);
+            }
+            let checked = if results.is_some() { n } else { 0 };
+            self.refused.clear();
+            let outcome = walk_and_clear(
+                &mut self.walker,
+                process,
+                &self.addrs,
+                checked,
+                (&mut self.leaves, &mut self.pages, &mut self.refused),
+            );
             if let Some(out) = results.as_deref_mut() {
                 for ((slot, r), &leaf) in
-                    out[range].iter_mut().zip(&target.regions).zip(&self.leaves)
+                    out[range.clone()].iter_mut().zip(&target.regions).zip(&self.leaves)
                 {
                     *slot = Self::classify(process, r.sampling_addr, leaf);
                 }
+            }
+            match outcome {
+                Ok(()) => {}
+                Err(DataPlaneError::Exited) => {
+                    process.exited = true;
+                    if let Some(out) = results.as_deref_mut() {
+                        out[range].fill(Access::Idle);
+                    }
+                }
+                Err(err) => self.note_error(target.id, &err),
+            }
+            for refusal in std::mem::take(&mut self.refused) {
+                self.note_error(target.id, &refusal.into());
             }
         }
     }
 }
 
 /// One target's walk of `addrs`, then the clearing of the accessed pages among them after the
-/// first `checked` (those are only checked), in the page sizes the walk found.
+/// first `checked` (those are only checked), in the page sizes the walk found. A walk that
+/// fails leaves its leaves missing (read unknown).
 fn walk_and_clear(
     walker: &mut Walker,
     process: &Process,
     addrs: &[u64],
     checked: usize,
-    leaves: &mut Vec<Leaf>,
-    pages: &mut Vec<(u64, u64)>,
-) -> Result<()> {
-    walker.walk(&process.pidfd, addrs, leaves)?;
+    (leaves, pages, refused): (&mut Vec<Leaf>, &mut Vec<(u64, u64)>, &mut Vec<Refusal>),
+) -> Result<(), DataPlaneError> {
+    if let Err(err) = walker.walk(&process.pidfd, addrs, leaves) {
+        leaves.clear();
+        leaves.resize(addrs.len(), Leaf::Missing);
+        return Err(err);
+    }
     pages.clear();
     pages.extend(
         addrs[checked..]
@@ -231,7 +192,67 @@ fn walk_and_clear(
     if pages.is_empty() {
         return Ok(());
     }
-    walker.clear(&process.pidfd, pages)
+    walker.clear(&process.pidfd, pages, refused)
+}
+
+impl Source for VaddrOps {
+    fn open(&mut self, pid: u32) -> Result<Target, TargetError> {
+        let pidfd = PidFd::open(pid).map_err(|err| match err.raw_os_error() {
+            Some(libc::ESRCH) => TargetError::NoSuchProcess(pid),
+            _ => TargetError::Denied(pid, err),
+        })?;
+        let denied_or = |err: anyhow::Error, other: fn(u32, anyhow::Error) -> TargetError| match err
+            .downcast_ref::<std::io::Error>()
+        {
+            Some(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                TargetError::Denied(pid, std::io::Error::from(io.kind()))
+            }
+            _ => other(pid, err),
+        };
+        let mappings = proc_maps::read(pid).map_err(|err| {
+            if pidfd.exited() {
+                TargetError::Exited(pid)
+            } else {
+                denied_or(err, TargetError::Other)
+            }
+        })?;
+        if mappings.is_empty() {
+            // A zombie has no mappings either.
+            return Err(if pidfd.exited() {
+                TargetError::Exited(pid)
+            } else {
+                TargetError::KernelThread(pid)
+            });
+        }
+        let pagemap = Pagemap::open(pid).map_err(|err| denied_or(err, TargetError::Other))?;
+        self.processes.insert(pid as u64, Process { pidfd, pagemap, mappings, exited: false });
+        Ok(Target::new(pid as u64))
+    }
+
+    fn close(&mut self, pid: u32) {
+        self.processes.remove(&(pid as u64));
+        self.problems.retain(|&(p, _), _| p != pid);
+    }
+
+    fn problems(&mut self) -> Vec<Problem> {
+        self.problems
+            .drain()
+            .map(|((pid, kind), (message, count))| Problem { pid, kind, message, count })
+            .collect()
+    }
+
+    fn stats(&self) -> OpsStats {
+        let walk = self.walker.stats().unwrap_or_default();
+        let calls = self.walker.call_times();
+        OpsStats {
+            walk_time: std::time::Duration::from_nanos(walk.nanoseconds),
+            walked_addresses: walk.addresses,
+            walk_lost: walk.lost,
+            walking: calls.walking,
+            clearing: calls.clearing,
+            cleared_pages: calls.cleared_pages,
+        }
+    }
 }
 
 impl Operations for VaddrOps {
@@ -247,13 +268,20 @@ impl Operations for VaddrOps {
     fn update(&mut self, targets: &mut [Target]) -> Result<()> {
         for target in targets {
             let Some(process) = self.processes.get_mut(&target.id) else { continue };
-            match maps::read(target.id as u32) {
+            let read = proc_maps::read(target.id as u32);
+            // Unreadable or empty maps are not an exit by themselves: the pidfd says.
+            process.exited |= process.pidfd.exited();
+            match read {
+                _ if process.exited => {}
                 Ok(mappings) if !mappings.is_empty() => {
                     process.mappings = mappings;
                     // As the kernel: if the regions cannot be fitted, the target keeps its own.
                     let _ = Self::fit(process, target);
                 }
-                _ => process.exited = true,
+                Ok(_) => {}
+                Err(err) => self.note(target.id, "maps_unreadable", || {
+                    format!("{err:#}; its regions keep their last shape")
+                }),
             }
         }
         Ok(())

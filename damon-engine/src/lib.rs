@@ -1,0 +1,38 @@
+//! DAMON's monitoring core, as of Linux 7.3, and a simulator to judge it: regions, sampling,
+//! aggregation, merge and split (with selectable split policies), ages, the size limit that
+//! keeps `min_nr_regions`, interval auto-tuning, and `damon_set_regions`.
+//!
+//! The engine knows nothing of processes, eBPF or command lines (this crate depends on none of
+//! them). Address spaces plug in through [`Operations`], as the kernel's `damon_operations` do:
+//! the simulator's [`sim`] is one, udamon's eBPF vaddr operations another.
+//!
+//! ```text
+//! Context::start ─▶ Operations::init (regions), size limit, first sampling addresses
+//! Context::step (every sample interval)
+//!     ├─ Operations::check_and_prepare (or check, then prepare, when regions change)
+//!     ├─ at an aggregation: merge (ages), `on_aggregated` callback, reset, split (policy)
+//!     └─ at an ops update: Operations::update (regions re-fitted)
+//! ```
+
+mod attrs;
+mod context;
+mod merge;
+mod ops;
+mod region;
+pub mod rng;
+pub mod set_regions;
+pub mod sim;
+mod split;
+mod tune;
+pub mod units;
+
+pub use self::{
+    attrs::{Attrs, IntervalsGoal},
+    context::{Config, Context, CoreVersion, Counters, MIN_REGION_SZ, Step},
+    ops::Operations,
+    region::{Access, Region, Target},
+    split::SplitPolicy,
+};
+
+#[cfg(test)]
+mod props;

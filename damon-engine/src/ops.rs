@@ -1,0 +1,34 @@
+//! The operations trait: how a source of access information plugs into the engine, in the spirit
+//! of the kernel's `damon_operations`. The engine owns regions and randomness; operations own the
+//! address space (VMAs, page tables, a simulated truth). All calls are batched: one call covers
+//! every region of every target.
+
+use anyhow::Result;
+
+use crate::region::{Access, Target};
+
+pub trait Operations {
+    /// Gives targets without regions their initial regions (vaddr: the "three regions").
+    fn init(&mut self, targets: &mut [Target]) -> Result<()>;
+
+    /// Re-fits regions to the address space; called every ops-update interval.
+    fn update(&mut self, targets: &mut [Target]) -> Result<()>;
+
+    /// Clears the accessed state at `addrs` (one per region, targets in order, regions in
+    /// address order) so the next check sees only accesses from now on.
+    fn prepare_access_checks(&mut self, targets: &[Target], addrs: &[u64]);
+
+    /// Reports, for each region in the same order, what its `sampling_addr` saw since it was
+    /// prepared.
+    fn check_accesses(&mut self, targets: &[Target], results: &mut [Access]);
+
+    /// Both of the above in one go, for the common tick where regions do not change between the
+    /// check and the next prepare. Operations that can do both in one system call override it.
+    fn check_and_prepare(&mut self, targets: &[Target], next: &[u64], results: &mut [Access]) {
+        self.check_accesses(targets, results);
+        self.prepare_access_checks(targets, next);
+    }
+
+    /// Whether the target still exists (a process that exited does not).
+    fn target_valid(&mut self, target: &Target) -> bool;
+}

@@ -1,0 +1,164 @@
+//! Regions and targets: what the engine monitors.
+
+/// `[start, end)` in address units, with the access counts of the current and last aggregation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    /// Where the current sample looks; chosen by the engine before every sample.
+    pub sampling_addr: u64,
+    /// Samples of the current aggregation that found an access.
+    pub nr_accesses: u32,
+    /// `nr_accesses` of the last complete aggregation.
+    pub last_nr_accesses: u32,
+    /// Aggregations for which the access pattern has stayed the same.
+    pub age: u32,
+    /// Page faults seen in this region during the current aggregation (a certain access each,
+    /// reported by operations that can see faults).
+    pub faults: u16,
+    /// 1 + the aggregation (modulo 2^16, never 0) in which a split created this region's start
+    /// boundary, 0 if none did: how the engine notices splits that are merged back (wasted).
+    pub(crate) split_at: u16,
+    /// Samples and hits per quarter of the region, for the adaptive policy.
+    pub(crate) quarters: Quarters,
+}
+
+/// Hits and samples of each quarter of a region, decayed by halving: enough to tell whether the
+/// parts of a region differ before splitting it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Quarters {
+    pub hits: [u8; 4],
+    pub samples: [u8; 4],
+}
+
+impl Quarters {
+    /// Counts saturate here; then all are halved, so old samples fade.
+    const CAP: u8 = 64;
+
+    fn quarter_of(offset: u64, size: u64) -> usize {
+        (offset >= size / 4) as usize
+            + (offset >= size / 2) as usize
+            + (offset >= size / 4 * 3) as usize
+    }
+
+    /// Records a sample at `offset` bytes into a region of `size` bytes.
+    pub fn record(&mut self, offset: u64, size: u64, accessed: bool) {
+        let quarter = Self::quarter_of(offset, size);
+        if self.samples[quarter] >= Self::CAP {
+            self.halve();
+        }
+        self.samples[quarter] += 1;
+        self.hits[quarter] += accessed as u8;
+    }
+
+    pub fn halve(&mut self) {
+        for count in self.hits.iter_mut().chain(&mut self.samples) {
+            *count /= 2;
+        }
+    }
+
+    /// Evidence of `from`, which described `from_range`, moved by position into `self`, which
+    /// describes `range`: each quarter lands where its middle falls, or nowhere.
+    pub fn absorb(&mut self, from: &Quarters, from_range: (u64, u64), range: (u64, u64)) {
+        let (from_size, size) = (from_range.1 - from_range.0, range.1 - range.0);
+        for k in 0..4 {
+            if from.samples[k] == 0 {
+                continue;
+            }
+            let middle = from_range.0 + from_size / 8 * (2 * k as u64 + 1);
+            if !(range.0..range.1).contains(&middle) {
+                continue;
+            }
+            let quarter = Self::quarter_of(middle - range.0, size);
+            while self.samples[quarter] as u16 + from.samples[k] as u16 > Self::CAP as u16 {
+                self.halve();
+            }
+            self.samples[quarter] += from.samples[k];
+            self.hits[quarter] += from.hits[k];
+        }
+    }
+}
+
+impl Region {
+    pub fn new(start: u64, end: u64) -> Self {
+        debug_assert!(start < end, "empty region {start:#x}..{end:#x}");
+        Self {
+            start,
+            end,
+            sampling_addr: start,
+            nr_accesses: 0,
+            last_nr_accesses: 0,
+            age: 0,
+            faults: 0,
+            split_at: 0,
+            quarters: Quarters::default(),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Marks this region's start boundary as made by a split in `aggregation`.
+    pub(crate) fn mark_split(&mut self, aggregation: u32) {
+        self.split_at = split_mark(aggregation);
+    }
+
+    /// Whether a split made this region's start boundary at most two aggregations before
+    /// `aggregation`: merging it away now makes that split a wasted one.
+    pub(crate) fn split_lately(&self, aggregation: u32) -> bool {
+        self.split_at != 0 && split_mark(aggregation).wrapping_sub(self.split_at) <= 2
+    }
+
+    /// Closes an aggregation window: its count becomes the last one and the counters restart.
+    pub(crate) fn reset_window(&mut self) {
+        self.last_nr_accesses = self.nr_accesses;
+        self.nr_accesses = 0;
+        self.faults = 0;
+    }
+}
+
+/// What one sample found at a region's sampling address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Accessed,
+    Idle,
+    /// The check cannot tell (a page the clear cannot reset, such as one shared with another
+    /// process): not counted as an access, nor as evidence.
+    Unknown,
+}
+
+/// One monitored address space. `id` is the operations' handle for it (a pid, for vaddr).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub id: u64,
+    pub regions: Vec<Region>,
+}
+
+impl Target {
+    pub fn new(id: u64) -> Self {
+        Self { id, regions: Vec::new() }
+    }
+
+    /// A target monitoring the given ranges, one region each.
+    pub fn with_ranges(id: u64, ranges: &[(u64, u64)]) -> Self {
+        Self { id, regions: ranges.iter().map(|&(s, e)| Region::new(s, e)).collect() }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.regions.iter().map(Region::size).sum()
+    }
+}
+
+/// The mark of a boundary split in `aggregation`: 1 + it, modulo 2^16, never 0.
+fn split_mark(aggregation: u32) -> u16 {
+    (aggregation.wrapping_add(1) as u16).max(1)
+}
+
+pub(crate) const fn align_down(x: u64, align: u64) -> u64 {
+    x / align * align
+}
+
+pub(crate) const fn align_up(x: u64, align: u64) -> u64 {
+    x.div_ceil(align) * align
+}

@@ -1,0 +1,184 @@
+//! The built-in scenarios (see `../shared/spec/simulator.md`). `udamon sim --print-scenario NAME`
+//! prints any of them as TOML, a starting point for your own.
+
+use super::scenario::{EventKind, EventSpec, InitialRegions, RangeSpec, Scenario};
+use crate::{
+    Attrs,
+    rng::{RandVersion, Rng},
+    units::{Micros, Size},
+};
+
+pub const NAMES: [&str; 3] = ["seed-corner", "seed-reproducer", "stairs"];
+
+pub fn get(name: &str) -> Option<Scenario> {
+    match name {
+        "seed-corner" => Some(seed_corner()),
+        "seed-reproducer" => Some(seed_reproducer()),
+        "stairs" => Some(stairs()),
+        _ => None,
+    }
+}
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const SECOND: u64 = 1_000_000;
+
+fn range(start: u64, end: u64, probability: f64) -> RangeSpec {
+    RangeSpec { start: Size(start), end: Size(end), probability, repeat: 1, stride: None }
+}
+
+/// The report's picture: 799 small regions alternating hot and cold, which can never merge, and
+/// one large uniformly accessed region. With max 1500 that is over max/2, so kernels up to 7.2
+/// never split again, and a cold sub-area that later appears inside the large region stays unseen.
+fn seed_corner() -> Scenario {
+    const SMALL: u64 = 4 * MIB;
+    const NR_SMALL: u64 = 799;
+    let large_start = NR_SMALL * SMALL;
+    let large_end = large_start + 4 * GIB;
+    let cold_start = large_start + 1536 * MIB;
+    Scenario {
+        name: "seed-corner".into(),
+        description:
+            "799 alternating hot/cold 4 MiB regions and a 4 GiB region at 50 %; at 30 s a \
+                      512 MiB sub-area of the large region goes cold (max 1500)"
+                .into(),
+        size: Size(large_end),
+        duration: Micros(120 * SECOND),
+        seed: 1,
+        initial_regions: InitialRegions::Truth,
+        attrs: Attrs { max_nr_regions: 1500, ..Attrs::default() },
+        ranges: vec![
+            RangeSpec {
+                start: Size(0),
+                end: Size(SMALL),
+                probability: 0.8,
+                repeat: NR_SMALL.div_ceil(2),
+                stride: Some(Size(2 * SMALL)),
+            },
+            range(large_start, large_end, 0.5),
+        ],
+        events: vec![EventSpec {
+            at: Micros(30 * SECOND),
+            kind: EventKind::Change,
+            start: Size(cold_start),
+            end: Size(cold_start + 512 * MIB),
+            probability: Some(0.0),
+            to: None,
+        }],
+    }
+}
+
+/// Access probabilities per 50 ms sample of the seven stress-ng `--vm-method`s' pages, from the
+/// fastest sweep to the slowest: distinct enough not to merge with each other.
+const HOT_GROUPS: [f64; 7] = [0.95, 0.8, 0.65, 0.5, 0.35, 0.22, 0.1];
+
+/// The production reproducer as a model: 16 GiB of physical memory where a 4 GiB area touched
+/// once (cold), 5 GiB of free memory and seven 1 GiB groups of hot producer pages interleave in
+/// chunks, as the page allocator handed them out. Sampling 50 ms, aggregation 1 s, max 200.
+fn seed_reproducer() -> Scenario {
+    // The layout is fixed (its own seed), so runs with different seeds monitor the same machine.
+    let mut layout = Rng::new(0x5eed);
+    let size = 16 * GIB;
+    // Chunk sizes uniform in 8..56 MiB: about 500 chunks, which with same-kind neighbours and
+    // the two unaccessed kinds joining leaves 300-400 distinguishable runs.
+    let (min_chunk, max_chunk) = (13 * MIB, 76 * MIB);
+    // Weights in GiB: cold 4, free 5, each hot group 1.
+    let weights: Vec<(f64, u64)> =
+        [(0.0, 4), (0.0, 5)].into_iter().chain(HOT_GROUPS.iter().map(|&p| (p, 1))).collect();
+    let total_weight: u64 = weights.iter().map(|w| w.1).sum();
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let chunk = (min_chunk + layout.range(0, max_chunk - min_chunk + 1, RandVersion::Newest))
+            / (2 * MIB)
+            * (2 * MIB);
+        let end = (at + chunk).min(size);
+        let mut pick = layout.range(0, total_weight, RandVersion::Newest);
+        let probability = weights
+            .iter()
+            .find(|w| {
+                let hit = pick < w.1;
+                pick = pick.saturating_sub(w.1);
+                hit
+            })
+            .map_or(0.0, |w| w.0);
+        if probability > 0.0 {
+            ranges.push(range(at, end, probability));
+        }
+        at = end;
+    }
+    Scenario {
+        name: "seed-reproducer".into(),
+        description: "16 GiB physical memory: cold, free and seven hot stress-ng groups \
+                      interleaved in 8-56 MiB chunks; sample 50 ms, aggr 1 s, update 1 s, \
+                      min 10, max 200, one hour"
+            .into(),
+        size: Size(size),
+        duration: Micros(3600 * SECOND),
+        seed: 1,
+        initial_regions: InitialRegions::Whole,
+        attrs: Attrs {
+            sample_us: 50_000,
+            aggr_us: SECOND,
+            ops_update_us: SECOND,
+            min_nr_regions: 10,
+            max_nr_regions: 200,
+            ..Attrs::default()
+        },
+        ranges,
+        events: Vec::new(),
+    }
+}
+
+/// masim's "stairs": a hot band walks across the space one band-width every 5 s. Regions are
+/// scarce (max 24, over the 10 the size limit forces), so following it is the policy's job.
+fn stairs() -> Scenario {
+    const BAND: u64 = 64 * MIB;
+    const STEPS: u64 = 15;
+    let events = (1..=STEPS)
+        .map(|step| EventSpec {
+            at: Micros(step * 5 * SECOND),
+            kind: EventKind::Move,
+            start: Size((step - 1) * BAND),
+            end: Size(step * BAND),
+            probability: None,
+            to: Some(Size(step * BAND)),
+        })
+        .collect();
+    Scenario {
+        name: "stairs".into(),
+        description: "a 64 MiB band at 90 % steps across 1 GiB every 5 s (max 24)".into(),
+        size: Size(GIB),
+        duration: Micros((STEPS + 1) * 5 * SECOND),
+        seed: 1,
+        initial_regions: InitialRegions::Whole,
+        attrs: Attrs { max_nr_regions: 24, ..Attrs::default() },
+        ranges: vec![range(0, BAND, 0.9)],
+        events,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_are_valid_and_survive_toml() {
+        for name in NAMES {
+            let scenario = get(name).unwrap();
+            scenario.validate().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let again = Scenario::from_toml(&scenario.to_toml()).unwrap();
+            assert_eq!(again.to_toml(), scenario.to_toml(), "{name}");
+        }
+        assert!(get("nope").is_none());
+    }
+
+    #[test]
+    fn seed_corner_starts_above_half_of_max() {
+        let s = get("seed-corner").unwrap();
+        let truth = s.initial_truth();
+        // 799 small pieces plus the large one.
+        assert_eq!(truth.pieces().count(), 800);
+        assert!(800 > s.attrs.max_nr_regions / 2);
+    }
+}

@@ -1,0 +1,192 @@
+//! The simulator: the real engine against a synthetic address space whose access
+//! probabilities are known, scored on how well its regions describe them and what that cost.
+
+pub mod builtin;
+mod ops;
+pub mod scenario;
+pub mod truth;
+
+use anyhow::Result;
+use serde::Serialize;
+
+pub use self::ops::SimOps;
+use self::{scenario::Scenario, truth::describes};
+use crate::{
+    Config, Context, CoreVersion, SplitPolicy, Target,
+    units::{Micros, Size},
+};
+
+/// A change counts as detected once regions inside the changed area, with estimates within
+/// this of the new probability, cover this share of it.
+const DETECT_TOLERANCE: f64 = 0.2;
+const DETECT_COVERAGE: f64 = 0.9;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Detection {
+    pub at: Micros,
+    pub start: Size,
+    pub end: Size,
+    pub probability: f64,
+    /// Aggregations from the change until it was described; `None`: never.
+    pub latency: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub scenario: String,
+    pub policy: SplitPolicy,
+    /// The first seed; `runs` consecutive seeds from it were averaged.
+    pub seed: u64,
+    pub runs: u64,
+    pub max_nr_regions: u32,
+    pub aggregations: u64,
+    /// The first 10 % of aggregations, left out of every metric but detection.
+    pub warmup_aggregations: u64,
+    /// Mean `nr_regions` per aggregation.
+    pub effective_regions: f64,
+    /// Mean over aggregations of the byte-weighted |truth - estimate|.
+    pub error: f64,
+    pub detections: Vec<Detection>,
+    pub splits: u64,
+    pub wasted_splits: u64,
+    /// Access checks (regions x samples): proportional to monitoring CPU.
+    pub cost: u64,
+    /// `nr_regions` after every aggregation, warm-up included.
+    pub nr_regions: Vec<u32>,
+}
+
+/// A change being watched for: the aggregation count when it happened.
+struct Watch {
+    detection: Detection,
+    since: u64,
+}
+
+/// Runs `scenario` (with its attributes) under `policy`.
+pub fn run(
+    scenario: &Scenario,
+    policy: SplitPolicy,
+    seed: u64,
+    version: CoreVersion,
+) -> Result<RunReport> {
+    scenario.validate()?;
+    let truth = scenario.initial_truth();
+    let target = Target { id: 0, regions: scenario.initial_regions(&truth) };
+    let config = Config { attrs: scenario.attrs, policy, version, seed, ..Config::default() };
+    let mut ctx = Context::new(config, vec![target])?;
+    let mut ops = SimOps::new(truth, seed);
+    ctx.start(&mut ops)?;
+
+    let mut events = scenario.events.clone();
+    events.sort_by_key(|e| e.at);
+    let mut events = events.into_iter().peekable();
+    let mut watches: Vec<Watch> = Vec::new();
+    let mut nr_regions = Vec::new();
+    let (mut measured, mut error_sum, mut regions_sum) = (0u64, 0.0, 0u64);
+    let mut warmup_end = None;
+    // `now` is the start of the sample interval about to be checked.
+    let mut now = 0;
+    while now < scenario.duration.0 {
+        while let Some(event) = events.next_if(|e| e.at.0 <= now) {
+            for change in event.apply(&mut ops.truth) {
+                let detection = Detection {
+                    at: event.at,
+                    start: Size(change.area.0),
+                    end: Size(change.area.1),
+                    probability: change.probability,
+                    latency: None,
+                };
+                watches.push(Watch { detection, since: ctx.counters().aggregations });
+            }
+        }
+        if warmup_end.is_none() && now >= scenario.duration.0 / 10 {
+            warmup_end = Some(*ctx.counters());
+        }
+        now += ctx.attrs().sample_us.max(1);
+        let mut scored = None;
+        ctx.step(&mut ops, |ctx, ops| {
+            let samples = ctx.attrs().samples_per_aggr();
+            let regions = &ctx.targets()[0].regions;
+            scored = Some((ctx.nr_regions(), ops.truth.error(regions, samples)));
+            let done = ctx.counters().aggregations + 1;
+            for watch in watches.iter_mut().filter(|w| w.detection.latency.is_none()) {
+                let d = &watch.detection;
+                let area = (d.start.0, d.end.0);
+                if describes(
+                    regions,
+                    samples,
+                    area,
+                    d.probability,
+                    DETECT_TOLERANCE,
+                    DETECT_COVERAGE,
+                ) {
+                    watch.detection.latency = Some(done - watch.since);
+                }
+            }
+        })?;
+        if let Some((regions, error)) = scored {
+            nr_regions.push(regions as u32);
+            if warmup_end.is_some() {
+                measured += 1;
+                error_sum += error;
+                regions_sum += regions as u64;
+            }
+        }
+    }
+    let end = *ctx.counters();
+    let start = warmup_end.unwrap_or(end);
+    Ok(RunReport {
+        scenario: scenario.name.clone(),
+        policy,
+        seed,
+        runs: 1,
+        max_nr_regions: scenario.attrs.max_nr_regions,
+        aggregations: end.aggregations,
+        warmup_aggregations: start.aggregations,
+        effective_regions: regions_sum as f64 / measured.max(1) as f64,
+        error: error_sum / measured.max(1) as f64,
+        detections: watches.into_iter().map(|w| w.detection).collect(),
+        splits: end.splits - start.splits,
+        wasted_splits: end.wasted_splits - start.wasted_splits,
+        cost: end.checks - start.checks,
+        nr_regions,
+    })
+}
+
+/// `runs` runs with consecutive seeds from `seed`, summarised: means of the per-run metrics,
+/// every run's detections, and the first run's `nr_regions` series.
+pub fn run_many(
+    scenario: &Scenario,
+    policy: SplitPolicy,
+    seed: u64,
+    runs: u64,
+    version: CoreVersion,
+) -> Result<RunReport> {
+    let reports: Vec<RunReport> = (seed..seed + runs.max(1))
+        .map(|s| run(scenario, policy, s, version))
+        .collect::<Result<_>>()?;
+    let n = reports.len() as f64;
+    let mean = |f: fn(&RunReport) -> f64| reports.iter().map(f).sum::<f64>() / n;
+    let mean_count =
+        |f: fn(&RunReport) -> u64| (reports.iter().map(f).sum::<u64>() as f64 / n).round() as u64;
+    let first = &reports[0];
+    Ok(RunReport {
+        runs: reports.len() as u64,
+        effective_regions: mean(|r| r.effective_regions),
+        error: mean(|r| r.error),
+        detections: reports.iter().flat_map(|r| r.detections.clone()).collect(),
+        splits: mean_count(|r| r.splits),
+        wasted_splits: mean_count(|r| r.wasted_splits),
+        cost: mean_count(|r| r.cost),
+        ..first.clone()
+    })
+}
+
+/// Every policy on one scenario with the same seeds.
+pub fn compare(
+    scenario: &Scenario,
+    seed: u64,
+    runs: u64,
+    version: CoreVersion,
+) -> Result<Vec<RunReport>> {
+    SplitPolicy::ALL.iter().map(|&policy| run_many(scenario, policy, seed, runs, version)).collect()
+}

@@ -1,0 +1,368 @@
+//! Scenarios: an address space with known access probabilities, timed changes to it, and the
+//! monitoring attributes to run with. Built-ins live in `builtin.rs`; users write TOML:
+//!
+//! ```toml
+//! name = "two-phase"
+//! size = "1GiB"
+//! duration = "60s"
+//! [attrs]                 # engine attributes; omitted ones take the kernel's defaults
+//! max_nr_regions = 100
+//! [[ranges]]              # applied in order over an unaccessed space; later ranges win
+//! start = "0"
+//! end = "64MiB"
+//! probability = 0.9       # chance that a page is accessed within one sample interval
+//! repeat = 4              # optional: also at start + k * stride
+//! stride = "256MiB"
+//! [[events]]
+//! at = "20s"
+//! kind = "change"         # appear | disappear | change | move
+//! start = "512MiB"
+//! end = "576MiB"
+//! probability = 0.5       # appear, change
+//! # to = "768MiB"         # move: the range's accesses move there
+//! ```
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::truth::Truth;
+use crate::{
+    Attrs, MIN_REGION_SZ, Region,
+    units::{Micros, Size},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub size: Size,
+    pub duration: Micros,
+    /// The run's default seed (`--seed` overrides it).
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub initial_regions: InitialRegions,
+    #[serde(default)]
+    pub attrs: Attrs,
+    #[serde(default)]
+    pub ranges: Vec<RangeSpec>,
+    #[serde(default)]
+    pub events: Vec<EventSpec>,
+}
+
+/// Where monitoring starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitialRegions {
+    /// One region over the whole space, as for physical memory.
+    #[default]
+    Whole,
+    /// One region per piece of the initial truth: the state a long-running monitor reached.
+    Truth,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeSpec {
+    pub start: Size,
+    pub end: Size,
+    pub probability: f64,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub repeat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<Size>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Appear,
+    Disappear,
+    Change,
+    Move,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSpec {
+    pub at: Micros,
+    pub kind: EventKind,
+    pub start: Size,
+    pub end: Size,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Size>,
+}
+
+/// An area whose rate an event changed, and the rate it should be seen at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub area: (u64, u64),
+    pub probability: f64,
+}
+
+impl EventSpec {
+    /// Applies the event to `truth`; returns the areas whose rate changed.
+    pub fn apply(&self, truth: &mut Truth) -> Vec<Change> {
+        let (start, end) = (self.start.0, self.end.0);
+        let set = |truth: &mut Truth, area: (u64, u64), probability: f64| {
+            truth.set(area.0, area.1, probability);
+            Change { area, probability }
+        };
+        match self.kind {
+            EventKind::Appear | EventKind::Change => {
+                vec![set(truth, (start, end), self.probability.unwrap_or(0.0))]
+            }
+            EventKind::Disappear => vec![set(truth, (start, end), 0.0)],
+            EventKind::Move => {
+                let to = self.to.map_or(start, |to| to.0);
+                let destination = (to, to + (end - start));
+                let probability = truth.probability_at(start);
+                let vacated = set(truth, (start, end), 0.0);
+                let arrived = set(truth, destination, probability);
+                let overlap = start < destination.1 && destination.0 < end;
+                if overlap { vec![arrived] } else { vec![vacated, arrived] }
+            }
+        }
+    }
+}
+
+impl Scenario {
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let scenario: Scenario = toml::from_str(text).map_err(|err| {
+            // toml's messages span several lines with a source excerpt; keep the first.
+            let message = err.message().to_owned();
+            match err.span() {
+                Some(span) => {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    anyhow::anyhow!("line {line}: {message}")
+                }
+                None => anyhow::anyhow!("{message}"),
+            }
+        })?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a scenario always serializes")
+    }
+
+    /// Everything a run relies on; one message per problem, naming the range or event.
+    pub fn validate(&self) -> Result<()> {
+        let size = self.size.0;
+        if size < 2 * MIN_REGION_SZ {
+            bail!("size must be at least two pages (got {})", self.size);
+        }
+        if self.duration.0 == 0 {
+            bail!("duration must be positive");
+        }
+        self.attrs.validate().context("attrs")?;
+        if self.duration.0 < self.attrs.aggr_us {
+            bail!("duration ({}) is shorter than one aggregation interval", self.duration);
+        }
+        let check_probability = |p: f64, what: &str| {
+            if !(0.0..=1.0).contains(&p) {
+                bail!("{what}: probability {p} is outside [0, 1]");
+            }
+            Ok(())
+        };
+        let check_area = |start: u64, end: u64, what: &str| {
+            if start >= end {
+                bail!("{what}: start {} is not below end {}", Size(start), Size(end));
+            }
+            if end > size {
+                bail!("{what}: end {} is beyond the space's size {}", Size(end), self.size);
+            }
+            Ok(())
+        };
+        for (i, range) in self.ranges.iter().enumerate() {
+            let what = format!("ranges[{i}]");
+            check_probability(range.probability, &what)?;
+            if range.repeat == 0 {
+                bail!("{what}: repeat must be at least 1");
+            }
+            check_area(range.start.0, range.end.0, &what)?;
+            let stride = match (range.repeat, range.stride) {
+                (1, _) => continue,
+                (_, Some(stride)) if stride.0 > 0 => stride.0,
+                _ => bail!("{what}: repeat needs a positive stride"),
+            };
+            let last = stride
+                .checked_mul(range.repeat - 1)
+                .and_then(|offset| offset.checked_add(range.start.0))
+                .and_then(|s| Some((s, s.checked_add(range.end.0 - range.start.0)?)));
+            match last {
+                Some((s, e)) => check_area(s, e, &format!("{what}, repeat {}", range.repeat))?,
+                None => bail!("{what}: repeats overflow the address space"),
+            }
+        }
+        for (i, event) in self.events.iter().enumerate() {
+            let what = format!("events[{i}] ({:?} at {})", event.kind, event.at);
+            check_area(event.start.0, event.end.0, &what)?;
+            if event.at > self.duration {
+                bail!("{what}: happens after the end of the run ({})", self.duration);
+            }
+            match (event.kind, event.probability, event.to) {
+                (EventKind::Appear | EventKind::Change, Some(p), None) => {
+                    check_probability(p, &what)?
+                }
+                (EventKind::Appear | EventKind::Change, None, _) => {
+                    bail!("{what}: needs a probability")
+                }
+                (EventKind::Disappear, None, None) => {}
+                (EventKind::Move, None, Some(to)) => {
+                    let len = event.end.0 - event.start.0;
+                    check_area(to.0, to.0.saturating_add(len), &format!("{what}: destination"))?;
+                }
+                (EventKind::Move, _, None) => bail!("{what}: needs `to`"),
+                _ => bail!("{what}: has a field that does not apply to this kind"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The truth at time 0.
+    pub fn initial_truth(&self) -> Truth {
+        let mut truth = Truth::new(self.size.0);
+        for range in &self.ranges {
+            let stride = range.stride.map_or(0, |s| s.0);
+            for k in 0..range.repeat {
+                let offset = k * stride;
+                truth.set(range.start.0 + offset, range.end.0 + offset, range.probability);
+            }
+        }
+        truth
+    }
+
+    pub fn initial_regions(&self, truth: &Truth) -> Vec<Region> {
+        match self.initial_regions {
+            InitialRegions::Whole => vec![Region::new(0, self.size.0)],
+            InitialRegions::Truth => truth.pieces().map(|(s, e, _)| Region::new(s, e)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+name = "two-phase"
+size = "1GiB"
+duration = "60s"
+[attrs]
+max_nr_regions = 100
+[[ranges]]
+start = "0"
+end = "64MiB"
+probability = 0.9
+repeat = 4
+stride = "256MiB"
+[[events]]
+at = "20s"
+kind = "change"
+start = "512MiB"
+end = "576MiB"
+probability = 0.5
+[[events]]
+at = "30s"
+kind = "move"
+start = "0"
+end = "64MiB"
+to = "960MiB"
+"#;
+
+    #[test]
+    fn the_documented_example_parses_and_builds_its_truth() {
+        let s = Scenario::from_toml(EXAMPLE).unwrap();
+        assert_eq!((s.size.0, s.duration.0, s.attrs.max_nr_regions), (1 << 30, 60_000_000, 100));
+        assert_eq!(s.attrs.sample_us, 5_000, "omitted attributes take the kernel's defaults");
+        let truth = s.initial_truth();
+        assert_eq!(truth.pieces().filter(|p| p.2 == 0.9).count(), 4);
+        assert_eq!(truth.probability_at((768 << 20) + 5), 0.9);
+        assert_eq!(truth.probability_at(64 << 20), 0.0);
+    }
+
+    #[test]
+    fn events_change_the_truth_and_name_what_changed() {
+        let s = Scenario::from_toml(EXAMPLE).unwrap();
+        let mut truth = s.initial_truth();
+        let changes = s.events[1].apply(&mut truth);
+        assert_eq!(
+            changes,
+            vec![
+                Change { area: (0, 64 << 20), probability: 0.0 },
+                Change { area: (960 << 20, 1 << 30), probability: 0.9 },
+            ]
+        );
+        assert_eq!(truth.probability_at(0), 0.0);
+        assert_eq!(truth.probability_at((1 << 30) - 1), 0.9);
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let s = Scenario::from_toml(EXAMPLE).unwrap();
+        let again = Scenario::from_toml(&s.to_toml()).unwrap();
+        assert_eq!(again.to_toml(), s.to_toml());
+    }
+
+    #[test]
+    fn bad_scenarios_get_one_line_naming_the_problem() {
+        let err = |text: &str| format!("{:#}", Scenario::from_toml(text).unwrap_err());
+        let base = "name = \"x\"\nsize = \"1GiB\"\nduration = \"10s\"\n";
+        assert!(
+            err(&format!("{base}[[ranges]]\nstart = 0\nend = \"2GiB\"\nprobability = 0.5\n"))
+                .contains("ranges[0]: end 2GiB is beyond the space's size 1GiB")
+        );
+        assert!(
+            err(&format!("{base}[[ranges]]\nstart = 0\nend = 4096\nprobability = 1.5\n"))
+                .contains("outside [0, 1]")
+        );
+        assert!(
+            err(&format!(
+                "{base}[[ranges]]\nstart = 0\nend = 4096\nprobability = 0.5\nrepeat = 3\n"
+            ))
+            .contains("repeat needs a positive stride")
+        );
+        assert!(
+            err(&format!(
+                "{base}[[events]]\nat = \"1s\"\nkind = \"move\"\nstart = 0\nend = 4096\n"
+            ))
+            .contains("needs `to`")
+        );
+        assert!(
+            err(&format!(
+                "{base}[[events]]\nat = \"11s\"\nkind = \"disappear\"\nstart = 0\nend = 4096\n"
+            ))
+            .contains("after the end of the run")
+        );
+        assert!(
+            err(&format!("{base}[attrs]\nmin_nr_regions = 2\n")).contains("attrs: min_nr_regions")
+        );
+        assert!(
+            err(&format!("{base}colour = \"blue\"\n"))
+                .starts_with("line 4: unknown field `colour`")
+        );
+        assert!(
+            err("name = \"x\"\nsize = \"1 parsec\"\nduration = \"1s\"\n")
+                .contains("unknown size unit")
+        );
+        for text in [EXAMPLE, base] {
+            let message =
+                Scenario::from_toml(&format!("{text}\nsize = 1\n")).unwrap_err().to_string();
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
+    }
+}

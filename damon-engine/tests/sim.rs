@@ -1,0 +1,93 @@
+//! The simulator's expectations: the production report reproduced within tolerance, and the
+//! claims the README makes about the policies. Runs in release (`cargo xtask test`) in seconds.
+
+use damon_engine::{
+    CoreVersion, SplitPolicy,
+    sim::{self, RunReport, builtin},
+};
+
+fn run(scenario: &str, policy: SplitPolicy, seed: u64) -> RunReport {
+    sim::run(&builtin::get(scenario).unwrap(), policy, seed, CoreVersion::Newest).unwrap()
+}
+
+/// Mean nr_regions over the last ten simulated minutes (600 aggregations of 1 s).
+fn settled(report: &RunReport) -> f64 {
+    let tail = &report.nr_regions[report.nr_regions.len() - 600..];
+    tail.iter().map(|&n| n as f64).sum::<f64>() / tail.len() as f64
+}
+
+#[test]
+fn same_seed_same_run_other_seed_other_run() {
+    let a = serde_json::to_string(&run("stairs", SplitPolicy::Adaptive, 5)).unwrap();
+    let b = serde_json::to_string(&run("stairs", SplitPolicy::Adaptive, 5)).unwrap();
+    let c = serde_json::to_string(&run("stairs", SplitPolicy::Adaptive, 6)).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+/// The report: after an hour at max 200, kernels up to 7.2 sit at about max/2 and the age-zero
+/// proposal at 160-180. The model gives age-zero 157-162 over seeds (README); the band allows 10
+/// below the report's range for that.
+#[test]
+fn seed_reproducer_matches_the_production_report() {
+    for seed in [1, 2] {
+        let legacy = settled(&run("seed-reproducer", SplitPolicy::Legacy, seed));
+        assert!((95.0..=120.0).contains(&legacy), "legacy settled at {legacy} (seed {seed})");
+        let age_zero = settled(&run("seed-reproducer", SplitPolicy::AgeZero, seed));
+        assert!(
+            (150.0..=180.0).contains(&age_zero),
+            "age-zero settled at {age_zero} (seed {seed})"
+        );
+    }
+}
+
+#[test]
+fn seed_reproducer_adaptive_is_more_accurate_at_no_more_cost() {
+    let reports: Vec<RunReport> =
+        SplitPolicy::ALL.iter().map(|&p| run("seed-reproducer", p, 1)).collect();
+    let [legacy, age_zero, fraction, adaptive] = &reports[..] else { unreachable!() };
+    let best_other = legacy.error.min(age_zero.error).min(fraction.error);
+    assert!(
+        adaptive.error < 0.8 * best_other,
+        "adaptive {} vs best other {best_other}",
+        adaptive.error
+    );
+    assert!(adaptive.cost as f64 <= 1.05 * age_zero.cost.max(fraction.cost) as f64);
+    assert!(adaptive.wasted_splits * 20 < fraction.wasted_splits.min(age_zero.wasted_splits));
+    assert!(adaptive.nr_regions.iter().all(|&n| n <= 200), "never over max_nr_regions");
+}
+
+#[test]
+fn seed_corner_legacy_never_sees_the_cold_area_the_others_do() {
+    let reports: Vec<RunReport> =
+        SplitPolicy::ALL.iter().map(|&p| run("seed-corner", p, 1)).collect();
+    let latency = |r: &RunReport| r.detections[0].latency;
+    assert_eq!(latency(&reports[0]), None, "legacy must stay blind above max/2");
+    for r in &reports[1..] {
+        let l = latency(r).unwrap_or_else(|| panic!("{:?} never detected the cold area", r.policy));
+        assert!(l <= 40, "{:?} took {l} aggregations", r.policy);
+    }
+    let (fraction, adaptive) = (&reports[2], &reports[3]);
+    assert!(
+        adaptive.cost < fraction.cost * 2 / 3,
+        "adaptive checks {} vs {}",
+        adaptive.cost,
+        fraction.cost
+    );
+    assert!(adaptive.wasted_splits * 50 < fraction.wasted_splits);
+}
+
+#[test]
+fn stairs_adaptive_follows_every_step() {
+    let adaptive = run("stairs", SplitPolicy::Adaptive, 1);
+    assert!(
+        adaptive.detections.iter().all(|d| d.latency.is_some_and(|l| l <= 20)),
+        "{:?}",
+        adaptive.detections
+    );
+    let fraction = run("stairs", SplitPolicy::Fraction, 1);
+    assert!(
+        fraction.detections.iter().any(|d| d.latency.is_none()),
+        "the comparison would be moot"
+    );
+}

@@ -1,0 +1,193 @@
+//! The kernel's page-table layout for the walker: 4 or 5 levels, and `page_offset_base` (the
+//! randomised start of the direct map, which kallsyms does not show), found by walking the
+//! sampler's own page tables through the `peek` program and then checked two ways: a page of
+//! our own, walked to its frame, must hold what we wrote when read through the direct map; and,
+//! where pagemap shows frames (CAP_SYS_ADMIN), the frame must be pagemap's.
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+    programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
+};
+use damon_common::{
+    PEEK_CURRENT_TASK, PEEK_READ, PeekResult, names,
+    x86::{ADDRESS, HUGE, LEVEL_BITS, PAGE_SHIFT, PRESENT},
+};
+
+use super::object::Offsets;
+use crate::sys::{anon::AnonMapping, pagemap};
+
+const GIB: u64 = 1 << 30;
+/// Calibration attempts before giving up: a run can meet page tables in flux.
+const ATTEMPTS: usize = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub levels: u32,
+    pub page_offset_base: u64,
+    pub offsets: Offsets,
+    /// How the calibration was confirmed.
+    pub verified: Verified,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verified {
+    /// A read through the direct map found what we wrote, and pagemap names the same frame.
+    Pagemap,
+    /// A read through the direct map found what we wrote; pagemap hides frames here.
+    DirectMapRead,
+}
+
+impl Verified {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Pagemap => "agrees with pagemap and with a read through the direct map",
+            Self::DirectMapRead => {
+                "checked by a read through the direct map (pagemap hides frames without CAP_SYS_ADMIN)"
+            }
+        }
+    }
+}
+
+/// Reads kernel words by test-running `peek`.
+struct Peek<'a> {
+    program: &'a RawTracePoint,
+    out: Array<&'a MapData, PeekResult>,
+}
+
+impl Peek<'_> {
+    fn run(&self, op: u64, address: u64) -> Option<u64> {
+        let mut options = RawTracePointRunOptions::new();
+        options.args[0] = op;
+        options.args[1] = address;
+        self.program.test_run(options).ok()?;
+        let result = self.out.get(&0, 0).ok()?;
+        (result.error == 0).then_some(result.value)
+    }
+
+    fn read(&self, address: u64) -> Option<u64> {
+        self.run(PEEK_READ, address)
+    }
+}
+
+/// Finds and checks the layout, retrying a failed attempt.
+pub fn discover(bpf: &mut Ebpf, offsets: Offsets) -> Result<Layout> {
+    let program: &mut RawTracePoint =
+        bpf.program_mut(names::PEEK).context("eBPF object has no peek program")?.try_into()?;
+    program.load().context("cannot load the peek program (raw_tp)")?;
+    let program: &RawTracePoint = bpf.program(names::PEEK).context("peek")?.try_into()?;
+    let map = bpf.map(names::PEEK_OUT).context("eBPF object has no PEEK_OUT map")?;
+    let peek = Peek { program, out: Array::try_from(map)? };
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        match attempt(&peek, offsets) {
+            Ok(layout) => return Ok(layout),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+/// Kernel addresses of our own, all in the direct map: the page-table root, the mm, the task.
+struct Anchors {
+    pgd: u64,
+    others: [u64; 2],
+}
+
+fn attempt(peek: &Peek, offsets: Offsets) -> Result<Layout> {
+    let task = peek.run(PEEK_CURRENT_TASK, 0).context("the peek program does not run here")?;
+    let mm = peek.read(task + offsets.task_mm).context("cannot read current->mm")?;
+    let pgd = peek.read(mm + offsets.mm_pgd).context("cannot read current->mm->pgd")?;
+    let anchors = Anchors { pgd, others: [mm, task] };
+    // 5-level kernels translate nothing consistently as 4 levels, and vice versa.
+    for levels in [4, 5] {
+        if let Some(page_offset_base) = find_base(peek, &anchors, levels) {
+            let mut layout =
+                Layout { levels, page_offset_base, offsets, verified: Verified::DirectMapRead };
+            layout.verified = verify(peek, pgd, &layout)?;
+            return Ok(layout);
+        }
+    }
+    bail!(
+        "cannot locate the kernel's direct map: no base translates its own page tables consistently"
+    )
+}
+
+/// Translates `addr` through the tables rooted at `root` (a direct-map address), assuming the
+/// direct map starts at `base`. `None` on any read failure or missing entry.
+fn translate(peek: &Peek, root: u64, addr: u64, base: u64, levels: u32) -> Option<u64> {
+    let mut table = root;
+    for level in (1..=levels).rev() {
+        let shift = PAGE_SHIFT + LEVEL_BITS * (level - 1);
+        let entry = peek.read(table + ((addr >> shift) & 511) * 8)?;
+        if entry & PRESENT == 0 {
+            return None;
+        }
+        let page = 1u64 << shift;
+        if level == 1 || (level <= 3 && entry & HUGE != 0) {
+            return Some((entry & ADDRESS & !(page - 1)) + (addr & (page - 1)));
+        }
+        table = base.checked_add(entry & ADDRESS)?;
+    }
+    None
+}
+
+/// The direct map's base: the lowest 1 GiB-aligned address below `pgd` from which the page
+/// tables translate every anchor (each a direct-map address) to itself minus the base. One
+/// anchor alone can be matched by chance (tables at another offset of physical memory); three
+/// cannot.
+fn find_base(peek: &Peek, anchors: &Anchors, levels: u32) -> Option<u64> {
+    let highest = anchors.pgd / GIB * GIB;
+    // The base lies at most the highest physical address below pgd.
+    let candidates = physical_span() / GIB + 1;
+    let consistent = |base: u64| {
+        std::iter::once(anchors.pgd).chain(anchors.others).all(|addr| {
+            addr >= base && translate(peek, anchors.pgd, addr, base, levels) == Some(addr - base)
+        })
+    };
+    // Lowest first: the largest distance below pgd comes first.
+    (0..candidates).rev().filter_map(|k| highest.checked_sub(k * GIB)).find(|&b| consistent(b))
+}
+
+/// An upper bound on physical addresses: RAM plus room for the holes below 4 GiB and above.
+fn physical_span() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok()
+            })
+        })
+        .unwrap_or(1 << 30);
+    total_kib * 1024 * 2 + 8 * GIB
+}
+
+/// A page of our own, walked to its frame, must hold what we wrote there when read through the
+/// direct map; and where pagemap shows frames, it must name the same one.
+fn verify(peek: &Peek, pgd: u64, layout: &Layout) -> Result<Verified> {
+    let page = AnonMapping::new(1)?;
+    let cookie = 0x7564_616d_6f6e_0000 | u64::from(std::process::id() & 0xffff);
+    page.write_u64(0, cookie);
+    let addr = page.addr() as u64;
+    let walked = translate(peek, pgd, addr, layout.page_offset_base, layout.levels);
+    let seen = walked.and_then(|phys| peek.read(layout.page_offset_base + phys));
+    if seen != Some(cookie) {
+        bail!(
+            "the page-table walk disagrees with memory: page {addr:#x} walks to {walked:#x?}, which reads {seen:#x?} instead of {cookie:#x} (page_offset_base {:#x}, {} levels)",
+            layout.page_offset_base,
+            layout.levels
+        );
+    }
+    let frame = walked.map(|p| p >> PAGE_SHIFT);
+    match pagemap::frame(std::process::id(), addr)? {
+        // Without CAP_SYS_ADMIN pagemap hides frames: the read above is the check.
+        None => Ok(Verified::DirectMapRead),
+        Some(expected) if frame == Some(expected) => Ok(Verified::Pagemap),
+        Some(expected) => bail!(
+            "the kernel disagrees with the page-table walk: page {addr:#x} walks to frame {frame:x?}, pagemap says {expected:#x} (page_offset_base {:#x}, {} levels)",
+            layout.page_offset_base,
+            layout.levels
+        ),
+    }
+}

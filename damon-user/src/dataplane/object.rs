@@ -1,0 +1,126 @@
+//! The embedded eBPF object and the kernel type information it is loaded with. Both are read
+//! once per process: every part of the data plane comes from one loaded object.
+
+use anyhow::{Context as _, Result, bail};
+use aya::{Ebpf, EbpfLoader, Endianness, maps::Map};
+use damon_common::names;
+
+use crate::sys::{
+    btf::Btf,
+    kernel::{self, KernelVersion, MEMCG_BPF_ACCOUNTING},
+};
+
+/// damon-ebpf, built by `build.rs` for the BPF target.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/damon-ebpf"));
+
+/// Kernel struct member offsets the walker needs; aya has no CO-RE for Rust programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub mm_pgd: u64,
+    pub task_mm: u64,
+}
+
+/// The kernel's BTF, read once: aya's parse loads tp_btf programs, ours finds the offsets.
+pub struct KernelTypes {
+    pub btf: aya::Btf,
+    pub offsets: Offsets,
+    /// Size of `/sys/kernel/btf/vmlinux`.
+    pub bytes: usize,
+}
+
+impl KernelTypes {
+    pub fn read() -> Result<Self> {
+        let path = kernel::BTF_VMLINUX;
+        let data =
+            std::fs::read(path).with_context(|| format!("cannot read kernel BTF at {path}"))?;
+        let ours = Btf::parse(&data).with_context(|| format!("cannot parse {path}"))?;
+        let offsets = Offsets {
+            mm_pgd: ours.member_offset("mm_struct", "pgd")? as u64,
+            task_mm: ours.member_offset("task_struct", "mm")? as u64,
+        };
+        let btf = aya::Btf::parse(&data, Endianness::default())
+            .with_context(|| format!("cannot parse {path}"))?;
+        Ok(Self { btf, offsets, bytes: data.len() })
+    }
+}
+
+/// The object loaded into the kernel: its maps created, its programs not yet loaded (each is
+/// loaded by its user).
+pub struct Object {
+    pub(crate) bpf: Ebpf,
+    pub(crate) types: KernelTypes,
+}
+
+impl Object {
+    pub fn load(types: KernelTypes) -> Result<Self> {
+        ensure_memlock()?;
+        let tgid = std::process::id();
+        let bpf = EbpfLoader::new()
+            .btf(Some(&types.btf))
+            .override_global(names::PROBE_TGID, &tgid, true)
+            .load(OBJECT)
+            .context("cannot load udamon's eBPF object")?;
+        Ok(Self { bpf, types })
+    }
+
+    pub fn types(&self) -> &KernelTypes {
+        &self.types
+    }
+
+    /// The loaded object, for `udamon check`'s probes.
+    pub fn bpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.bpf
+    }
+}
+
+/// Takes ownership of one of the object's maps, for a typed handle.
+pub(crate) fn take_map(bpf: &mut Ebpf, name: &str) -> Result<Map> {
+    bpf.take_map(name).with_context(|| format!("eBPF object has no {name} map"))
+}
+
+/// Before 5.11 BPF maps are charged to RLIMIT_MEMLOCK, whose default (8 MiB or less) is too small.
+pub(crate) fn ensure_memlock() -> Result<()> {
+    if KernelVersion::current().is_none_or(|v| v >= MEMCG_BPF_ACCOUNTING) {
+        return Ok(());
+    }
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a valid rlimit structure.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "cannot raise RLIMIT_MEMLOCK for BPF maps on this pre-5.11 kernel ({err}); run `ulimit -l unlimited` or grant CAP_SYS_RESOURCE"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Both sides spell every map and program the same: the built object has exactly the
+    /// names `damon_common::names` lists.
+    #[test]
+    fn the_object_has_the_shared_names() {
+        let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        // Data sections (`.rodata` holds PROBE_TGID) are maps too, named by the linker.
+        let maps: BTreeSet<&str> =
+            object.maps.keys().map(String::as_str).filter(|m| !m.starts_with('.')).collect();
+        let programs: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
+        assert_eq!(maps, names::MAPS.into_iter().collect());
+        assert_eq!(programs, names::PROGRAMS.into_iter().collect());
+    }
+
+    #[test]
+    fn this_kernels_offsets_are_found() {
+        if !std::path::Path::new(kernel::BTF_VMLINUX).exists() {
+            assert!(!crate::test_support::in_ci(), "no kernel BTF under CI=true");
+            eprintln!("skipping: no kernel BTF");
+            return;
+        }
+        let Offsets { mm_pgd, task_mm } = KernelTypes::read().unwrap().offsets;
+        assert!(mm_pgd > 0 && mm_pgd % 8 == 0 && task_mm > 0 && task_mm % 8 == 0);
+    }
+}

@@ -1,0 +1,91 @@
+//! What the monitor asks of its operations beyond the engine's: opening and closing targets by
+//! pid, what went wrong, and what it cost.
+
+use std::{fmt, time::Duration};
+
+use damon_engine::{Operations, Target};
+use serde::Serialize;
+
+/// Operations the monitor can run: the engine's, plus target control.
+pub trait Source: Operations + Send + 'static {
+    /// Starts watching process `pid`; returns its (still empty) engine target.
+    fn open(&mut self, pid: u32) -> Result<Target, TargetError>;
+
+    /// Forgets process `pid` (after its target left the engine).
+    fn close(&mut self, pid: u32);
+
+    /// What went wrong since the last call without ending a target, one entry per target and
+    /// kind of problem.
+    fn problems(&mut self) -> Vec<Problem> {
+        Vec::new()
+    }
+
+    fn stats(&self) -> OpsStats {
+        OpsStats::default()
+    }
+}
+
+/// Something that went wrong for one target, `count` times since last reported, without
+/// ending it: the samples it cost read unknown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub pid: u32,
+    /// A short name (`clear_refused`, `syscall`, `map`, ...), for metrics and JSON.
+    pub kind: &'static str,
+    /// The first occurrence, for people.
+    pub message: String,
+    pub count: u64,
+}
+
+/// What the operations spent, where they can tell.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct OpsStats {
+    /// The eBPF walker's own time, and on how many addresses.
+    pub walk_time: Duration,
+    pub walked_addresses: u64,
+    /// Walk results the eBPF side could not deliver (ring buffer full).
+    pub walk_lost: u64,
+    /// Filling walk requests and the walk-only calls (the kernel's walk included).
+    pub walking: Duration,
+    /// The clearing calls, and the pages they cleared.
+    pub clearing: Duration,
+    pub cleared_pages: u64,
+}
+
+/// Why a pid cannot be monitored: one line for the user.
+#[derive(Debug)]
+pub enum TargetError {
+    NoSuchProcess(u32),
+    KernelThread(u32),
+    /// It exited (or is exiting) before monitoring began.
+    Exited(u32),
+    Denied(u32, std::io::Error),
+    Other(u32, anyhow::Error),
+}
+
+impl TargetError {
+    /// Whether the user asked for something impossible (exit 2), rather than something failing
+    /// while it was done (exit 1).
+    pub fn is_input(&self) -> bool {
+        !matches!(self, Self::Exited(_) | Self::Other(..))
+    }
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSuchProcess(pid) => write!(f, "no process with pid {pid}"),
+            Self::KernelThread(pid) => {
+                write!(f, "pid {pid} is a kernel thread: it has no address space to monitor")
+            }
+            Self::Exited(pid) => write!(f, "pid {pid} exited before the first sample"),
+            Self::Denied(pid, err) => write!(
+                f,
+                "cannot monitor pid {pid}: {err} (another user's process needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
+            ),
+            Self::Other(pid, err) => write!(f, "cannot monitor pid {pid}: {err:#}"),
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}

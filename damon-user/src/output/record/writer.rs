@@ -1,0 +1,74 @@
+//! Recording while monitoring: snapshots accumulate in memory and the file is rewritten
+//! atomically every `flush_every` and at the end, so a crash loses at most the last interval.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use super::{Format, Intervals, TargetRecord, save};
+use crate::snapshot::Snapshot;
+
+pub struct RecordWriter {
+    path: PathBuf,
+    format: Format,
+    intervals: Intervals,
+    /// In the order targets first appeared (they may come and go).
+    targets: Vec<TargetRecord>,
+    flush_every: Duration,
+    flushed: Instant,
+    /// Snapshots taken, and how many of them the file holds.
+    taken: usize,
+    saved: usize,
+}
+
+impl RecordWriter {
+    pub fn new(path: PathBuf, format: Format, intervals: Intervals, flush_every: Duration) -> Self {
+        Self {
+            path,
+            format,
+            intervals,
+            targets: Vec::new(),
+            flush_every,
+            flushed: Instant::now(),
+            taken: 0,
+            saved: 0,
+        }
+    }
+
+    /// Adds a snapshot; rewrites the file when the last write is `flush_every` old.
+    pub fn push(&mut self, snapshot: &Snapshot) -> Result<()> {
+        for t in &snapshot.targets {
+            if !self.targets.iter().any(|r| r.target_id == t.pid as u64) {
+                self.targets.push(TargetRecord {
+                    target_id: t.pid as u64,
+                    intervals: Some(self.intervals),
+                    snapshots: Vec::new(),
+                });
+            }
+        }
+        self.targets.iter_mut().for_each(|t| t.push(snapshot));
+        self.taken += 1;
+        if self.flushed.elapsed() >= self.flush_every {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is new, if anything. Targets without snapshots are left out.
+    pub fn flush(&mut self) -> Result<()> {
+        self.flushed = Instant::now();
+        if self.saved == self.taken {
+            return Ok(());
+        }
+        save(&self.path, &self.targets, self.format)?;
+        self.saved = self.taken;
+        Ok(())
+    }
+
+    pub fn snapshots(&self) -> usize {
+        self.taken
+    }
+}

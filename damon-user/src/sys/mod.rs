@@ -1,0 +1,11 @@
+//! System interfaces: procfs and sysfs files, syscalls, the kernel's BTF.
+
+pub mod anon;
+pub mod btf;
+pub mod caps;
+pub mod cgroup;
+pub mod kernel;
+pub mod pagemap;
+pub mod pidfd;
+pub mod proc_maps;
+pub mod tracefs;
