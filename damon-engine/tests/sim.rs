@@ -1,5 +1,5 @@
 //! The simulator's expectations: the production report reproduced within tolerance, and the
-//! claims the README makes about the policies. Runs in release (`cargo xtask test`) in seconds.
+//! claims docs/design.md makes about the policies. Runs in release (`cargo xtask test`) in seconds.
 
 use damon_engine::{
     CoreVersion, SplitPolicy,
@@ -26,7 +26,7 @@ fn same_seed_same_run_other_seed_other_run() {
 }
 
 /// The report: after an hour at max 200, kernels up to 7.2 sit at about max/2 and the age-zero
-/// proposal at 160-180. The model gives age-zero 157-162 over seeds (README); the band allows 10
+/// proposal at 160-180. The model gives age-zero 157-162 over seeds (docs/design.md); the band allows 10
 /// below the report's range for that.
 #[test]
 fn seed_reproducer_matches_the_production_report() {

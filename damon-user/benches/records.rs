@@ -1,6 +1,6 @@
 //! `cargo xtask bench` (records part): reading a big record and reporting on it, udamon against
 //! the real damo (when `UDAMON_DAMO` names it; `cargo xtask bench` sets it). Both run as
-//! processes on the same file, one after the other; the README quotes the ratio.
+//! processes on the same file, one after the other; docs/benchmarks.md quotes the ratio.
 
 use std::{
     path::Path,

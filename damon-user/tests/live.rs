@@ -195,3 +195,51 @@ fn monitor_json_lines_describe_each_target() {
         assert!(theirs[1..].iter().all(|l| l["udamon_cpu_percent"].is_number()));
     }
 }
+
+/// The names of the BPF maps process `pid` holds, one entry per map (by map id).
+fn bpf_maps_of(pid: u32) -> Vec<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).into_iter().flatten().flatten() {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) {
+            ids.insert(id.trim().parse::<u32>().unwrap());
+        }
+    }
+    ids.into_iter()
+        .filter_map(|id| aya::maps::MapInfo::from_id(id).ok())
+        .map(|info| info.name_as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// One object per process: a monitoring udamon holds each of the object's maps once (the
+/// walker's and the fault stream's ring buffers included), not once per user.
+#[test]
+fn the_data_plane_is_loaded_once_per_process() {
+    if !privileged("the_data_plane_is_loaded_once_per_process") {
+        return;
+    }
+    let target = Sleeper::new();
+    let mut monitor =
+        udamon().args(["monitor", "--quiet", "--duration", "60s", &target.pid()]).spawn().unwrap();
+    // Wait for the session to be sampling: the walker's maps are held from then on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut maps = Vec::new();
+    while Instant::now() < deadline {
+        maps = bpf_maps_of(monitor.id());
+        if maps.iter().any(|m| m == "WALK_RESULTS") {
+            std::thread::sleep(Duration::from_millis(500));
+            maps = bpf_maps_of(monitor.id());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    for name in damon_common::names::MAPS {
+        let held = maps.iter().filter(|m| *m == name).count();
+        assert!(held <= 1, "{name} is held {held} times: {maps:?}");
+    }
+    for name in ["WALK_RESULTS", "WALK_REQUEST", "FAULT_EVENTS"] {
+        assert!(maps.iter().any(|m| m == name), "no {name}: {maps:?}");
+    }
+}

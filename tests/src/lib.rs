@@ -9,6 +9,7 @@ use std::{
 
 pub const PAGE: usize = 4096;
 pub const HUGE: usize = 2 << 20;
+pub const LOCKED_PAGES: usize = 16;
 
 /// A forked child that keeps writing its hot pages and leaves its idle pages alone. Its areas are
 /// mapped before the fork and touched only by the child, so every page is the child's own.
@@ -19,6 +20,8 @@ pub struct Child {
     pub pages: usize,
     /// Two 2 MiB-aligned huge pages (if THP gives them), both hot.
     pub huge: usize,
+    /// `LOCKED_PAGES` pages the child mlocks and keeps writing: memory `MADV_COLD` refuses.
+    pub locked: usize,
     control: *mut AtomicU32,
 }
 
@@ -54,6 +57,7 @@ impl Child {
         let huge = raw.next_multiple_of(HUGE);
         // SAFETY: advising our own fresh mapping.
         unsafe { libc::madvise(huge as *mut libc::c_void, 2 * HUGE, libc::MADV_HUGEPAGE) };
+        let locked = map(LOCKED_PAGES * PAGE, libc::MAP_PRIVATE);
         let control = map(PAGE, libc::MAP_SHARED) as *mut AtomicU32;
         // SAFETY: the child only touches memory and atomics, then _exits: fork-safe in a
         // multi-threaded parent.
@@ -61,9 +65,9 @@ impl Child {
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
             // SAFETY: the child's own mappings; see above.
-            unsafe { run_child(small, pages, huge, &*control) }
+            unsafe { run_child(small, pages, huge, locked, &*control) }
         }
-        let child = Self { pid: pid as u32, small, pages, huge, control };
+        let child = Self { pid: pid as u32, small, pages, huge, locked, control };
         let deadline = Instant::now() + Duration::from_secs(10);
         while child.control().load(Ordering::Acquire) != READY {
             assert!(Instant::now() < deadline, "child never got ready");
@@ -176,12 +180,22 @@ impl OneShotWriter {
     }
 }
 
-unsafe fn run_child(small: usize, pages: usize, huge: usize, control: &AtomicU32) -> ! {
+unsafe fn run_child(
+    small: usize,
+    pages: usize,
+    huge: usize,
+    locked: usize,
+    control: &AtomicU32,
+) -> ! {
     // SAFETY: the control page is shared and 8-byte aligned at offset 8 (see `Child::sweeps`).
     let sweeps = unsafe { &*(control as *const AtomicU32 as *const u8).add(8).cast::<AtomicU64>() };
     let write = |addr: usize| unsafe { (addr as *mut u8).write_volatile(1) };
     (0..pages).for_each(|i| write(small + i * PAGE));
     (0..2 * HUGE).step_by(PAGE).for_each(|off| write(huge + off));
+    // Locks are not inherited across fork: the child takes its own. Failing (RLIMIT_MEMLOCK)
+    // shows as an unlocked area in /proc/PID/smaps, which the tests check.
+    // SAFETY: locking our own mapping.
+    unsafe { libc::mlock(locked as *const libc::c_void, LOCKED_PAGES * PAGE) };
     control.store(READY, Ordering::Release);
     while control.load(Ordering::Acquire) == RUN || control.load(Ordering::Acquire) == READY {
         for i in (0..pages).step_by(2) {
@@ -189,6 +203,7 @@ unsafe fn run_child(small: usize, pages: usize, huge: usize, control: &AtomicU32
         }
         write(huge);
         write(huge + HUGE);
+        (0..LOCKED_PAGES).for_each(|i| write(locked + i * PAGE));
         sweeps.fetch_add(1, Ordering::Release);
     }
     unsafe { libc::_exit(0) }

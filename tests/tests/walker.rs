@@ -156,3 +156,34 @@ fn a_target_that_exits_is_dropped_and_reported() {
     let summary = monitor.join().unwrap();
     assert!(summary.counters.aggregations >= 3);
 }
+
+/// A range the kernel refuses to clear (mlocked memory: EINVAL) is reported as such, not as an
+/// exit, and does not stop the clears after it in the same call.
+#[test]
+fn a_refused_clear_is_reported_and_the_rest_still_cleared() {
+    if !damon_user::test_support::privileged(
+        "a_refused_clear_is_reported_and_the_rest_still_cleared",
+    ) {
+        return;
+    }
+    let child = Child::spawn(8);
+    let mut walker = walker();
+    let target = PidFd::open(child.pid).unwrap();
+    let (locked, hot) = (child.locked as u64, child.page(0));
+    child.wait_sweeps(2);
+    let mut leaves = Vec::new();
+    walker.walk(&target, &[hot], &mut leaves).unwrap();
+    assert!(leaves[0].accessed(), "the hot page was written: {:?}", leaves[0]);
+    // Stop the child so nothing sets the hot page's bit again behind the clear.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.pid as i32, libc::SIGSTOP) };
+    let mut refused = Vec::new();
+    walker.clear(&target, &[(locked, PAGE as u64), (hot, PAGE as u64)], &mut refused).unwrap();
+    walker.walk(&target, &[hot], &mut leaves).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.pid as i32, libc::SIGCONT) };
+    child.stop();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!((refused[0].addr, refused[0].errno), (locked, libc::EINVAL));
+    assert!(!leaves[0].accessed(), "the page after the refused one was not cleared");
+}

@@ -159,11 +159,16 @@ fn with_tools<'a>(command: &'a mut Command, tools: &setup::TestTools) -> &'a mut
         .env("UDAMON_PROMTOOL", &tools.promtool)
 }
 
-/// Every benchmark, each printing its figures; the README quotes them beside this command.
+/// Every benchmark, each printing its figures; docs/benchmarks.md quotes them beside this command.
 fn bench(tools: &setup::TestTools) -> Result<()> {
-    for bench in ["engine", "vaddr", "records", "metrics"] {
+    for (package, bench) in [
+        ("damon-engine", "engine"),
+        ("damon-user", "vaddr"),
+        ("damon-user", "records"),
+        ("damon-user", "metrics"),
+    ] {
         run_command(with_tools(
-            cargo().args(["bench", "--package", "damon-user", "--bench", bench]),
+            cargo().args(["bench", "--package", package, "--bench", bench]),
             tools,
         ))?;
     }

@@ -267,6 +267,32 @@ mod tests {
     }
 
     #[test]
+    fn above_half_cuts_where_the_evidence_differs_within_the_budget() {
+        use super::super::testing::*;
+        use crate::split::Classic;
+        // 60 regions, max 100: above half. Two carry a clear step between their halves.
+        let mut t = [target(&[100 * P; 60])];
+        for i in [10, 40] {
+            t[0].regions[i].quarters = quarters([0.9, 0.9, 0.1, 0.1], 40);
+            t[0].regions[i].last_nr_accesses = 10; // the window agrees: evidence is kept
+            t[0].regions[i].nr_accesses = 10;
+        }
+        let c = split_once(&mut t, &mut Adaptive::default(), 100, 1, &mut Classic::default());
+        assert_eq!(c.splits, 2, "one cut per region with evidence, none elsewhere");
+        let cut_at: Vec<u64> =
+            t[0].regions.iter().filter(|r| r.split_lately(4)).map(|r| r.start).collect();
+        assert_eq!(cut_at, [10 * 100 * P + 50 * P, 40 * 100 * P + 50 * P], "at the step");
+        // A budget of one takes only one of them.
+        let mut t = [target(&[100 * P; 99])];
+        for i in [10, 40] {
+            t[0].regions[i].quarters = quarters([0.9, 0.9, 0.1, 0.1], 40);
+            t[0].regions[i].nr_accesses = 10;
+        }
+        let c = split_once(&mut t, &mut Adaptive::default(), 100, 1, &mut Classic::default());
+        assert_eq!(c.splits, 1);
+    }
+
+    #[test]
     fn evidence_fades_when_windows_disagree() {
         let mut target = Target::with_ranges(0, &[(0, 1 << 20)]);
         target.regions[0].quarters = quarters([0.5; 4], 30);

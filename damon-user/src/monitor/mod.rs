@@ -246,3 +246,6 @@ fn cpu(who: libc::c_int) -> Duration {
     let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
+
+#[cfg(test)]
+mod tests;

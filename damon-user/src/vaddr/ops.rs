@@ -149,7 +149,17 @@ impl VaddrOps {
                     *slot = Self::classify(process, r.sampling_addr, leaf);
                 }
             }
+            let unread = |kind| self.leaves.iter().filter(|&&l| l == kind).count();
+            let (failed, missing) = (unread(Leaf::Fault), unread(Leaf::Missing));
             match outcome {
+                // A walk that ran reads every address; a failed read or a lost record is
+                // never expected, and its sample reads unknown.
+                Ok(()) if failed > 0 => self.note(target.id, "walk_failed", || {
+                    format!("{failed} page-table reads failed in one walk; their samples read unknown")
+                }),
+                Ok(()) if missing > 0 => self.note(target.id, "walk_lost", || {
+                    format!("{missing} walk results were lost (ring buffer full?); their samples read unknown")
+                }),
                 Ok(()) => {}
                 Err(DataPlaneError::Exited) => {
                     process.exited = true;
