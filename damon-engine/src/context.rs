@@ -13,6 +13,7 @@ use crate::{
     rng::{RandVersion, Rng},
     split::{self, Classic, Policy, SplitEnv, SplitPolicy},
     tune,
+    waste::RecentSplits,
 };
 
 /// The kernel's `DAMON_MIN_REGION_SZ` on machines with 4 KiB pages: the default smallest region.
@@ -123,6 +124,7 @@ pub struct Context {
     regions_changed: bool,
     policy: Box<dyn Policy>,
     classic: Classic,
+    recent: RecentSplits,
     counters: Counters,
     addrs: Vec<u64>,
     results: Vec<Access>,
@@ -147,6 +149,7 @@ impl Context {
             regions_changed: true,
             policy: config.policy.build(),
             classic: Classic::default(),
+            recent: RecentSplits::default(),
             counters: Counters::default(),
             addrs: Vec::new(),
             results: Vec::new(),
@@ -261,6 +264,7 @@ impl Context {
         let mut step = Step::default();
         if aggregate {
             let started = Instant::now();
+            let max_nr_accesses = self.scale_to_known().max(max_nr_accesses);
             self.aggregate(max_nr_accesses, next_aggregation, |ctx| on_aggregated(ctx, ops));
             step.aggregation = Some(started.elapsed());
             self.targets.retain(|t| {
@@ -303,8 +307,10 @@ impl Context {
             version: self.config.version,
             aggregation,
             policy: &*self.policy,
+            samples: attrs.samples_per_aggr(),
         };
-        merge::merge_regions(&mut self.targets, &params, &mut self.counters);
+        merge::merge_regions(&mut self.targets, &params, &mut self.counters, &mut self.recent);
+        self.recent.expire(aggregation);
         if self.regions_changed {
             self.apply_min_nr_regions();
         }
@@ -325,6 +331,7 @@ impl Context {
             rand_version,
             aggregation,
             counters: &mut self.counters,
+            recent: &mut self.recent,
             samples: attrs.samples_per_aggr(),
         };
         split::reset_and_split(&mut self.targets, &mut *self.policy, &mut self.classic, &mut env);
@@ -387,6 +394,24 @@ impl Context {
         }
     }
 
+    /// At the end of a window, the counts of regions with unknown samples come from the samples
+    /// that could tell, on the same scale (samples per aggregation): unknowns are not idleness.
+    /// Returns the largest count after scaling. Regions without unknowns keep their counts.
+    fn scale_to_known(&mut self) -> u32 {
+        let samples = self.config.attrs.samples_per_aggr();
+        let mut max = 0;
+        for r in self.targets.iter_mut().flat_map(|t| &mut t.regions) {
+            let known = samples.saturating_sub(r.unknown.into());
+            if r.unknown > 0 && known > 0 {
+                let scaled =
+                    (r.nr_accesses as u64 * samples as u64 + known as u64 / 2) / known as u64;
+                r.nr_accesses = scaled.min(samples as u64) as u32;
+            }
+            max = max.max(r.nr_accesses);
+        }
+        max
+    }
+
     /// Adds this sample to every region; returns the largest `nr_accesses` afterwards.
     fn record_results(&mut self, adopt_next: bool) -> u32 {
         let mut max = 0;
@@ -395,6 +420,7 @@ impl Context {
         for (r, &access) in regions.zip(&self.results) {
             if access == Access::Unknown {
                 self.counters.unknown += 1;
+                r.unknown = r.unknown.saturating_add(1);
             } else {
                 let accessed = access == Access::Accessed;
                 r.nr_accesses += accessed as u32;
@@ -580,5 +606,48 @@ mod tests {
         // Every page always accessed: far over the 4 % goal, so the interval halves, keeping
         // 20 samples per aggregation.
         assert_eq!((ctx.attrs().sample_us, ctx.attrs().aggr_us), (2_500, 50_000));
+    }
+
+    #[test]
+    fn unknown_samples_are_left_out_of_the_rate_not_counted_idle() {
+        /// Every region reads accessed on even ticks and unknown on odd ones; the first region
+        /// always unknown.
+        struct HalfKnown(u64);
+        impl Operations for HalfKnown {
+            fn init(&mut self, targets: &mut [Target]) -> Result<()> {
+                Recorder::default().init(targets)
+            }
+            fn update(&mut self, _: &mut [Target]) -> Result<()> {
+                Ok(())
+            }
+            fn prepare_access_checks(&mut self, _: &[Target], _: &[u64]) {}
+            fn check_accesses(&mut self, _: &[Target], results: &mut [Access]) {
+                self.0 += 1;
+                let known = if self.0 % 2 == 0 { Access::Accessed } else { Access::Unknown };
+                results.fill(known);
+                results[0] = Access::Unknown;
+            }
+            fn target_valid(&mut self, _: &Target) -> bool {
+                true
+            }
+        }
+        let mut ctx = context(Attrs::default(), &[1]);
+        let mut ops = HalfKnown(0);
+        ctx.start(&mut ops).unwrap();
+        let mut seen = None;
+        for _ in 0..20 {
+            ctx.step(&mut ops, |ctx, _| {
+                let r = &ctx.targets()[0].regions;
+                seen = Some((
+                    r[0].all_unknown(20),
+                    r[0].nr_accesses,
+                    r[1].all_unknown(20),
+                    r[1].nr_accesses,
+                ));
+            })
+            .unwrap();
+        }
+        // Region 1: 10 accessed of 10 known samples reads 20 of 20, not 10.
+        assert_eq!(seen, Some((true, 0, false, 20)));
     }
 }

@@ -25,6 +25,7 @@ pub mod sim;
 mod split;
 mod tune;
 pub mod units;
+mod waste;
 
 pub use self::{
     attrs::{Attrs, IntervalsGoal},

@@ -4,6 +4,7 @@ use crate::{
     CoreVersion, Counters,
     region::{Quarters, Region, Target, align_up},
     split::Policy,
+    waste::RecentSplits,
 };
 
 /// Everything one merge needs to know besides the regions.
@@ -18,17 +19,25 @@ pub(crate) struct MergeParams<'a> {
     pub aggregation: u32,
     /// The split policy may keep neighbours apart in the first pass.
     pub policy: &'a dyn Policy,
+    /// Samples per aggregation: memory no sample could read never merges with memory that was
+    /// read (unknown is not idle).
+    pub samples: u32,
 }
 
 /// `kdamond_merge_regions`: merge with `threshold`, doubling it while there are still more than
 /// `max_nr_regions` regions. Ages change in the first pass only (newest) or in every pass (legacy).
-pub(crate) fn merge_regions(targets: &mut [Target], p: &MergeParams, counters: &mut Counters) {
+pub(crate) fn merge_regions(
+    targets: &mut [Target],
+    p: &MergeParams,
+    counters: &mut Counters,
+    recent: &mut RecentSplits,
+) {
     let mut threshold = p.threshold;
     let mut count_age = true;
     loop {
         let nr: usize = targets
             .iter_mut()
-            .map(|t| merge_regions_of(&mut t.regions, threshold, p, count_age, counters))
+            .map(|t| merge_regions_of(t, threshold, p, count_age, (&mut *counters, &mut *recent)))
             .sum();
         match p.version {
             CoreVersion::Newest => {
@@ -54,12 +63,13 @@ pub(crate) fn merge_regions(targets: &mut [Target], p: &MergeParams, counters: &
 
 /// One pass over a target: regions collapse left to right into the last kept region.
 fn merge_regions_of(
-    regions: &mut Vec<Region>,
+    target: &mut Target,
     threshold: u32,
     p: &MergeParams,
     count_age: bool,
-    counters: &mut Counters,
+    (counters, recent): (&mut Counters, &mut RecentSplits),
 ) -> usize {
+    let regions = &mut target.regions;
     let mut kept = 0;
     for i in 0..regions.len() {
         if count_age {
@@ -71,9 +81,10 @@ fn merge_regions_of(
             if prev.end == r.start
                 && prev.nr_accesses.abs_diff(r.nr_accesses) <= threshold
                 && prev.size() + r.size() <= p.sz_limit
+                && prev.all_unknown(p.samples) == r.all_unknown(p.samples)
                 && !(count_age && p.policy.keeps_apart(prev, r))
             {
-                if r.split_lately(p.aggregation) {
+                if recent.merged(target.id, r.start, p.aggregation) {
                     counters.wasted_splits += 1;
                 }
                 merge_into(prev, r);
@@ -166,7 +177,12 @@ mod tests {
             version,
             aggregation: 10,
             policy: &NO_GUARD,
+            samples: 20,
         }
+    }
+
+    fn merge(t: &mut Target, p: &MergeParams, c: &mut Counters) {
+        merge_regions(std::slice::from_mut(t), p, c, &mut RecentSplits::default());
     }
 
     /// A policy that never keeps neighbours apart.
@@ -180,7 +196,7 @@ mod tests {
         let mut t =
             Target { id: 0, regions: vec![region(0, P, 3, 9, 4), region(P, 3 * P, 4, 1, 1)] };
         let mut c = Counters::default();
-        merge_regions(std::slice::from_mut(&mut t), &params(1, 100, CoreVersion::Newest), &mut c);
+        merge(&mut t, &params(1, 100, CoreVersion::Newest), &mut c);
         assert_eq!(t.regions.len(), 1);
         let r = &t.regions[0];
         assert_eq!((r.start, r.end, r.nr_accesses, r.last_nr_accesses), (0, 3 * P, 3, 9));
@@ -196,7 +212,7 @@ mod tests {
             vec![region(0, P, 0, 0, 0), region(P, 2 * P, 2, 2, 0), region(2 * P, 3 * P, 4, 4, 0)];
         let mut t = Target { id: 0, regions };
         let mut c = Counters::default();
-        merge_regions(std::slice::from_mut(&mut t), &params(2, 100, CoreVersion::Newest), &mut c);
+        merge(&mut t, &params(2, 100, CoreVersion::Newest), &mut c);
         let got: Vec<(u64, u32)> = t.regions.iter().map(|r| (r.end, r.nr_accesses)).collect();
         assert_eq!(got, vec![(2 * P, 1), (3 * P, 4)]);
     }
@@ -211,8 +227,20 @@ mod tests {
         let mut t = Target { id: 0, regions };
         let mut p = params(0, 100, CoreVersion::Newest);
         p.sz_limit = 2 * P;
-        merge_regions(std::slice::from_mut(&mut t), &p, &mut Counters::default());
+        merge(&mut t, &p, &mut Counters::default());
         assert_eq!(t.regions.len(), 3);
+    }
+
+    #[test]
+    fn unknown_and_read_memory_stay_apart() {
+        let mut unknown = region(P, 2 * P, 0, 0, 0);
+        unknown.unknown = 20;
+        let mut t = Target {
+            id: 0,
+            regions: vec![region(0, P, 0, 0, 0), unknown, region(2 * P, 3 * P, 0, 0, 0)],
+        };
+        merge(&mut t, &params(20, 1, CoreVersion::Newest), &mut Counters::default());
+        assert_eq!(t.regions.len(), 3, "not even to meet max_nr_regions");
     }
 
     #[test]
@@ -244,7 +272,7 @@ mod tests {
     fn newest_retry_doubles_to_exactly_the_ceiling_and_ages_once() {
         let mut t = alternating(8);
         let mut c = Counters::default();
-        merge_regions(std::slice::from_mut(&mut t), &params(0, 2, CoreVersion::Newest), &mut c);
+        merge(&mut t, &params(0, 2, CoreVersion::Newest), &mut c);
         // At threshold 20 everything merges into one region.
         assert_eq!(t.regions.len(), 1);
         // Ages were counted once: |0-0| -> 1 for even, |20-0| > 0 -> 0 for odd; averaged to 0.
@@ -252,7 +280,7 @@ mod tests {
         let mut t = alternating(8);
         let mut p = params(0, 2, CoreVersion::Newest);
         p.max_threshold = 19; // the ceiling itself is never enough: stops unmerged
-        merge_regions(std::slice::from_mut(&mut t), &p, &mut Counters::default());
+        merge(&mut t, &p, &mut Counters::default());
         assert_eq!(t.regions.len(), 8);
     }
 
@@ -264,7 +292,7 @@ mod tests {
             let mut t = Target { id: 0, regions: regions.clone() };
             let mut p = params(0, 1, version);
             p.sz_limit = P;
-            merge_regions(std::slice::from_mut(&mut t), &p, &mut Counters::default());
+            merge(&mut t, &p, &mut Counters::default());
             t.regions[0].age
         };
         assert_eq!(run(CoreVersion::Newest), 1);
@@ -274,18 +302,17 @@ mod tests {
 
     #[test]
     fn merging_a_fresh_split_back_counts_as_wasted() {
-        let mut right = region(P, 2 * P, 3, 3, 0);
-        right.mark_split(9); // split in aggregation 9; merged in 10: wasted
-        let mut t = Target { id: 0, regions: vec![region(0, P, 3, 3, 0), right] };
-        let mut c = Counters::default();
-        merge_regions(std::slice::from_mut(&mut t), &params(0, 100, CoreVersion::Newest), &mut c);
+        let pair =
+            || Target { id: 0, regions: vec![region(0, P, 3, 3, 0), region(P, 2 * P, 3, 3, 0)] };
+        let mut recent = RecentSplits::default();
+        recent.mark(0, P, 9); // split in aggregation 9; merged in 10: wasted
+        let (mut t, mut c) = (pair(), Counters::default());
+        let p = params(0, 100, CoreVersion::Newest);
+        merge_regions(std::slice::from_mut(&mut t), &p, &mut c, &mut recent);
         assert_eq!((c.merges, c.wasted_splits), (1, 1));
-        let mut old = region(P, 2 * P, 3, 3, 0);
-        old.mark_split(4); // six aggregations ago: a useful split that expired
-        let mut t = Target { id: 0, regions: vec![region(0, P, 3, 3, 0), old] };
-        let mut c = Counters::default();
-        merge_regions(std::slice::from_mut(&mut t), &params(0, 100, CoreVersion::Newest), &mut c);
-        assert_eq!((c.merges, c.wasted_splits), (1, 0));
+        let (mut t, mut c) = (pair(), Counters::default());
+        merge_regions(std::slice::from_mut(&mut t), &p, &mut c, &mut recent);
+        assert_eq!((c.merges, c.wasted_splits), (1, 0), "no split there any more");
     }
 
     #[test]

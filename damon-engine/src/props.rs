@@ -95,9 +95,10 @@ proptest! {
             version: if legacy { CoreVersion::Legacy } else { CoreVersion::Newest },
             aggregation: 7,
             policy: &*policy.build(),
+            samples: 20,
         };
         let (lo, hi) = specs.iter().fold((u32::MAX, 0), |(lo, hi), s| (lo.min(s.1), hi.max(s.1)));
-        merge::merge_regions(&mut targets, &params, &mut Counters::default());
+        merge::merge_regions(&mut targets, &params, &mut Counters::default(), &mut Default::default());
         let merged = &targets[0].regions;
         assert_well_formed(merged);
         prop_assert_eq!(bytes(merged), before);

@@ -16,9 +16,9 @@ pub struct Region {
     /// Page faults seen in this region during the current aggregation (a certain access each,
     /// reported by operations that can see faults).
     pub faults: u16,
-    /// 1 + the aggregation (modulo 2^16, never 0) in which a split created this region's start
-    /// boundary, 0 if none did: how the engine notices splits that are merged back (wasted).
-    pub(crate) split_at: u16,
+    /// Samples of the current aggregation that could not tell accessed from idle
+    /// (`Access::Unknown`), saturating.
+    pub unknown: u16,
     /// Samples and hits per quarter of the region, for the adaptive policy.
     pub(crate) quarters: Quarters,
 }
@@ -90,7 +90,7 @@ impl Region {
             last_nr_accesses: 0,
             age: 0,
             faults: 0,
-            split_at: 0,
+            unknown: 0,
             quarters: Quarters::default(),
         }
     }
@@ -99,15 +99,10 @@ impl Region {
         self.end - self.start
     }
 
-    /// Marks this region's start boundary as made by a split in `aggregation`.
-    pub(crate) fn mark_split(&mut self, aggregation: u32) {
-        self.split_at = split_mark(aggregation);
-    }
-
-    /// Whether a split made this region's start boundary at most two aggregations before
-    /// `aggregation`: merging it away now makes that split a wasted one.
-    pub(crate) fn split_lately(&self, aggregation: u32) -> bool {
-        self.split_at != 0 && split_mark(aggregation).wrapping_sub(self.split_at) <= 2
+    /// Whether none of the window's `samples` could tell accessed from idle: the region's
+    /// memory cannot be monitored now (counted up to 65535 samples per window).
+    pub fn all_unknown(&self, samples: u32) -> bool {
+        samples > 0 && u32::from(self.unknown) >= samples.min(u16::MAX.into())
     }
 
     /// Closes an aggregation window: its count becomes the last one and the counters restart.
@@ -115,6 +110,7 @@ impl Region {
         self.last_nr_accesses = self.nr_accesses;
         self.nr_accesses = 0;
         self.faults = 0;
+        self.unknown = 0;
     }
 }
 
@@ -148,11 +144,6 @@ impl Target {
     pub fn total_bytes(&self) -> u64 {
         self.regions.iter().map(Region::size).sum()
     }
-}
-
-/// The mark of a boundary split in `aggregation`: 1 + it, modulo 2^16, never 0.
-fn split_mark(aggregation: u32) -> u16 {
-    (aggregation.wrapping_add(1) as u16).max(1)
 }
 
 pub(crate) const fn align_down(x: u64, align: u64) -> u64 {

@@ -18,11 +18,15 @@ pub struct Region {
     /// Page faults in the region during the aggregation (0 where unknown, as in damo's records).
     #[serde(default)]
     pub faults: u32,
+    /// No sample of the aggregation could tell accessed from idle (memory the clear cannot
+    /// reset: locked, hugetlb, PFN-mapped, shared): neither idle nor hot; `nr_accesses` is 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unknown: bool,
 }
 
 impl Region {
     pub fn new(start: u64, end: u64, nr_accesses: u32, age: u32) -> Self {
-        Self { start, end, nr_accesses, age, faults: 0 }
+        Self { start, end, nr_accesses, age, faults: 0, unknown: false }
     }
 
     pub fn size(&self) -> u64 {
@@ -69,12 +73,14 @@ impl Snapshot {
     /// The context's regions at an aggregation whose window ran from `started` to `elapsed`.
     pub fn of(ctx: &Context, started: Duration, elapsed: Duration, stats: SamplerStats) -> Self {
         let attrs = ctx.attrs();
+        let samples = attrs.samples_per_aggr();
         let region = |r: &damon_engine::Region| Region {
             start: r.start,
             end: r.end,
             nr_accesses: r.nr_accesses,
             age: r.age,
             faults: r.faults.into(),
+            unknown: r.all_unknown(samples),
         };
         Self {
             aggregation: ctx.counters().aggregations,

@@ -208,3 +208,212 @@ unsafe fn run_child(
     }
     unsafe { libc::_exit(0) }
 }
+
+/// The kinds of memory a target may have beside plain anonymous memory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Odd {
+    /// An mlocked area, written all the time.
+    pub locked: bool,
+    /// A hugetlb area (needs free huge pages: see `HugePages`), written all the time.
+    pub hugetlb: bool,
+    /// An area touched once, then made PROT_NONE.
+    pub prot_none: bool,
+    /// Lock the hot area (`mlock`) this long after the start.
+    pub lock_hot_after: Option<Duration>,
+    /// Then also `mlockall(MCL_CURRENT | MCL_FUTURE)` and map and write a fresh area.
+    pub lock_all: bool,
+}
+
+/// A forked child with hot and cold anonymous memory and, as asked, memory the clear refuses.
+/// Every area is 4 MiB, apart from the others by an unmapped 4 MiB gap. Every process also has
+/// `[vvar]`, PFN-mapped memory.
+pub struct OddChild {
+    pub pid: u32,
+    pub hot: (u64, u64),
+    pub cold: (u64, u64),
+    pub locked: Option<(u64, u64)>,
+    pub hugetlb: Option<(u64, u64)>,
+    pub prot_none: Option<(u64, u64)>,
+    /// Mapped by the child after `mlockall`, if asked.
+    pub late: Option<(u64, u64)>,
+}
+
+const AREA: usize = 4 << 20;
+
+impl OddChild {
+    pub fn spawn(odd: Odd) -> Self {
+        // One reservation, carved into areas with gaps, so each is its own mapping.
+        let len = 6 * 2 * AREA + HUGE;
+        let raw = map(len, libc::MAP_PRIVATE);
+        let base = raw.next_multiple_of(HUGE);
+        // SAFETY: unmapping our own fresh reservation: only its addresses are wanted.
+        unsafe { libc::munmap(raw as *mut libc::c_void, len) };
+        let area = |slot: usize| base + slot * 2 * AREA;
+        let fixed = |slot: usize, extra: i32| {
+            // SAFETY: mapping over our own unmapped reservation.
+            let at = unsafe {
+                libc::mmap(
+                    area(slot) as *mut libc::c_void,
+                    AREA,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | extra,
+                    -1,
+                    0,
+                )
+            };
+            (at != libc::MAP_FAILED).then_some(at as usize)
+        };
+        let range = |a: usize| (a as u64, (a + AREA) as u64);
+        let hot = fixed(0, 0).expect("the hot area");
+        let cold = fixed(1, 0).expect("the cold area");
+        let locked = odd.locked.then(|| fixed(2, 0).expect("the locked area"));
+        // Mapped by the child: a private hugetlb mapping's reservation stays with its mapper.
+        let hugetlb = odd.hugetlb.then(|| area(3));
+        let prot_none = odd.prot_none.then(|| fixed(4, 0).expect("the PROT_NONE area"));
+        let late = odd.lock_all.then(|| area(5));
+        for a in [hot, cold] {
+            // Small pages: a THP would make a hot area's cold pages read hot (see `Child`).
+            // SAFETY: advising our own mapping.
+            unsafe { libc::madvise(a as *mut libc::c_void, AREA, libc::MADV_NOHUGEPAGE) };
+        }
+        let control = map(PAGE, libc::MAP_SHARED) as *mut AtomicU32;
+        // SAFETY: the child touches memory, makes memory syscalls and _exits: fork-safe.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let areas = OddAreas { hot, cold, locked, hugetlb, prot_none, late };
+            // SAFETY: the child's own mappings.
+            unsafe { run_odd_child(areas, odd, &*control) }
+        }
+        // SAFETY: a shared page that outlives the wait.
+        let control = unsafe { &*control };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while control.load(Ordering::Acquire) != READY {
+            assert!(Instant::now() < deadline, "child never got ready");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Self {
+            pid: pid as u32,
+            hot: range(hot),
+            cold: range(cold),
+            locked: locked.map(range),
+            hugetlb: hugetlb.map(range),
+            prot_none: prot_none.map(range),
+            late: late.map(range),
+        }
+    }
+}
+
+impl Drop for OddChild {
+    fn drop(&mut self) {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+            libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+struct OddAreas {
+    hot: usize,
+    cold: usize,
+    locked: Option<usize>,
+    hugetlb: Option<usize>,
+    prot_none: Option<usize>,
+    late: Option<usize>,
+}
+
+unsafe fn run_odd_child(a: OddAreas, odd: Odd, control: &AtomicU32) -> ! {
+    if let Some(at) = a.hugetlb {
+        // SAFETY: mapping over the reservation's unmapped slot.
+        let p = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                AREA,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | libc::MAP_FIXED_NOREPLACE
+                    | libc::MAP_HUGETLB,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            // SAFETY: ending the child; the parent sees it never got ready.
+            unsafe { libc::_exit(1) };
+        }
+    }
+    let write = |area: usize| {
+        for off in (0..AREA).step_by(PAGE) {
+            // SAFETY: within one of the child's writable areas.
+            unsafe { ((area + off) as *mut u8).write_volatile(1) };
+        }
+    };
+    let started = Instant::now();
+    let always: Vec<usize> = [Some(a.hot), a.locked, a.hugetlb].into_iter().flatten().collect();
+    always.iter().chain([&a.cold]).chain(&a.prot_none).for_each(|&area| write(area));
+    // SAFETY: locking and protecting the child's own areas.
+    unsafe {
+        if let Some(locked) = a.locked {
+            libc::mlock(locked as *const libc::c_void, AREA);
+        }
+        if let Some(p) = a.prot_none {
+            libc::mprotect(p as *mut libc::c_void, AREA, libc::PROT_NONE);
+        }
+    }
+    control.store(READY, Ordering::Release);
+    let (mut locked_hot, mut late) = (false, None);
+    loop {
+        always.iter().for_each(|&area| write(area));
+        late.into_iter().for_each(write);
+        if !locked_hot && odd.lock_hot_after.is_some_and(|after| started.elapsed() >= after) {
+            locked_hot = true;
+            // SAFETY: locking the child's own memory, and mapping a fresh area over a gap.
+            unsafe {
+                libc::mlock(a.hot as *const libc::c_void, AREA);
+                if let Some(at) = a.late {
+                    libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE);
+                    let p = libc::mmap(
+                        at as *mut libc::c_void,
+                        AREA,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                        -1,
+                        0,
+                    );
+                    late = (p != libc::MAP_FAILED).then_some(at);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// Free 2 MiB huge pages for a test, the previous count restored when dropped (on failure too).
+pub struct HugePages {
+    before: String,
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+impl HugePages {
+    /// `count` free huge pages, or None if the kernel cannot give them.
+    pub fn reserve(count: u64) -> Option<Self> {
+        let before = std::fs::read_to_string(NR_HUGEPAGES).ok()?.trim().to_owned();
+        let wanted = before.parse::<u64>().ok()? + count;
+        std::fs::write(NR_HUGEPAGES, wanted.to_string()).ok()?;
+        let guard = Self { before };
+        let free = std::fs::read_to_string("/proc/meminfo")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:")?.trim().parse::<u64>().ok())?;
+        (free >= count).then_some(guard)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NR_HUGEPAGES, &self.before);
+    }
+}

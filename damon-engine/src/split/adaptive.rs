@@ -277,10 +277,11 @@ mod tests {
             t[0].regions[i].last_nr_accesses = 10; // the window agrees: evidence is kept
             t[0].regions[i].nr_accesses = 10;
         }
-        let c = split_once(&mut t, &mut Adaptive::default(), 100, 1, &mut Classic::default());
+        let (c, recent) =
+            split_once_noting(&mut t, &mut Adaptive::default(), 100, 1, &mut Classic::default());
         assert_eq!(c.splits, 2, "one cut per region with evidence, none elsewhere");
         let cut_at: Vec<u64> =
-            t[0].regions.iter().filter(|r| r.split_lately(4)).map(|r| r.start).collect();
+            t[0].regions.iter().filter(|r| recent.contains(0, r.start)).map(|r| r.start).collect();
         assert_eq!(cut_at, [10 * 100 * P + 50 * P, 40 * 100 * P + 50 * P], "at the step");
         // A budget of one takes only one of them.
         let mut t = [target(&[100 * P; 99])];

@@ -38,8 +38,8 @@ mod tests {
             r.age = if i % 3 == 0 { 0 } else { 5 };
         }
         // 30 young regions but a budget of 100 - 90 = 10.
-        let c = split_once(&mut t, &mut AgeZero, 100, 42, &mut Classic::default());
+        let (c, recent) = split_once_noting(&mut t, &mut AgeZero, 100, 42, &mut Classic::default());
         assert_eq!(c.splits, 10);
-        assert!(t[0].regions.iter().filter(|r| r.split_lately(4)).all(|r| r.age == 0));
+        assert!(t[0].regions.iter().filter(|r| recent.contains(0, r.start)).all(|r| r.age == 0));
     }
 }

@@ -102,11 +102,10 @@ pub(crate) fn apply_cuts(targets: &mut [Target], env: &mut SplitEnv, mut plan: V
                 write -= 1;
                 let mut quarters = Quarters::default();
                 quarters.absorb(&r.quarters, (r.start, r.end), (start, end));
-                let mut piece = Region { start, end, quarters, ..r };
                 if start != r.start {
-                    piece.mark_split(env.aggregation);
+                    env.recent.mark(target.id, start, env.aggregation);
                 }
-                regions[write] = piece;
+                regions[write] = Region { start, end, quarters, ..r };
                 end = start;
             }
         }
@@ -156,11 +155,11 @@ mod tests {
         let mut t = [target(&[100 * P])];
         t[0].regions[0].nr_accesses = 7; // the window just aggregated; the reset makes it "last"
         t[0].regions[0].age = 4;
-        split_once(&mut t, &mut *SplitPolicy::Fraction.build(), 1000, 42, &mut Classic::default());
+        let policy = &mut *SplitPolicy::Fraction.build();
+        let (_, recent) = split_once_noting(&mut t, policy, 1000, 42, &mut Classic::default());
         assert_eq!(t[0].regions.len(), 2);
         assert!(t[0].regions.iter().all(|r| r.last_nr_accesses == 7 && r.age == 4));
-        // Split in aggregation 3: a merge in 5 wastes it, one in 6 does not.
-        assert!(!t[0].regions[0].split_lately(5));
-        assert!(t[0].regions[1].split_lately(5) && !t[0].regions[1].split_lately(6));
+        assert!(!recent.contains(0, t[0].regions[0].start));
+        assert!(recent.contains(0, t[0].regions[1].start), "the new boundary is remembered");
     }
 }

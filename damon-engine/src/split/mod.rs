@@ -19,6 +19,7 @@ use crate::{
     Counters,
     region::{Region, Target},
     rng::{RandVersion, Rng},
+    waste::RecentSplits,
 };
 
 /// What to do when more than half of `max_nr_regions` are in use.
@@ -94,6 +95,8 @@ pub(crate) struct SplitEnv<'a> {
     pub rand_version: RandVersion,
     pub aggregation: u32,
     pub counters: &'a mut Counters,
+    /// Where new boundaries are remembered, to count the splits merged back.
+    pub recent: &'a mut RecentSplits,
     /// Samples per aggregation, to read counts as rates.
     pub samples: u32,
 }
@@ -159,8 +162,19 @@ pub(crate) mod testing {
         seed: u64,
         classic: &mut Classic,
     ) -> Counters {
+        split_once_noting(targets, policy, max_nr_regions, seed, classic).0
+    }
+
+    /// `split_once`, with the boundaries it made.
+    pub fn split_once_noting(
+        targets: &mut [Target],
+        policy: &mut dyn Policy,
+        max_nr_regions: usize,
+        seed: u64,
+        classic: &mut Classic,
+    ) -> (Counters, RecentSplits) {
         let mut rng = Rng::new(seed);
-        let mut counters = Counters::default();
+        let (mut counters, mut recent) = (Counters::default(), RecentSplits::default());
         let mut env = SplitEnv {
             max_nr_regions,
             min_region_sz: P,
@@ -168,10 +182,11 @@ pub(crate) mod testing {
             rand_version: RandVersion::Newest,
             aggregation: 3,
             counters: &mut counters,
+            recent: &mut recent,
             samples: 20,
         };
         reset_and_split(targets, policy, classic, &mut env);
-        counters
+        (counters, recent)
     }
 
     /// Contiguous regions of the given sizes from 0.

@@ -6,8 +6,13 @@
 //! are marked accessed: whole pages, 2 MiB for a huge page, which is therefore never split.
 //! Idle pages need no clearing, which keeps idle memory cheap.
 //!
-//! A failure that is not an exit (a refused range, a failed call or map) ends nothing: it is
-//! kept as a problem for the monitor to report, and the samples it cost read unknown.
+//! Mappings whose accessed bits `MADV_COLD` refuses to clear (locked, hugetlb, PFN-mapped:
+//! smaps' `VmFlags`) are never cleared: a clear accessed bit there still proves idleness, a set
+//! one says nothing, so it reads unknown. A mapping that becomes locked while monitored is found
+//! by the refusal of its clear, which re-reads the flags.
+//!
+//! A failure that is not an exit (an unexplained refusal, a failed call or map) ends nothing: it
+//! is kept as a problem for the monitor to report, and the samples it cost read unknown.
 
 use std::collections::{HashMap, hash_map::Entry};
 
@@ -29,8 +34,21 @@ use crate::{
 struct Process {
     pidfd: PidFd,
     pagemap: Pagemap,
+    /// With their flags (from smaps), re-read when the layout changes or a clear is refused.
     mappings: Vec<Mapping>,
     exited: bool,
+}
+
+impl Process {
+    fn mapping(&self, addr: u64) -> Option<&Mapping> {
+        proc_maps::find(&self.mappings, addr)
+    }
+
+    /// Whether the clear may be asked for `addr` (an address in no known mapping may be a new
+    /// one: asking costs nothing, the kernel says ENOMEM).
+    fn clearable(&self, addr: u64) -> bool {
+        self.mapping(addr).is_none_or(Mapping::clearable)
+    }
 }
 
 pub struct VaddrOps {
@@ -80,10 +98,34 @@ impl VaddrOps {
         self.note(pid, err.kind(), || err.to_string());
     }
 
-    /// Regions for `target` from its mappings.
+    /// The kernel refused clears in `self.refused`: re-reads the mappings' flags (a mapping may
+    /// have been locked since), and reports the refusals they do not explain.
+    fn explain_refusals(&mut self, pid: u64) {
+        let refused = std::mem::take(&mut self.refused);
+        let Some(process) = self.processes.get_mut(&pid) else { return };
+        if let Ok(mappings) = proc_maps::read_with_flags(pid as u32) {
+            process.mappings = mappings;
+        }
+        let mut unexplained = Vec::new();
+        for r in refused {
+            let mapping = process.mappings.iter_mut().find(|m| (m.start..m.end).contains(&r.addr));
+            if let Some(mapping) = mapping.filter(|m| m.clearable()) {
+                mapping.refused = true;
+                unexplained.push(r);
+            }
+        }
+        for refusal in unexplained {
+            self.note_error(pid, &refusal.into());
+        }
+    }
+
+    /// Regions for `target` from its mappings; memory the clear refuses gets regions of its
+    /// own, so its unknown samples never dilute (or are diluted by) the rest.
     fn fit(process: &Process, target: &mut Target) -> Result<()> {
         let spans: Vec<(u64, u64)> = process.mappings.iter().map(|m| (m.start, m.end)).collect();
-        regions::fit(&mut target.regions, &spans)
+        let apart: Vec<(u64, u64)> =
+            process.mappings.iter().filter(|m| !m.clearable()).map(|m| (m.start, m.end)).collect();
+        regions::fit(&mut target.regions, &spans, &apart)
     }
 
     /// What a walked leaf says about an access. A set accessed bit is trusted only on a page the
@@ -93,8 +135,10 @@ impl VaddrOps {
         match leaf {
             Leaf::Missing | Leaf::Fault => Access::Unknown,
             _ if !leaf.accessed() => Access::Idle,
+            // Set, and nothing here can reset it: it says nothing about this interval.
+            _ if !process.clearable(addr) => Access::Unknown,
             _ => {
-                let shared = proc_maps::find(&process.mappings, addr).is_none_or(|m| m.shared);
+                let shared = process.mapping(addr).is_none_or(|m| m.shared);
                 if (leaf.writable() && !shared) || process.pagemap.exclusive(addr).unwrap_or(false)
                 {
                     Access::Accessed
@@ -169,8 +213,8 @@ impl VaddrOps {
                 }
                 Err(err) => self.note_error(target.id, &err),
             }
-            for refusal in std::mem::take(&mut self.refused) {
-                self.note_error(target.id, &refusal.into());
+            if !self.refused.is_empty() {
+                self.explain_refusals(target.id);
             }
         }
     }
@@ -196,7 +240,7 @@ fn walk_and_clear(
         addrs[checked..]
             .iter()
             .zip(&leaves[checked..])
-            .filter(|(_, leaf)| leaf.accessed())
+            .filter(|&(&addr, leaf)| leaf.accessed() && process.clearable(addr))
             .filter_map(|(&addr, leaf)| Some((addr, leaf.page_size()?))),
     );
     if pages.is_empty() {
@@ -219,7 +263,7 @@ impl Source for VaddrOps {
             }
             _ => other(pid, err),
         };
-        let mappings = proc_maps::read(pid).map_err(|err| {
+        let mappings = proc_maps::read_with_flags(pid).map_err(|err| {
             if pidfd.exited() {
                 TargetError::Exited(pid)
             } else {
@@ -278,7 +322,15 @@ impl Operations for VaddrOps {
     fn update(&mut self, targets: &mut [Target]) -> Result<()> {
         for target in targets {
             let Some(process) = self.processes.get_mut(&target.id) else { continue };
-            let read = proc_maps::read(target.id as u32);
+            let pid = target.id as u32;
+            // Flags are read again only when the layout changed: smaps costs a page walk.
+            let read = proc_maps::read(pid).and_then(|m| {
+                if proc_maps::same_layout(&m, &process.mappings) {
+                    Ok(process.mappings.clone())
+                } else {
+                    proc_maps::read_with_flags(pid)
+                }
+            });
             // Unreadable or empty maps are not an exit by themselves: the pidfd says.
             process.exited |= process.pidfd.exited();
             match read {

@@ -30,6 +30,7 @@ pub struct Metrics {
     targets: IntGauge,
     regions: IntGaugeVec,
     working_set: IntGaugeVec,
+    unknown: IntGaugeVec,
     accessed: IntCounterVec,
     idle: GaugeVec,
     samples: IntCounter,
@@ -88,6 +89,16 @@ impl Metrics {
                     Opts::new(
                         "udamon_working_set_bytes",
                         "Bytes of a target's regions with at least one access in the last aggregation",
+                    ),
+                    &target,
+                ),
+            ),
+            unknown: add(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "udamon_unknown_bytes",
+                        "Bytes of a target's regions no sample of the last aggregation could read (locked, hugetlb, PFN-mapped or shared memory)",
                     ),
                     &target,
                 ),
@@ -178,18 +189,22 @@ impl Metrics {
         for t in &s.targets {
             let pid = t.pid.to_string();
             let labels = [pid.as_str(), self.cgroup.as_str()];
-            let (mut ws, mut accessed) = (0u64, 0u64);
+            let (mut ws, mut accessed, mut unknown) = (0u64, 0u64, 0u64);
             for r in &t.regions {
                 let size = r.end - r.start;
-                if r.nr_accesses > 0 {
+                if r.unknown {
+                    unknown += size;
+                } else if r.nr_accesses > 0 {
                     ws += size;
                 }
                 accessed += size * r.nr_accesses as u64;
             }
             self.regions.with_label_values(&labels).set(t.regions.len() as i64);
             self.working_set.with_label_values(&labels).set(ws as i64);
+            self.unknown.with_label_values(&labels).set(unknown as i64);
             self.accessed.with_label_values(&labels).inc_by(accessed);
-            let idle = idle_quantiles(t.regions.iter().map(|r| {
+            // Idle time is that of the memory that can be monitored.
+            let idle = idle_quantiles(t.regions.iter().filter(|r| !r.unknown).map(|r| {
                 let idle =
                     if r.nr_accesses == 0 { r.age as f64 * s.aggr_us as f64 / 1e6 } else { 0.0 };
                 (r.end - r.start, idle)
@@ -230,6 +245,7 @@ impl Metrics {
         let labels = [pid.as_str(), self.cgroup.as_str()];
         let _ = self.regions.remove_label_values(&labels);
         let _ = self.working_set.remove_label_values(&labels);
+        let _ = self.unknown.remove_label_values(&labels);
         let _ = self.accessed.remove_label_values(&labels);
         for (_, name) in IDLE_QUANTILES {
             let _ = self.idle.remove_label_values(&[labels[0], labels[1], name]);

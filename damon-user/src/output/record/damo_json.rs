@@ -59,6 +59,10 @@ struct JsonRegion {
     probe_hits: Vec<Value>,
     #[serde(default)]
     sz_filter_passed: Option<Number<BYTES>>,
+    /// udamon's own: the region could not be monitored (damo has no such state and ignores the
+    /// key; it reads the region as idle).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    udamon_unknown: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -126,6 +130,7 @@ fn to_json(target: &TargetRecord) -> JsonTarget {
                         age: Some(Age { usec: None, aggr_intervals: Some(Number(r.age as i128)) }),
                         probe_hits: Vec::new(),
                         sz_filter_passed: Some(Number(0)),
+                        udamon_unknown: r.unknown,
                     })
                     .collect(),
                 total_bytes: Some(Number(s.total_bytes() as i128)),
@@ -190,12 +195,15 @@ fn snapshot(s: JsonSnapshot, intervals: Option<&Intervals>) -> Result<Option<Rec
             }
             _ => 0,
         };
-        regions.push(Region::new(
-            start,
-            end,
-            u32::try_from(nr_accesses).context("nr_accesses out of range")?,
-            u32::try_from(age).unwrap_or(u32::MAX),
-        ));
+        regions.push(Region {
+            unknown: r.udamon_unknown,
+            ..Region::new(
+                start,
+                end,
+                u32::try_from(nr_accesses).context("nr_accesses out of range")?,
+                u32::try_from(age).unwrap_or(u32::MAX),
+            )
+        });
     }
     if regions.windows(2).any(|w| w[1].start < w[0].end) {
         bail!("regions overlap or are out of order");

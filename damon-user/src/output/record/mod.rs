@@ -33,6 +33,11 @@ impl RecordedSnapshot {
     pub fn working_set(&self, min_accesses: u32) -> u64 {
         self.regions.iter().filter(|r| r.nr_accesses >= min_accesses).map(Region::size).sum()
     }
+
+    /// Bytes of the regions that could not be monitored (see `Region::unknown`).
+    pub fn unknown_bytes(&self) -> u64 {
+        self.regions.iter().filter(|r| r.unknown).map(Region::size).sum()
+    }
 }
 
 /// The monitoring intervals a record was taken with, in microseconds.
@@ -257,6 +262,18 @@ pub(crate) mod tests {
         assert!(format!("{:#}", decode(b"PERFILE2\0\0\x01").unwrap_err()).contains("perf script"));
         assert!(format!("{:#}", decode(b"hello\n").unwrap_err()).contains("neither damo JSON"));
         assert!(decode(&[0xff, 0xfe, 0x00, 0x81]).is_err());
+    }
+
+    #[test]
+    fn unknown_regions_survive_the_json_formats() {
+        let mut record = sample();
+        record[0].snapshots[1].regions[1].unknown = true;
+        for format in [Format::Json, Format::JsonCompressed] {
+            assert_eq!(decode(&encode(&record, format).unwrap()).unwrap(), record, "{format}");
+        }
+        assert_eq!(record[0].snapshots[1].unknown_bytes(), 0x10_0000 - 0x3000);
+        let json = String::from_utf8(encode(&record, Format::Json).unwrap()).unwrap();
+        assert_eq!(json.matches("\"udamon_unknown\": true").count(), 1, "only where unknown");
     }
 
     #[test]

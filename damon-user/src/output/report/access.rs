@@ -17,6 +17,8 @@ pub struct RegionRow {
     pub end: u64,
     pub size: u64,
     pub nr_accesses: u32,
+    /// No sample could tell accessed from idle: the rates below are 0 and mean nothing.
+    pub unknown: bool,
     /// Share of the aggregation's samples that found an access.
     pub access_percent: f64,
     /// Accesses per second: nr_accesses / aggregation interval.
@@ -35,6 +37,8 @@ pub struct AccessReport {
     pub nr_regions: usize,
     pub total_bytes: u64,
     pub working_set_bytes: u64,
+    /// Bytes that could not be monitored (neither idle nor in the working set).
+    pub unknown_bytes: u64,
     pub regions: Vec<RegionRow>,
 }
 
@@ -54,6 +58,7 @@ pub fn report(
         nr_regions: s.regions.len(),
         total_bytes: s.total_bytes(),
         working_set_bytes: s.working_set(1),
+        unknown_bytes: s.unknown_bytes(),
         regions: s
             .regions
             .iter()
@@ -62,6 +67,7 @@ pub fn report(
                 end: r.end,
                 size: r.size(),
                 nr_accesses: r.nr_accesses,
+                unknown: r.unknown,
                 access_percent: 100.0 * r.nr_accesses as f64 / max,
                 access_hz: r.nr_accesses as f64 / aggr_s,
                 age: r.age,
@@ -79,7 +85,7 @@ pub fn render(
     width: usize,
 ) -> String {
     let mut out = format!(
-        "target {} snapshot {} at {:.1} s: {} regions, {} total, working set {}\n",
+        "target {} snapshot {} at {:.1} s: {} regions, {} total, working set {}",
         report.target_id,
         report.snapshot,
         report.end_ns as f64 / 1e9,
@@ -87,6 +93,10 @@ pub fn render(
         format_size(report.total_bytes),
         format_size(report.working_set_bytes),
     );
+    if report.unknown_bytes > 0 {
+        out.push_str(&format!(", {} unknown", format_size(report.unknown_bytes)));
+    }
+    out.push('\n');
     let rows: Vec<Vec<String>> = report
         .regions
         .iter()
@@ -96,8 +106,8 @@ pub fn render(
                 i.to_string(),
                 format!("{:#x}", r.start),
                 format_size(r.size),
-                format!("{:.0} %", r.access_percent),
-                format!("{:.0}", r.access_hz),
+                if r.unknown { "unknown".into() } else { format!("{:.0} %", r.access_percent) },
+                if r.unknown { "-".into() } else { format!("{:.0}", r.access_hz) },
                 r.age.to_string(),
                 format_age(r.age_us),
             ]

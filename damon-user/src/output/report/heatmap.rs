@@ -64,7 +64,8 @@ impl Heatmap {
             let time_cells = overlaps(t0, t1.max(t0 + 1.0), time_bin, time_bins);
             for r in &s.regions {
                 let (lo, hi) = clip(r);
-                if lo >= hi {
+                // Unknown memory is neither idle nor hot: it shows as no data.
+                if lo >= hi || r.unknown {
                     continue;
                 }
                 let rate = r.nr_accesses as f64 / max_accesses.max(1) as f64;
