@@ -311,6 +311,10 @@ fn the_service_unit_runs_with_exactly_the_capabilities_it_needs() {
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
     let out = udamon_as_nobody_with(&caps, &["check"]).expect("setpriv");
     assert!(out.status.success(), "{}", text(&out.stdout));
+    // Without CAP_SYS_ADMIN pagemap hides frames: the calibration says how it was checked.
+    let stdout = text(&out.stdout);
+    let layout = stdout.lines().find(|l| l.starts_with("page-table layout")).unwrap_or_default();
+    assert!(layout.contains("checked by a read through the direct map"), "{layout}");
     let mut root_owned = std::process::Command::new("sleep").arg("60").spawn().unwrap();
     let pid = root_owned.id().to_string();
     let out = udamon_as_nobody_with(&caps, &["monitor", "--duration", "1s", "--every", "5", &pid]);

@@ -50,6 +50,11 @@ impl Verified {
     }
 }
 
+/// Reads kernel words.
+trait KernelMemory {
+    fn read(&self, address: u64) -> Option<u64>;
+}
+
 /// Reads kernel words by test-running `peek`.
 struct Peek<'a> {
     program: &'a RawTracePoint,
@@ -65,7 +70,9 @@ impl Peek<'_> {
         let result = self.out.get(&0, 0).ok()?;
         (result.error == 0).then_some(result.value)
     }
+}
 
+impl KernelMemory for Peek<'_> {
     fn read(&self, address: u64) -> Option<u64> {
         self.run(PEEK_READ, address)
     }
@@ -102,7 +109,7 @@ fn attempt(peek: &Peek, offsets: Offsets) -> Result<Layout> {
     let anchors = Anchors { pgd, others: [mm, task] };
     // 5-level kernels translate nothing consistently as 4 levels, and vice versa.
     for levels in [4, 5] {
-        if let Some(page_offset_base) = find_base(peek, &anchors, levels) {
+        if let Some(page_offset_base) = find_base(peek, &anchors, levels, physical_span()) {
             let mut layout =
                 Layout { levels, page_offset_base, offsets, verified: Verified::DirectMapRead };
             layout.verified = verify(peek, pgd, &layout)?;
@@ -116,7 +123,13 @@ fn attempt(peek: &Peek, offsets: Offsets) -> Result<Layout> {
 
 /// Translates `addr` through the tables rooted at `root` (a direct-map address), assuming the
 /// direct map starts at `base`. `None` on any read failure or missing entry.
-fn translate(peek: &Peek, root: u64, addr: u64, base: u64, levels: u32) -> Option<u64> {
+fn translate(
+    peek: &impl KernelMemory,
+    root: u64,
+    addr: u64,
+    base: u64,
+    levels: u32,
+) -> Option<u64> {
     let mut table = root;
     for level in (1..=levels).rev() {
         let shift = PAGE_SHIFT + LEVEL_BITS * (level - 1);
@@ -137,10 +150,15 @@ fn translate(peek: &Peek, root: u64, addr: u64, base: u64, levels: u32) -> Optio
 /// tables translate every anchor (each a direct-map address) to itself minus the base. One
 /// anchor alone can be matched by chance (tables at another offset of physical memory); three
 /// cannot.
-fn find_base(peek: &Peek, anchors: &Anchors, levels: u32) -> Option<u64> {
+fn find_base(
+    peek: &impl KernelMemory,
+    anchors: &Anchors,
+    levels: u32,
+    physical_span: u64,
+) -> Option<u64> {
     let highest = anchors.pgd / GIB * GIB;
     // The base lies at most the highest physical address below pgd.
-    let candidates = physical_span() / GIB + 1;
+    let candidates = physical_span / GIB + 1;
     let consistent = |base: u64| {
         std::iter::once(anchors.pgd).chain(anchors.others).all(|addr| {
             addr >= base && translate(peek, anchors.pgd, addr, base, levels) == Some(addr - base)
@@ -189,5 +207,66 @@ fn verify(peek: &Peek, pgd: u64, layout: &Layout) -> Result<Verified> {
             layout.page_offset_base,
             layout.levels
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use damon_common::x86::PMD_SIZE;
+
+    use super::*;
+
+    /// Kernel memory as a map from addresses to words; anything else reads as a fault.
+    struct Memory(HashMap<u64, u64>);
+
+    impl KernelMemory for Memory {
+        fn read(&self, address: u64) -> Option<u64> {
+            self.0.get(&address).copied()
+        }
+    }
+
+    fn index(addr: u64, level: u32) -> u64 {
+        (addr >> (PAGE_SHIFT + LEVEL_BITS * (level - 1))) & 511
+    }
+
+    impl Memory {
+        /// Maps direct-map address `addr` (base `base`) through a PUD table at physical `pud`
+        /// and a PMD table at physical `pmd` to a 2 MiB page: the tables the kernel would have.
+        fn map(&mut self, pgd: u64, addr: u64, base: u64, (pud, pmd): (u64, u64)) {
+            self.0.insert(pgd + index(addr, 4) * 8, pud | PRESENT);
+            self.0.insert(base + pud + index(addr, 3) * 8, pmd | PRESENT);
+            let frame = (addr - base) / PMD_SIZE * PMD_SIZE;
+            self.0.insert(base + pmd + index(addr, 2) * 8, frame | PRESENT | HUGE);
+        }
+    }
+
+    /// Early in a machine's life other physical memory can hold tables that translate the page
+    /// tables' own address consistently for a wrong base (seen: 5 GiB too high). The mm and the
+    /// task, translated through the same root, expose it; the lowest consistent base wins.
+    #[test]
+    fn a_base_that_translates_only_the_page_tables_is_not_taken() {
+        let base = 0xffff_8880_0000_0000;
+        // All above the decoy base, so only the translation can tell them apart.
+        let (pgd, mm, task) = (base + 8 * GIB, base + 6 * GIB + 0x20_0000, base + 7 * GIB + 0x40_0000);
+        let mut memory = Memory(HashMap::new());
+        memory.map(pgd, pgd, base, (0x10_0000, 0x20_0000));
+        memory.map(pgd, mm, base, (0x10_0000, 0x30_0000));
+        memory.map(pgd, task, base, (0x10_0000, 0x40_0000));
+        // The decoy: 5 GiB up, tables that translate pgd to pgd minus the decoy base.
+        let decoy = base + 5 * GIB;
+        memory.0.insert(decoy + 0x10_0000 + index(pgd, 3) * 8, 0x50_0000 | PRESENT);
+        let frame = (pgd - decoy) / PMD_SIZE * PMD_SIZE;
+        memory.0.insert(decoy + 0x50_0000 + index(pgd, 2) * 8, frame | PRESENT | HUGE);
+        assert_eq!(
+            translate(&memory, pgd, pgd, decoy, 4),
+            Some(pgd - decoy),
+            "the decoy is consistent for the page tables alone"
+        );
+        let anchors = Anchors { pgd, others: [mm, task] };
+        assert_eq!(find_base(&memory, &anchors, 4, 64 * GIB), Some(base));
+        let pgd_only = Anchors { pgd, others: [pgd, pgd] };
+        assert_eq!(find_base(&memory, &pgd_only, 4, 64 * GIB), Some(base), "lowest first");
     }
 }
