@@ -124,7 +124,7 @@ fn main() {
         let runs: Vec<Duration> = (0..3)
             .map(|_| {
                 let t = Instant::now();
-                sim::run(&reproducer, policy, 1, CoreVersion::Newest).unwrap();
+                sim::run(&reproducer, sim::Choices { policy, ..Default::default() }, 1).unwrap();
                 t.elapsed()
             })
             .collect();

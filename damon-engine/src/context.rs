@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     attrs::Attrs,
     merge::{self, MergeParams},
-    ops::Operations,
-    region::{Access, Target},
+    ops::{NO_PREPARE, Operations},
+    region::{Access, QUIET, Region, STRIDE, Target},
     rng::{RandVersion, Rng},
+    sampling::{self, Sampling},
     split::{self, Classic, Policy, SplitEnv, SplitPolicy},
     tune,
     waste::RecentSplits,
@@ -83,6 +84,8 @@ pub struct Config {
     pub seed: u64,
     /// Smallest region and split granularity (a power of two; a page for address spaces).
     pub min_region_sz: u64,
+    /// Every region every interval (the kernel's way), or as often as each needs.
+    pub sampling: Sampling,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             version: CoreVersion::Newest,
             seed: 0,
             min_region_sz: MIN_REGION_SZ,
+            sampling: Sampling::Every,
         }
     }
 }
@@ -118,6 +122,10 @@ pub struct Context {
     next_ops_update: u64,
     next_tune: u64,
     sz_limit: u64,
+    /// `passed` at the last aggregation: window ticks count from it.
+    window_start: u64,
+    /// The `stride_log`s in use, as bits (see `note_strides`).
+    strides: u32,
     /// Whether the operations or a dropped target changed the regions since the size limit was
     /// last applied. Merge and split keep the total size and respect the limit, so without such
     /// a change the kernel's per-aggregation re-application would find nothing to do.
@@ -146,6 +154,8 @@ impl Context {
             next_ops_update: 0,
             next_tune: 0,
             sz_limit: 0,
+            window_start: 0,
+            strides: 1,
             regions_changed: true,
             policy: config.policy.build(),
             classic: Classic::default(),
@@ -207,6 +217,7 @@ impl Context {
             return Err(err);
         }
         self.regions_changed = true;
+        self.note_strides();
         self.prepare(ops);
         Ok(())
     }
@@ -223,11 +234,13 @@ impl Context {
     pub fn start(&mut self, ops: &mut (impl Operations + ?Sized)) -> Result<()> {
         let attrs = self.config.attrs;
         self.passed = 0;
+        self.window_start = 0;
         self.next_aggregation = attrs.aggr_in_samples();
         self.next_ops_update = attrs.ops_update_in_samples();
         self.next_tune = self.next_aggregation * attrs.intervals_goal.aggrs as u64;
         ops.init(&mut self.targets)?;
         self.apply_min_nr_regions();
+        self.note_strides();
         self.prepare(ops);
         Ok(())
     }
@@ -245,21 +258,25 @@ impl Context {
         let aggregate = self.passed >= next_aggregation;
         let update = self.passed >= next_ops_update;
         let n = self.nr_regions();
+        let tick = self.window_tick();
         self.results.clear();
         reserve_modestly(&mut self.results, n);
-        self.results.resize(n, Access::Idle);
+        let window = self.aggr_samples;
+        let due =
+            |r: &Region| if r.checked_at(tick, window) { Access::Idle } else { Access::NotChecked };
+        self.results.extend(self.targets.iter().flat_map(|t| &t.regions).map(due));
         let reshape = aggregate || update;
         if reshape {
             ops.check_accesses(&self.targets, &mut self.results);
         } else {
             // Regions stay as they are until the next check: choose its addresses now, so the
             // operations can check the old ones and prepare the new ones together.
-            self.choose_addrs();
+            self.choose_addrs(tick);
             ops.check_and_prepare(&self.targets, &self.addrs, &mut self.results);
         }
-        let max_nr_accesses = self.record_results(!reshape);
+        let (max_nr_accesses, checked) = self.record_results(!reshape);
         self.counters.samples += 1;
-        self.counters.checks += n as u64;
+        self.counters.checks += checked;
 
         let mut step = Step::default();
         if aggregate {
@@ -280,6 +297,7 @@ impl Context {
             self.next_ops_update = next_ops_update + self.config.attrs.ops_update_in_samples();
             ops.update(&mut self.targets)?;
             self.regions_changed = true;
+            self.note_strides();
         }
         if reshape {
             self.prepare(ops);
@@ -322,7 +340,9 @@ impl Context {
             }
         }
         self.next_aggregation = next_aggregation + self.config.attrs.aggr_in_samples();
+        self.window_start = self.passed;
         on_aggregated(self);
+        self.plan_samples();
         let rand_version = self.rand_version();
         let mut env = SplitEnv {
             max_nr_regions: attrs.max_nr_regions as usize,
@@ -336,6 +356,7 @@ impl Context {
         };
         split::reset_and_split(&mut self.targets, &mut *self.policy, &mut self.classic, &mut env);
         self.counters.aggregations += 1;
+        self.note_strides();
     }
 
     /// `damon_set_attrs` from the tuner: same samples per aggregation, so counts keep their
@@ -371,38 +392,100 @@ impl Context {
     }
 
     /// A random address in every region, into `self.addrs`.
-    fn choose_addrs(&mut self) {
+    /// For the regions the step at window tick `tick` prepares, a random address; the others
+    /// `NO_PREPARE`.
+    fn choose_addrs(&mut self, tick: u64) {
         let version = self.rand_version();
         let n = self.nr_regions();
         self.addrs.clear();
         reserve_modestly(&mut self.addrs, n);
         for r in self.targets.iter().flat_map(|t| &t.regions) {
-            self.addrs.push(self.rng.range(r.start, r.end, version));
+            let addr = if r.prepared_at(tick, self.aggr_samples) {
+                self.rng.range(r.start, r.end, version)
+            } else {
+                NO_PREPARE
+            };
+            self.addrs.push(addr);
         }
     }
 
+    /// Prepares the regions due at this step, after it reshaped them.
     fn prepare(&mut self, ops: &mut (impl Operations + ?Sized)) {
-        self.choose_addrs();
+        self.choose_addrs(self.window_tick());
         ops.prepare_access_checks(&self.targets, &self.addrs);
         self.adopt_addrs();
     }
 
     fn adopt_addrs(&mut self) {
         let regions = self.targets.iter_mut().flat_map(|t| &mut t.regions);
-        for (r, &addr) in regions.zip(&self.addrs) {
+        for (r, &addr) in regions.zip(&self.addrs).filter(|(_, a)| **a != NO_PREPARE) {
             r.sampling_addr = addr;
         }
     }
 
-    /// At the end of a window, the counts of regions with unknown samples come from the samples
-    /// that could tell, on the same scale (samples per aggregation): unknowns are not idleness.
-    /// Returns the largest count after scaling. Regions without unknowns keep their counts.
+    /// Sample intervals passed in the current aggregation window (0 right after an aggregation).
+    fn window_tick(&self) -> u64 {
+        self.passed - self.window_start
+    }
+
+    /// How many of the coming sample intervals need nothing at all (no region checked or
+    /// prepared, no aggregation or update): the caller may sleep through them and `skip` them.
+    /// Always 0 under `Sampling::Every`.
+    pub fn idle_ticks(&self) -> u64 {
+        let strides = self.strides;
+        let busy = |tick: u64| {
+            let passed = self.window_start + tick;
+            let used = |log: u32, quiet: bool| strides & (1 << (log + 16 * quiet as u32)) != 0;
+            passed >= self.next_aggregation
+                || passed >= self.next_ops_update
+                || (0..16).any(|log| {
+                    let due = tick.is_multiple_of(1 << log);
+                    (used(log, false) && (due || (tick + 1).is_multiple_of(1 << log)))
+                        || (used(log, true) && due)
+                })
+        };
+        let first = self.window_tick() + 1;
+        (first..).take_while(|&tick| !busy(tick)).count() as u64
+    }
+
+    /// Lets `ticks` idle sample intervals pass (see `idle_ticks`).
+    pub fn skip(&mut self, ticks: u64) {
+        debug_assert!(ticks <= self.idle_ticks(), "skipping busy ticks");
+        self.passed += ticks;
+        self.counters.samples += ticks;
+    }
+
+    /// Which plans the regions use: bit `log` for a stride of `1 << log`, bit `16 + log` for
+    /// a quiet one.
+    fn note_strides(&mut self) {
+        self.strides = self.targets.iter().flat_map(|t| &t.regions).fold(0, |m, r| {
+            m | 1 << ((r.plan & STRIDE) as u32 + 16 * (r.plan & QUIET != 0) as u32)
+        });
+    }
+
+    /// Under adaptive sampling, at the end of a window (before the reset; pieces of a split
+    /// keep the plan): each region's stride for the next one.
+    fn plan_samples(&mut self) {
+        if self.config.sampling != Sampling::Adaptive {
+            return;
+        }
+        let (window, samples) = (self.aggr_samples as u32, self.config.attrs.samples_per_aggr());
+        for r in self.targets.iter_mut().flat_map(|t| &mut t.regions) {
+            sampling::plan(r, window, samples);
+        }
+    }
+
+    /// At the end of a window, counts come from the samples that could tell (not every
+    /// interval under adaptive sampling; unknowns are not idleness), on the kernel's scale of
+    /// samples per aggregation. Returns the largest count after scaling. Regions sampled every
+    /// interval without unknowns keep their counts.
     fn scale_to_known(&mut self) -> u32 {
         let samples = self.config.attrs.samples_per_aggr();
+        let window = self.aggr_samples as u32;
         let mut max = 0;
         for r in self.targets.iter_mut().flat_map(|t| &mut t.regions) {
-            let known = samples.saturating_sub(r.unknown.into());
-            if r.unknown > 0 && known > 0 {
+            let known = r.known(window);
+            if known < samples && known > 0 {
                 let scaled =
                     (r.nr_accesses as u64 * samples as u64 + known as u64 / 2) / known as u64;
                 r.nr_accesses = scaled.min(samples as u64) as u32;
@@ -413,19 +496,28 @@ impl Context {
     }
 
     /// Adds this sample to every region; returns the largest `nr_accesses` afterwards.
-    fn record_results(&mut self, adopt_next: bool) -> u32 {
-        let mut max = 0;
-        let quarters = self.policy.keeps_evidence();
+    /// Adds this sample to the regions checked; returns the largest `nr_accesses` afterwards,
+    /// and how many were checked.
+    fn record_results(&mut self, adopt_next: bool) -> (u32, u64) {
+        let (mut max, mut checked) = (0, 0);
+        // Adaptive sampling plans from the evidence too.
+        let quarters = self.policy.keeps_evidence() || self.config.sampling == Sampling::Adaptive;
         let regions = self.targets.iter_mut().flat_map(|t| &mut t.regions);
         for (r, &access) in regions.zip(&self.results) {
-            if access == Access::Unknown {
-                self.counters.unknown += 1;
-                r.unknown = r.unknown.saturating_add(1);
-            } else {
-                let accessed = access == Access::Accessed;
-                r.nr_accesses += accessed as u32;
-                if quarters {
-                    r.quarters.record(r.sampling_addr - r.start, r.size(), accessed);
+            match access {
+                Access::NotChecked => {}
+                Access::Unknown => {
+                    checked += 1;
+                    self.counters.unknown += 1;
+                    r.unknown = r.unknown.saturating_add(1);
+                }
+                Access::Accessed | Access::Idle => {
+                    checked += 1;
+                    let accessed = access == Access::Accessed;
+                    r.nr_accesses += accessed as u32;
+                    if quarters {
+                        r.quarters.record(r.sampling_addr - r.start, r.size(), accessed);
+                    }
                 }
             }
             max = max.max(r.nr_accesses);
@@ -433,7 +525,7 @@ impl Context {
         if adopt_next {
             self.adopt_addrs();
         }
-        max
+        (max, checked)
     }
 }
 
@@ -623,7 +715,8 @@ mod tests {
             fn prepare_access_checks(&mut self, _: &[Target], _: &[u64]) {}
             fn check_accesses(&mut self, _: &[Target], results: &mut [Access]) {
                 self.0 += 1;
-                let known = if self.0.is_multiple_of(2) { Access::Accessed } else { Access::Unknown };
+                let known =
+                    if self.0.is_multiple_of(2) { Access::Accessed } else { Access::Unknown };
                 results.fill(known);
                 results[0] = Access::Unknown;
             }

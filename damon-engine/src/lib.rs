@@ -20,6 +20,7 @@ mod merge;
 mod ops;
 mod region;
 pub mod rng;
+mod sampling;
 pub mod set_regions;
 pub mod sim;
 mod split;
@@ -30,8 +31,9 @@ mod waste;
 pub use self::{
     attrs::{Attrs, IntervalsGoal},
     context::{Config, Context, CoreVersion, Counters, MIN_REGION_SZ, Step},
-    ops::Operations,
+    ops::{NO_PREPARE, Operations},
     region::{Access, Region, Target},
+    sampling::Sampling,
     split::SplitPolicy,
 };
 

@@ -34,11 +34,18 @@ pub(crate) fn merge_regions(
 ) {
     let mut threshold = p.threshold;
     let mut count_age = true;
+    // The policy may keep neighbours apart in the first pass only, so the retries can always
+    // bring the count down (legacy counts ages in every pass: that is not the same flag).
+    let mut first = true;
     loop {
         let nr: usize = targets
             .iter_mut()
-            .map(|t| merge_regions_of(t, threshold, p, count_age, (&mut *counters, &mut *recent)))
+            .map(|t| {
+                let pass = Pass { threshold, count_age, guard: first };
+                merge_regions_of(t, pass, p, (&mut *counters, &mut *recent))
+            })
             .sum();
+        first = false;
         match p.version {
             CoreVersion::Newest => {
                 count_age = false;
@@ -62,11 +69,19 @@ pub(crate) fn merge_regions(
 }
 
 /// One pass over a target: regions collapse left to right into the last kept region.
+/// One merge pass's settings.
+#[derive(Clone, Copy)]
+struct Pass {
+    threshold: u32,
+    count_age: bool,
+    /// Whether the policy may keep neighbours apart.
+    guard: bool,
+}
+
 fn merge_regions_of(
     target: &mut Target,
-    threshold: u32,
+    Pass { threshold, count_age, guard }: Pass,
     p: &MergeParams,
-    count_age: bool,
     (counters, recent): (&mut Counters, &mut RecentSplits),
 ) -> usize {
     let regions = &mut target.regions;
@@ -82,7 +97,7 @@ fn merge_regions_of(
                 && prev.nr_accesses.abs_diff(r.nr_accesses) <= threshold
                 && prev.size() + r.size() <= p.sz_limit
                 && prev.all_unknown(p.samples) == r.all_unknown(p.samples)
-                && !(count_age && p.policy.keeps_apart(prev, r))
+                && !(guard && p.policy.keeps_apart(prev, r))
             {
                 if recent.merged(target.id, r.start, p.aggregation) {
                     counters.wasted_splits += 1;

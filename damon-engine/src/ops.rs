@@ -1,11 +1,16 @@
 //! The operations trait: how a source of access information plugs into the engine, in the spirit
 //! of the kernel's `damon_operations`. The engine owns regions and randomness; operations own the
 //! address space (VMAs, page tables, a simulated truth). All calls are batched: one call covers
-//! every region of every target.
+//! every region of every target. Under adaptive sampling not every region is checked or
+//! prepared every tick: a region left out is marked (`Access::NotChecked` in `results`,
+//! `NO_PREPARE` in the addresses), and the operations leave it alone.
 
 use anyhow::Result;
 
 use crate::region::{Access, Target};
+
+/// In the addresses to prepare: this region is not prepared now.
+pub const NO_PREPARE: u64 = u64::MAX;
 
 pub trait Operations {
     /// Gives targets without regions their initial regions (vaddr: the "three regions").
@@ -15,11 +20,12 @@ pub trait Operations {
     fn update(&mut self, targets: &mut [Target]) -> Result<()>;
 
     /// Clears the accessed state at `addrs` (one per region, targets in order, regions in
-    /// address order) so the next check sees only accesses from now on.
+    /// address order; `NO_PREPARE` for regions not prepared now) so the next check sees only
+    /// accesses from now on.
     fn prepare_access_checks(&mut self, targets: &[Target], addrs: &[u64]);
 
     /// Reports, for each region in the same order, what its `sampling_addr` saw since it was
-    /// prepared.
+    /// prepared; slots that hold `Access::NotChecked` on entry are not asked for and stay so.
     fn check_accesses(&mut self, targets: &[Target], results: &mut [Access]);
 
     /// Both of the above in one go, for the common tick where regions do not change between the

@@ -14,8 +14,11 @@ pub struct Region {
     /// Aggregations for which the access pattern has stayed the same.
     pub age: u32,
     /// Page faults seen in this region during the current aggregation (a certain access each,
-    /// reported by operations that can see faults).
-    pub faults: u16,
+    /// reported by operations that can see faults), saturating.
+    pub faults: u8,
+    /// How the region is sampled in this aggregation (see `sampling`): every `1 << (plan &
+    /// STRIDE)` intervals (0: every interval, as the kernel), in long samples if `QUIET`.
+    pub(crate) plan: u8,
     /// Samples of the current aggregation that could not tell accessed from idle
     /// (`Access::Unknown`), saturating.
     pub unknown: u16,
@@ -90,6 +93,7 @@ impl Region {
             last_nr_accesses: 0,
             age: 0,
             faults: 0,
+            plan: 0,
             unknown: 0,
             quarters: Quarters::default(),
         }
@@ -99,10 +103,39 @@ impl Region {
         self.end - self.start
     }
 
-    /// Whether none of the window's `samples` could tell accessed from idle: the region's
-    /// memory cannot be monitored now (counted up to 65535 samples per window).
-    pub fn all_unknown(&self, samples: u32) -> bool {
-        samples > 0 && u32::from(self.unknown) >= samples.min(u16::MAX.into())
+    /// Whether none of the window's samples could tell accessed from idle: the region's memory
+    /// cannot be monitored now. `window` is the sample intervals per aggregation.
+    pub fn all_unknown(&self, window: u32) -> bool {
+        window > 0 && self.known(window) == 0
+    }
+
+    /// Intervals of a window of `window` that samples read (unknown ones counted up to 65535):
+    /// one per sample, or a quiet sample's whole span.
+    pub fn known(&self, window: u32) -> u32 {
+        let stride = 1u32 << (self.plan & STRIDE);
+        if self.plan & QUIET == 0 {
+            return (window / stride).saturating_sub(self.unknown.into());
+        }
+        let observations = window.div_ceil(stride);
+        let unread = u32::from(self.unknown).min(observations);
+        window / observations * (observations - unread)
+    }
+
+    /// Whether tick `tick` of a window of `window` intervals (1 = the first) checks this region.
+    pub(crate) fn checked_at(&self, tick: u64, window: u64) -> bool {
+        let quiet = self.plan & QUIET != 0;
+        tick.is_multiple_of(1 << (self.plan & STRIDE)) || (quiet && tick == window)
+    }
+
+    /// Whether the step at tick `tick` (0: right after an aggregation) prepares this region: the
+    /// tick before its check, or, quiet, at its check (a sample spans until the next).
+    pub(crate) fn prepared_at(&self, tick: u64, window: u64) -> bool {
+        let stride = 1 << (self.plan & STRIDE);
+        if self.plan & QUIET != 0 {
+            tick.is_multiple_of(stride) && tick < window
+        } else {
+            (tick + 1).is_multiple_of(stride)
+        }
     }
 
     /// Closes an aggregation window: its count becomes the last one and the counters restart.
@@ -122,6 +155,8 @@ pub enum Access {
     /// The check cannot tell (a page the clear cannot reset, such as one shared with another
     /// process): not counted as an access, nor as evidence.
     Unknown,
+    /// Not checked this tick (adaptive sampling): set by the engine, left by the operations.
+    NotChecked,
 }
 
 /// One monitored address space. `id` is the operations' handle for it (a pid, for vaddr).
@@ -145,6 +180,11 @@ impl Target {
         self.regions.iter().map(Region::size).sum()
     }
 }
+
+/// `Region::plan`: the stride's log, and whether samples are quiet (long, for memory expected
+/// idle: a clear accessed bit after many intervals proves them all idle).
+pub(crate) const STRIDE: u8 = 0x0f;
+pub(crate) const QUIET: u8 = 0x80;
 
 pub(crate) const fn align_down(x: u64, align: u64) -> u64 {
     x / align * align

@@ -2,12 +2,13 @@
 //! claims docs/design.md makes about the policies. Runs in release (`cargo xtask test`) in seconds.
 
 use damon_engine::{
-    CoreVersion, SplitPolicy,
-    sim::{self, RunReport, builtin},
+    SplitPolicy,
+    sim::{self, Choices, RunReport, builtin},
 };
 
 fn run(scenario: &str, policy: SplitPolicy, seed: u64) -> RunReport {
-    sim::run(&builtin::get(scenario).unwrap(), policy, seed, CoreVersion::Newest).unwrap()
+    let choices = Choices { policy, ..Choices::default() };
+    sim::run(&builtin::get(scenario).unwrap(), choices, seed).unwrap()
 }
 
 /// Mean nr_regions over the last ten simulated minutes (600 aggregations of 1 s).

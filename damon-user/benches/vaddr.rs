@@ -95,8 +95,7 @@ fn cpu_per_check() {
     // SAFETY: stopping our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
     let attrs = Attrs { min_nr_regions: 1000, max_nr_regions: 1000, ..Attrs::default() };
-    let config =
-        MonitorConfig { attrs, policy: Default::default(), version: Default::default(), seed: 1 };
+    let config = MonitorConfig { attrs, seed: 1, ..Default::default() };
     let (tx, _events) = tokio::sync::mpsc::unbounded_channel();
     let monitor =
         Monitor::start(config, VaddrOps::load().expect("data plane"), &[child.id()], tx, false)
@@ -154,12 +153,7 @@ fn overhead() {
     let (mut child, rx) = memory_loop();
     let pid = child.id();
     throughput(&rx, pid, 2); // warm up
-    let config = MonitorConfig {
-        attrs: Attrs::default(),
-        policy: Default::default(),
-        version: Default::default(),
-        seed: 1,
-    };
+    let config = MonitorConfig { attrs: Attrs::default(), seed: 1, ..Default::default() };
     let (mut wall, mut cpu, mut clears_per_second, mut regions) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let started = Instant::now();

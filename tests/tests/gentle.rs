@@ -50,8 +50,7 @@ type Expect = (&'static str, (u64, u64), fn(f64, bool) -> bool);
 /// checks (for memory that changes kind while monitored).
 fn watch(child: &OddChild, expect: &[Expect], from: Duration) {
     let attrs = Attrs { ops_update_us: 1_000_000, ..Attrs::default() };
-    let config =
-        MonitorConfig { attrs, policy: Default::default(), version: Default::default(), seed: 1 };
+    let config = MonitorConfig { attrs, seed: 1, ..Default::default() };
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let ops = VaddrOps::load().expect("the data plane");
     let monitor = Monitor::start(config, ops, &[child.pid], tx, false).expect("monitor");

@@ -125,12 +125,7 @@ fn a_target_that_exits_is_dropped_and_reported() {
         return;
     }
     let child = Child::spawn(32);
-    let config = MonitorConfig {
-        attrs: Attrs::default(),
-        policy: Default::default(),
-        version: Default::default(),
-        seed: 1,
-    };
+    let config = MonitorConfig { attrs: Attrs::default(), seed: 1, ..Default::default() };
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let monitor =
         Monitor::start(config, VaddrOps::load().unwrap(), &[child.pid], tx, false).unwrap();

@@ -12,9 +12,17 @@ use serde::Serialize;
 pub use self::ops::SimOps;
 use self::{scenario::Scenario, truth::describes};
 use crate::{
-    Config, Context, CoreVersion, SplitPolicy, Target,
+    Config, Context, CoreVersion, Sampling, SplitPolicy, Target,
     units::{Micros, Size},
 };
+
+/// The engine's choices a run is made with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Choices {
+    pub policy: SplitPolicy,
+    pub version: CoreVersion,
+    pub sampling: Sampling,
+}
 
 /// A change counts as detected once regions inside the changed area, with estimates within
 /// this of the new probability, cover this share of it.
@@ -35,6 +43,7 @@ pub struct Detection {
 pub struct RunReport {
     pub scenario: String,
     pub policy: SplitPolicy,
+    pub sampling: Sampling,
     /// The first seed; `runs` consecutive seeds from it were averaged.
     pub seed: u64,
     pub runs: u64,
@@ -61,17 +70,14 @@ struct Watch {
     since: u64,
 }
 
-/// Runs `scenario` (with its attributes) under `policy`.
-pub fn run(
-    scenario: &Scenario,
-    policy: SplitPolicy,
-    seed: u64,
-    version: CoreVersion,
-) -> Result<RunReport> {
+/// Runs `scenario` (with its attributes) under `choices`.
+pub fn run(scenario: &Scenario, choices: Choices, seed: u64) -> Result<RunReport> {
     scenario.validate()?;
     let truth = scenario.initial_truth();
     let target = Target { id: 0, regions: scenario.initial_regions(&truth) };
-    let config = Config { attrs: scenario.attrs, policy, version, seed, ..Config::default() };
+    let Choices { policy, version, sampling } = choices;
+    let config =
+        Config { attrs: scenario.attrs, policy, version, seed, sampling, ..Config::default() };
     let mut ctx = Context::new(config, vec![target])?;
     let mut ops = SimOps::new(truth, seed);
     ctx.start(&mut ops)?;
@@ -137,6 +143,7 @@ pub fn run(
     Ok(RunReport {
         scenario: scenario.name.clone(),
         policy,
+        sampling,
         seed,
         runs: 1,
         max_nr_regions: scenario.attrs.max_nr_regions,
@@ -154,16 +161,9 @@ pub fn run(
 
 /// `runs` runs with consecutive seeds from `seed`, summarised: means of the per-run metrics,
 /// every run's detections, and the first run's `nr_regions` series.
-pub fn run_many(
-    scenario: &Scenario,
-    policy: SplitPolicy,
-    seed: u64,
-    runs: u64,
-    version: CoreVersion,
-) -> Result<RunReport> {
-    let reports: Vec<RunReport> = (seed..seed + runs.max(1))
-        .map(|s| run(scenario, policy, s, version))
-        .collect::<Result<_>>()?;
+pub fn run_many(scenario: &Scenario, choices: Choices, seed: u64, runs: u64) -> Result<RunReport> {
+    let reports: Vec<RunReport> =
+        (seed..seed + runs.max(1)).map(|s| run(scenario, choices, s)).collect::<Result<_>>()?;
     let n = reports.len() as f64;
     let mean = |f: fn(&RunReport) -> f64| reports.iter().map(f).sum::<f64>() / n;
     let mean_count =
@@ -181,12 +181,15 @@ pub fn run_many(
     })
 }
 
-/// Every policy on one scenario with the same seeds.
+/// Every policy on one scenario with the same seeds (`choices.policy` aside).
 pub fn compare(
     scenario: &Scenario,
+    choices: Choices,
     seed: u64,
     runs: u64,
-    version: CoreVersion,
 ) -> Result<Vec<RunReport>> {
-    SplitPolicy::ALL.iter().map(|&policy| run_many(scenario, policy, seed, runs, version)).collect()
+    SplitPolicy::ALL
+        .iter()
+        .map(|&policy| run_many(scenario, Choices { policy, ..choices }, seed, runs))
+        .collect()
 }

@@ -39,11 +39,13 @@ fn keep_apart(left: &Quarters, right: &Quarters) -> bool {
     differ(tally(left, 0..4), tally(right, 0..4), Z_KEEP)
 }
 
-/// Weighs the window just finished (now `last_nr_accesses`) against the region's evidence, and
-/// lets the evidence fade or go when they disagree.
-fn reconsider(r: &mut Region, samples: u32) {
+/// Weighs the window just finished (now `last_nr_accesses`, on the scale of `samples`, from
+/// `known` real samples) against the region's evidence, and lets the evidence fade or go when
+/// they disagree.
+fn reconsider(r: &mut Region, known: u32, samples: u32) {
     let evidence = tally(&r.quarters, 0..4);
-    let Some((num, den)) = z_squared((r.last_nr_accesses, samples), evidence) else { return };
+    let hits = (r.last_nr_accesses as u64 * known as u64 / samples.max(1) as u64) as u32;
+    let Some((num, den)) = z_squared((hits, known), evidence) else { return };
     if num >= Z_FORGET * Z_FORGET * den {
         r.quarters = Quarters::default();
     } else if num >= Z_HALVE * Z_HALVE * den {
@@ -149,8 +151,9 @@ impl Policy for Adaptive {
         for target in targets.iter_mut() {
             let mut found = Vec::new();
             for (i, r) in target.regions.iter_mut().enumerate() {
+                let known = r.known(env.samples);
                 r.reset_window();
-                reconsider(r, env.samples);
+                reconsider(r, known, env.samples);
                 if wanted {
                     let boundaries = boundaries(&r.quarters);
                     if boundaries[0].is_some() {
@@ -263,7 +266,7 @@ mod tests {
 
     fn reconsider_with(r: &mut Region, window: u32) {
         r.last_nr_accesses = window;
-        reconsider(r, 20);
+        reconsider(r, 20, 20);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 mod adaptive;
 mod age_zero;
 mod cut;
-mod evidence;
+pub(crate) mod evidence;
 mod fraction;
 mod legacy;
 

@@ -10,7 +10,7 @@ use clap::{
     builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _},
 };
 use damon_engine::{
-    Attrs, CoreVersion, SplitPolicy,
+    Attrs, CoreVersion, Sampling, SplitPolicy,
     units::{Micros, parse_duration_us},
 };
 use serde::Deserialize;
@@ -47,11 +47,16 @@ pub struct MonitoringArgs {
     /// Seed of the engine's randomness, to repeat a run.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// How often each region is sampled: `adaptive` (as often as its rate needs for DAMON's
+    /// precision; counts stay on DAMON's scale) or `every` (every interval, as the kernel)
+    /// [default: adaptive when monitoring, every in `sim`].
+    #[arg(long, value_name = "HOW", value_parser = named(Sampling::ALL.map(|s| (s.name(), s.about()))).map(|s| s.parse::<Sampling>().expect("a listed name")))]
+    pub sampling: Option<Sampling>,
     /// Kernel behaviour where versions differ (merge retries, sampling ranges) [default: newest].
     #[arg(long, value_name = "VERSION", value_parser = named(CoreVersion::ALL.map(|v| (v.name(), v.about()))).map(|s| s.parse::<CoreVersion>().expect("a listed name")))]
     pub core_version: Option<CoreVersion>,
     /// A TOML file with any of the options above (sample, aggr, updr, minr, maxr, split-policy,
-    /// seed, core-version); options given on the command line override it.
+    /// sampling, seed, core-version); options given on the command line override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -71,6 +76,7 @@ struct ConfigFile {
     minr: Option<u32>,
     maxr: Option<u32>,
     split_policy: Option<SplitPolicy>,
+    sampling: Option<Sampling>,
     seed: Option<u64>,
     core_version: Option<CoreVersion>,
 }
@@ -84,6 +90,7 @@ pub struct Settings {
     pub minr: Option<u32>,
     pub maxr: Option<u32>,
     pub policy: Option<SplitPolicy>,
+    pub sampling: Option<Sampling>,
     pub version: Option<CoreVersion>,
     pub seed: Option<u64>,
 }
@@ -111,6 +118,7 @@ impl MonitoringArgs {
             minr: self.minr.or(file.minr),
             maxr: self.maxr.or(file.maxr),
             policy: self.policy.or(file.split_policy),
+            sampling: self.sampling.or(file.sampling),
             version: self.core_version.or(file.core_version),
             seed: self.seed.or(file.seed),
         })
@@ -159,6 +167,7 @@ impl Settings {
         Ok(MonitorConfig {
             attrs,
             policy: self.policy.unwrap_or_default(),
+            sampling: self.sampling.unwrap_or(Sampling::Adaptive),
             version: self.version.unwrap_or_default(),
             seed: self.seed.unwrap_or_else(random_seed),
         })

@@ -5,7 +5,7 @@ use std::{fs, path::Path, process::ExitCode};
 use anyhow::{Context as _, anyhow};
 use clap::Args;
 
-use damon_engine::sim::{self, builtin, scenario::Scenario};
+use damon_engine::sim::{self, Choices, builtin, scenario::Scenario};
 
 use super::{
     Failure, emit,
@@ -52,16 +52,20 @@ pub(super) fn run(args: SimArgs) -> Result<ExitCode, Failure> {
         emit(&scenario.to_toml())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (version, policy) =
-        (settings.version.unwrap_or_default(), settings.policy.unwrap_or_default());
+    let choices = Choices {
+        policy: settings.policy.unwrap_or_default(),
+        version: settings.version.unwrap_or_default(),
+        // The kernel's way unless asked: the policies are judged as the kernel samples.
+        sampling: settings.sampling.unwrap_or_default(),
+    };
     let seed = settings.seed.unwrap_or(scenario.seed);
     let text = if args.compare {
         let reports =
-            sim::compare(&scenario, seed, args.runs, version).map_err(Failure::Runtime)?;
+            sim::compare(&scenario, choices, seed, args.runs).map_err(Failure::Runtime)?;
         if args.json { json(&reports) } else { compare_table(&reports) }
     } else {
         let report =
-            sim::run_many(&scenario, policy, seed, args.runs, version).map_err(Failure::Runtime)?;
+            sim::run_many(&scenario, choices, seed, args.runs).map_err(Failure::Runtime)?;
         if args.json { json(&report) } else { run_table(&report) }
     };
     emit(&text)?;

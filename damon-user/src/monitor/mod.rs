@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use damon_engine::{Attrs, Config, Context, CoreVersion, Counters, SplitPolicy};
+use damon_engine::{Attrs, Config, Context, CoreVersion, Counters, Sampling, SplitPolicy};
 use serde::Serialize;
 
 pub use self::source::{OpsStats, Problem, Source, TargetError};
@@ -29,8 +29,22 @@ use crate::snapshot::{SamplerStats, Snapshot};
 pub struct MonitorConfig {
     pub attrs: Attrs,
     pub policy: SplitPolicy,
+    pub sampling: Sampling,
     pub version: CoreVersion,
     pub seed: u64,
+}
+
+impl Default for MonitorConfig {
+    /// The kernel's attributes and udamon's choices: the default policy, adaptive sampling.
+    fn default() -> Self {
+        Self {
+            attrs: Attrs::default(),
+            policy: SplitPolicy::default(),
+            sampling: Sampling::Adaptive,
+            version: CoreVersion::default(),
+            seed: 0,
+        }
+    }
 }
 
 /// Where the sampler sends its events (a tokio channel: the sampler thread sends without
@@ -94,6 +108,7 @@ impl Monitor {
         let engine = Config {
             attrs: config.attrs,
             policy: config.policy,
+            sampling: config.sampling,
             version: config.version,
             seed: config.seed,
             ..Config::default()
@@ -154,7 +169,10 @@ fn sample<S: Source>(
     // When the window being sampled began: snapshots carry real times, late ticks and all.
     let mut window_start = Duration::ZERO;
     while !stop.load(Ordering::Acquire) && (inputs.follow || !ctx.targets().is_empty()) {
-        ticker.wait(Duration::from_micros(ctx.attrs().sample_us));
+        // Intervals with nothing due (adaptive sampling) pass asleep.
+        let idle = ctx.idle_ticks();
+        ticker.wait(Duration::from_micros(ctx.attrs().sample_us) * (idle as u32 + 1));
+        ctx.skip(idle);
         while let Ok((pid, addr)) = inputs.faults.try_recv() {
             ctx.record_fault(pid as u64, addr);
         }

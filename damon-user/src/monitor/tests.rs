@@ -79,7 +79,7 @@ impl Source for Simulated {
 
 fn config() -> MonitorConfig {
     let attrs = Attrs { sample_us: 1_000, aggr_us: 20_000, ..Attrs::default() };
-    MonitorConfig { attrs, policy: Default::default(), version: Default::default(), seed: 1 }
+    MonitorConfig { attrs, seed: 1, ..Default::default() }
 }
 
 /// Events until `done` says so (or 5 s pass).
@@ -130,7 +130,9 @@ fn snapshots_come_on_the_ticks_schedule_with_real_window_times() {
     let hot: u64 =
         last.targets[0].regions.iter().filter(|r| r.nr_accesses > 10).map(|r| r.size()).sum();
     assert!(hot.abs_diff(SIZE / 4) <= SIZE / 16, "{hot} bytes hot");
-    assert!(summary.ticks >= 200 && summary.counters.aggregations >= 10);
+    assert!(summary.counters.samples >= 200 && summary.counters.aggregations >= 10);
+    // Adaptive sampling sleeps through intervals with nothing due: fewer wake-ups than intervals.
+    assert!(summary.ticks < summary.counters.samples, "{summary:?}");
 }
 
 #[test]

@@ -17,7 +17,7 @@
 use std::collections::{HashMap, hash_map::Entry};
 
 use anyhow::{Context as _, Result};
-use damon_engine::{Access, Operations, Target};
+use damon_engine::{Access, NO_PREPARE, Operations, Target};
 
 use super::regions;
 use crate::{
@@ -163,34 +163,46 @@ impl VaddrOps {
             let range = offset..offset + n;
             offset += n;
             let Some(process) = self.processes.get_mut(&target.id) else { continue };
+            // The regions checked now and those prepared now (adaptive sampling leaves some out).
+            let checked = |results: &Option<&mut [Access]>, i: usize| {
+                results.as_ref().is_some_and(|out| out[range.start + i] != Access::NotChecked)
+            };
+            let checks = (0..n).filter(|&i| checked(&results, i)).count();
+            self.addrs.clear();
+            self.addrs.extend(
+                target
+                    .regions
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| checked(&results, i))
+                    .map(|(_, r)| r.sampling_addr),
+            );
+            if let Some(next) = next {
+                self.addrs.extend(next[range.clone()].iter().filter(|&&a| a != NO_PREPARE));
+            }
+            if self.addrs.is_empty() {
+                continue;
+            }
             if process.exited {
                 // Gone between checks: nothing was accessed; the engine drops it at aggregation.
                 if let Some(out) = results.as_deref_mut() {
-                    out[range].fill(Access::Idle);
+                    checked_slots(&mut out[range.clone()]).for_each(|a| *a = Access::Idle);
                 }
                 continue;
             }
-            self.addrs.clear();
-            if results.is_some() {
-                self.addrs.extend(target.regions.iter().map(|r| r.sampling_addr));
-            }
-            if let Some(next) = next {
-                self.addrs.extend_from_slice(&next[range.clone()]);
-            }
-            let checked = if results.is_some() { n } else { 0 };
             self.refused.clear();
             let outcome = walk_and_clear(
                 &mut self.walker,
                 process,
                 &self.addrs,
-                checked,
+                checks,
                 (&mut self.leaves, &mut self.pages, &mut self.refused),
             );
             if let Some(out) = results.as_deref_mut() {
-                for ((slot, r), &leaf) in
-                    out[range.clone()].iter_mut().zip(&target.regions).zip(&self.leaves)
+                for (slot, (&addr, &leaf)) in
+                    checked_slots(&mut out[range.clone()]).zip(self.addrs.iter().zip(&self.leaves))
                 {
-                    *slot = Self::classify(process, r.sampling_addr, leaf);
+                    *slot = Self::classify(process, addr, leaf);
                 }
             }
             let unread = |kind| self.leaves.iter().filter(|&&l| l == kind).count();
@@ -208,7 +220,7 @@ impl VaddrOps {
                 Err(DataPlaneError::Exited) => {
                     process.exited = true;
                     if let Some(out) = results.as_deref_mut() {
-                        out[range].fill(Access::Idle);
+                        checked_slots(&mut out[range.clone()]).for_each(|a| *a = Access::Idle);
                     }
                 }
                 Err(err) => self.note_error(target.id, &err),
@@ -218,6 +230,11 @@ impl VaddrOps {
             }
         }
     }
+}
+
+/// The slots of regions checked now.
+fn checked_slots(out: &mut [Access]) -> impl Iterator<Item = &mut Access> {
+    out.iter_mut().filter(|a| **a != Access::NotChecked)
 }
 
 /// One target's walk of `addrs`, then the clearing of the accessed pages among them after the

@@ -1,0 +1,192 @@
+//! How often a region is sampled. `Every` region every sample interval, as the kernel does; or
+//! `Adaptive`: each region as often as its access rate needs for DAMON's precision, and no
+//! more. A sample's binomial error is √(p(1−p)/n); the kernel's worst case, at p = ½ with n
+//! samples per aggregation N, is ½/√N. A region whose long-run rate is near 0 or 1 reaches that
+//! with fewer samples: n = ⌈4·p(1−p)·N⌉, at least 1. Samples are taken every 2^k intervals so
+//! that regions share their ticks (a target with nothing due is not visited at all), and counts
+//! are scaled back to N samples, so `nr_accesses` keeps its meaning. The rate comes from the
+//! region's quarter evidence (hundreds of samples), forgotten when a window contradicts it, so a
+//! region that changes is sampled fully again the next aggregation.
+//!
+//! Memory the evidence says is (nearly) never accessed, and memory no sample could read, is
+//! sampled *quietly*: each sample's page is cleared and checked at the same visit, so one
+//! sample spans every interval since the last, and a clear accessed bit proves them all idle.
+//! A quiet sample that finds an access counts one access, and ends the quiet: the region is
+//! sampled fully again from the next aggregation. Quiet memory costs a visit per `2^k`
+//! intervals, not two.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    region::{QUIET, Quarters, Region},
+    split::evidence::tally,
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sampling {
+    /// Every region every sample interval (the kernel's way).
+    #[default]
+    Every,
+    /// Each region as often as its rate needs (see the module's documentation).
+    Adaptive,
+}
+
+impl Sampling {
+    pub const ALL: [Sampling; 2] = [Self::Every, Self::Adaptive];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Every => "every",
+            Self::Adaptive => "adaptive",
+        }
+    }
+
+    pub fn about(self) -> &'static str {
+        match self {
+            Self::Every => "every region every sample interval, as the kernel",
+            Self::Adaptive => "each region as often as its rate needs for DAMON's precision",
+        }
+    }
+}
+
+impl fmt::Display for Sampling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Sampling {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == text)
+            .ok_or_else(|| anyhow::anyhow!("unknown sampling `{text}` (every or adaptive)"))
+    }
+}
+
+/// Below this long-run rate memory is sampled quietly: accesses so rare that a long sample
+/// mostly finds none.
+const QUIET_RATE: f64 = 0.05;
+
+/// A window contradicts the evidence when its hits stray this many standard errors from what
+/// the evidence expects (plus half a sample for counts this small).
+const Z_SURPRISE: f64 = 2.5;
+
+/// The long-run rate, with half a sample of doubt each way (Jeffreys): no evidence reads ½.
+fn rate(q: &Quarters) -> f64 {
+    let (hits, samples) = tally(q, 0..4);
+    (hits as f64 + 0.5) / (samples as f64 + 1.0)
+}
+
+/// At the end of a window of `window` intervals (before the reset): forgets the region's
+/// evidence if the window contradicts it, and sets its stride for the next window. A region
+/// none of whose samples could be read is sampled least: it will most likely stay unreadable.
+pub(crate) fn plan(r: &mut Region, window: u32, samples: u32) {
+    let woke = r.plan & QUIET != 0 && r.nr_accesses > 0;
+    if woke || surprised(r, window, samples) {
+        r.quarters = Quarters::default();
+    }
+    let unreadable = r.all_unknown(window);
+    let needed = if unreadable { 1.0 } else { samples_needed(&r.quarters, window) };
+    let mut log = 0;
+    while log < 15 && (window >> (log + 1)) as f64 >= needed {
+        log += 1;
+    }
+    let quiet = unreadable || rate(&r.quarters) < QUIET_RATE;
+    r.plan = log | if quiet { QUIET } else { 0 };
+}
+
+/// Samples a window of `window` intervals needs for the kernel's worst-case precision, from the
+/// region's evidence.
+fn samples_needed(q: &Quarters, window: u32) -> f64 {
+    let p = rate(q);
+    (4.0 * p * (1.0 - p) * window as f64).ceil().max(1.0)
+}
+
+/// Whether the window just finished (its `nr_accesses`, on the scale of `samples`) contradicts
+/// the region's evidence: then the evidence goes, and the region is sampled fully again.
+fn surprised(r: &Region, window: u32, samples: u32) -> bool {
+    let known = r.known(window) as f64;
+    if known == 0.0 {
+        return false;
+    }
+    let hits = r.nr_accesses as f64 * known / samples.max(1) as f64;
+    let p = rate(&r.quarters);
+    (hits - known * p).abs() > Z_SURPRISE * (known * p * (1.0 - p)).sqrt() + 0.5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evidence(hits: u8, samples: u8) -> Quarters {
+        Quarters { hits: [hits; 4], samples: [samples; 4] }
+    }
+
+    /// The plan for a region with `quarters` whose window agreed with them.
+    fn plan_for(quarters: Quarters, window: u32) -> u8 {
+        let mut r = Region { quarters, ..Region::new(0, 1 << 20) };
+        let (hits, samples) = tally(&quarters, 0..4);
+        r.nr_accesses = (hits * window).checked_div(samples).unwrap_or(window / 2);
+        plan(&mut r, window, window);
+        r.plan
+    }
+
+    #[test]
+    fn plans_follow_the_rate() {
+        // No evidence: every interval. Always hot: once per aggregation; long idle: quietly.
+        assert_eq!(plan_for(Quarters::default(), 20), 0);
+        assert_eq!(plan_for(evidence(64, 64), 20), 4);
+        assert_eq!(plan_for(evidence(0, 64), 20), 4 | QUIET);
+        // Half the time: every interval; 90 %: 8 samples needed, every other interval.
+        assert_eq!(plan_for(evidence(32, 64), 20), 0);
+        assert_eq!(plan_for(evidence(58, 64), 20), 1);
+        // Unreadable all window: quietly, least.
+        let mut r = Region::new(0, 1 << 20);
+        r.unknown = 20;
+        plan(&mut r, 20, 20);
+        assert_eq!(r.plan, 4 | QUIET);
+    }
+
+    #[test]
+    fn a_quiet_region_that_finds_an_access_is_sampled_fully_again() {
+        let mut r = Region { quarters: evidence(0, 64), plan: 4 | QUIET, ..Region::new(0, 4096) };
+        r.nr_accesses = 1;
+        plan(&mut r, 20, 20);
+        assert_eq!((r.plan, r.quarters), (0, Quarters::default()));
+    }
+
+    #[test]
+    fn quiet_samples_span_their_intervals() {
+        let r = Region { plan: 4 | QUIET, ..Region::new(0, 4096) };
+        let checked: Vec<u64> = (1..=20).filter(|&t| r.checked_at(t, 20)).collect();
+        let prepared: Vec<u64> = (0..20).filter(|&t| r.prepared_at(t, 20)).collect();
+        assert_eq!((checked, prepared), (vec![16, 20], vec![0, 16]));
+        assert_eq!(r.known(20), 20);
+        let normal = Region { plan: 3, ..Region::new(0, 4096) };
+        let checked: Vec<u64> = (1..=20).filter(|&t| normal.checked_at(t, 20)).collect();
+        let prepared: Vec<u64> = (0..20).filter(|&t| normal.prepared_at(t, 20)).collect();
+        assert_eq!((checked, prepared), (vec![8, 16], vec![7, 15]));
+        assert_eq!(normal.known(20), 2);
+    }
+
+    #[test]
+    fn a_window_against_long_evidence_is_a_surprise() {
+        let mut r = Region::new(0, 1 << 20);
+        r.quarters = evidence(0, 64);
+        r.plan = 4; // one sample of 20
+        r.nr_accesses = 20; // and it hit
+        assert!(surprised(&r, 20, 20));
+        r.nr_accesses = 0;
+        assert!(!surprised(&r, 20, 20));
+        r.quarters = evidence(32, 64);
+        r.plan = 0;
+        r.nr_accesses = 12; // 12 of 20 at a rate of one half: noise
+        assert!(!surprised(&r, 20, 20));
+    }
+}
