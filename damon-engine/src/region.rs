@@ -15,13 +15,13 @@ pub struct Region {
     pub age: u32,
     /// Page faults seen in this region during the current aggregation (a certain access each,
     /// reported by operations that can see faults), saturating.
-    pub faults: u8,
+    pub faults: u16,
     /// How the region is sampled in this aggregation (see `sampling`): every `1 << (plan &
     /// STRIDE)` intervals (0: every interval, as the kernel), in long samples if `QUIET`.
     pub(crate) plan: u8,
     /// Samples of the current aggregation that could not tell accessed from idle
-    /// (`Access::Unknown`), saturating.
-    pub unknown: u16,
+    /// (`Access::Unknown`), saturating at 255.
+    pub unknown: u8,
     /// Samples and hits per quarter of the region, for the adaptive policy.
     pub(crate) quarters: Quarters,
 }
@@ -104,13 +104,15 @@ impl Region {
     }
 
     /// Whether none of the window's samples could tell accessed from idle: the region's memory
-    /// cannot be monitored now. `window` is the sample intervals per aggregation.
+    /// cannot be monitored now. `window` is the sample intervals per aggregation. Past 255
+    /// unknown samples (windows that long), a region with no access reads as unknown.
     pub fn all_unknown(&self, window: u32) -> bool {
-        window > 0 && self.known(window) == 0
+        window > 0
+            && (self.known(window) == 0 || (self.unknown == u8::MAX && self.nr_accesses == 0))
     }
 
-    /// Intervals of a window of `window` that samples read (unknown ones counted up to 65535):
-    /// one per sample, or a quiet sample's whole span.
+    /// Intervals of a window of `window` that samples read: one per sample, or a quiet
+    /// sample's whole span.
     pub fn known(&self, window: u32) -> u32 {
         let stride = 1u32 << (self.plan & STRIDE);
         if self.plan & QUIET == 0 {

@@ -55,6 +55,28 @@ fn demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded() {
     assert!(snapshots.len() >= 70, "{} snapshots in 8 s", snapshots.len());
     assert!(summary["counters"]["checks"].as_u64().unwrap() > 0);
 
+    // The workload's clock starts before monitoring does: its phase change (4 s into the
+    // workload) is where the hole takes its first faults, when its first page is touched.
+    let hole = areas.iter().find(|a| a["name"] == "hole").unwrap();
+    let (hole_start, hole_end) = (hole["start"].as_u64().unwrap(), hole["end"].as_u64().unwrap());
+    let faults_in_hole = |s: &Value| -> u64 {
+        s["targets"][0]["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["start"].as_u64().unwrap() < hole_end && r["end"].as_u64().unwrap() > hole_start
+            })
+            .map(|r| r["faults"].as_u64().unwrap())
+            .sum()
+    };
+    let phase = snapshots
+        .iter()
+        .find(|s| faults_in_hole(s) > 0)
+        .map(|s| seconds(&s["started"]))
+        .expect("the hole is touched at the phase change");
+    assert!((3.0..4.5).contains(&phase), "the phase change at {phase:.2} s");
+
     // Settled, away from the phase change: over the run, hot areas read near the maximum and
     // cold ones near zero. (Single windows can dip together when the workload is descheduled.)
     let settled: Vec<&Value> = snapshots
@@ -62,7 +84,7 @@ fn demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded() {
         .copied()
         .filter(|s| {
             let t = seconds(&s["elapsed"]);
-            (1.5..3.8).contains(&t) || t > 5.0
+            (1.5..phase).contains(&t) || t > phase + 1.0
         })
         .collect();
     for area in &areas {
@@ -73,7 +95,7 @@ fn demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded() {
             .map(|s| (seconds(&s["elapsed"]), rate(s, start, end).unwrap()))
             .collect();
         let hot_from = if name == "hole" {
-            4.0
+            phase
         } else if area["hot"].as_bool().unwrap() {
             0.0
         } else {
@@ -89,15 +111,14 @@ fn demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded() {
         }
     }
 
-    // The cold hole turns hot at 4 s: within 5 aggregations it reads like the always-hot areas.
-    let hole = areas.iter().find(|a| a["name"] == "hole").unwrap();
-    let (start, end) = (hole["start"].as_u64().unwrap(), hole["end"].as_u64().unwrap());
+    // The cold hole turns hot: within 5 aggregations it reads like the always-hot areas.
+    let (start, end) = (hole_start, hole_end);
     let always_hot: Vec<(u64, u64)> = areas
         .iter()
         .filter(|a| a["hot"].as_bool().unwrap())
         .map(|a| (a["start"].as_u64().unwrap(), a["end"].as_u64().unwrap()))
         .collect();
-    let after: Vec<&&Value> = snapshots.iter().filter(|s| seconds(&s["elapsed"]) > 4.0).collect();
+    let after: Vec<&&Value> = snapshots.iter().filter(|s| seconds(&s["elapsed"]) > phase).collect();
     let seen = after.iter().position(|s| {
         let hot = always_hot.iter().map(|&(a, b)| rate(s, a, b).unwrap()).sum::<f64>()
             / always_hot.len() as f64;
@@ -107,12 +128,7 @@ fn demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded() {
 
     // The hole is first touched then (nothing touches it before): its 4096 page faults reach
     // the regions as hints.
-    let faults: u64 = snapshots
-        .iter()
-        .flat_map(|s| s["targets"][0]["regions"].as_array().unwrap())
-        .filter(|r| r["start"].as_u64().unwrap() < end && r["end"].as_u64().unwrap() > start)
-        .map(|r| r["faults"].as_u64().unwrap())
-        .sum();
+    let faults: u64 = snapshots.iter().map(|s| faults_in_hole(s)).sum();
     assert!(faults >= 4096 * 9 / 10, "{faults} page faults reported in the hole's 4096 pages");
 
     // Nothing of ours stays in the kernel once udamon has exited.
