@@ -9,7 +9,6 @@
 /// them, and a test checks the built object against this list.
 pub mod names {
     pub const WALK_CONFIG: &str = "WALK_CONFIG";
-    pub const WALK_REQUEST: &str = "WALK_REQUEST";
     pub const WALK_RESULTS: &str = "WALK_RESULTS";
     pub const WALK_STATS: &str = "WALK_STATS";
     pub const FAULT_TARGETS: &str = "FAULT_TARGETS";
@@ -17,9 +16,8 @@ pub mod names {
     pub const FAULT_LOST: &str = "FAULT_LOST";
     pub const PEEK_OUT: &str = "PEEK_OUT";
     pub const PROBE_FIRED: &str = "PROBE_FIRED";
-    pub const MAPS: [&str; 9] = [
+    pub const MAPS: [&str; 8] = [
         WALK_CONFIG,
-        WALK_REQUEST,
         WALK_RESULTS,
         WALK_STATS,
         FAULT_TARGETS,
@@ -137,18 +135,57 @@ pub struct WalkConfig {
     /// Byte offsets from BTF.
     pub mm_pgd_offset: u64,
     pub task_mm_offset: u64,
+    /// The request, in the sampler's own memory (read with `bpf_probe_read_user`: no system
+    /// call hands it over).
+    pub request_addr: u64,
+    /// The last request walked (`WalkRequest::seq`), set by the walker.
+    pub done_seq: u64,
+    pub folio: FolioLayout,
 }
 
-/// The addresses to walk when the sampler next takes the target's mmap lock. `done` is set to
-/// `seq` by the walker, so a request is walked once even if the lock is taken again.
+/// How to find the folio of a mapped page from its frame, for clears that must cover whole
+/// large folios (a part of one would split it). `vmemmap_base` 0: unknown, no lookups.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FolioLayout {
+    /// Where `struct page` of frame 0 lies; each is `page_size` bytes.
+    pub vmemmap_base: u64,
+    pub page_size: u64,
+    /// `compound_head` (`compound_info` on 7.2+): bit 0 set on a tail page.
+    pub compound_offset: u64,
+    /// `PG_head` in `page->flags`.
+    pub head_bit: u64,
+    /// Offset from the head page of the byte holding the folio's order.
+    pub order_offset: u64,
+    /// Offset from the head page of `_large_mapcount` (stored minus one).
+    pub mapcount_offset: u64,
+}
+
+/// `WalkResult::folio`: looked up (else 0), and for a large folio its order, the page's index
+/// in it, and whether clearing the folio's whole range keeps it whole (mapped once, page after
+/// page, in this page table).
+pub const FOLIO_LOOKED_UP: u32 = 1 << 31;
+pub const FOLIO_WHOLE_OK: u32 = 1 << 30;
+pub const FOLIO_ORDER_MASK: u32 = 0xff;
+pub const FOLIO_INDEX_SHIFT: u32 = 8;
+pub const FOLIO_INDEX_MASK: u32 = 0xffff;
+
+/// The addresses to walk when the sampler next takes the target's mmap lock, in the sampler's
+/// memory. A request is walked once (`WalkConfig::done_seq`) even if the lock is taken again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct WalkRequest {
     pub seq: u64,
-    pub done: u64,
     pub count: u64,
+    /// Addresses from this index on are to be cleared next: their folios are looked up.
+    pub prepared_from: u64,
     pub addrs: [u64; MAX_WALK],
 }
+
+/// Byte offsets in `WalkRequest`, for the walker's reads of user memory.
+pub const REQUEST_COUNT: u64 = 8;
+pub const REQUEST_PREPARED_FROM: u64 = 16;
+pub const REQUEST_ADDRS: u64 = 24;
 
 /// What the walk found for one address.
 #[repr(C)]
@@ -156,7 +193,8 @@ pub struct WalkRequest {
 pub struct WalkResult {
     /// One of the `LEAF_*` constants.
     pub leaf: u32,
-    pub _pad: u32,
+    /// For a page to be cleared: its folio (`FOLIO_*`).
+    pub folio: u32,
     /// The leaf entry (see `x86`), or the entry that was not present.
     pub entry: u64,
 }
@@ -211,7 +249,6 @@ mod pod {
     // SAFETY: all `#[repr(C)]` plain integers without implicit padding.
     unsafe impl aya::Pod for super::FaultRecord {}
     unsafe impl aya::Pod for super::WalkConfig {}
-    unsafe impl aya::Pod for super::WalkRequest {}
     unsafe impl aya::Pod for super::WalkRecord {}
     unsafe impl aya::Pod for super::WalkResult {}
     unsafe impl aya::Pod for super::WalkStats {}

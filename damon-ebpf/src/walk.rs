@@ -1,29 +1,33 @@
 //! The page-table walker. When the sampler thread calls `process_madvise` on a target, the kernel
 //! takes the target's mmap lock in the sampler's context, before touching any page-table entry:
 //! this tp_btf program fires there, with the target's `mm`, and walks its page tables for the
-//! requested addresses. One record per address goes to the ring buffer.
+//! requested addresses, which it reads from the sampler's own memory. One result per address
+//! goes to the ring buffer; for a page about to be cleared it also looks up the page's folio,
+//! so that a clear of a large folio covers all of it (part of one would split it).
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel,
+        bpf_probe_read_user,
+    },
     macros::{btf_tracepoint, map},
     maps::{Array, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use damon_common::{
-    LEAF_FAULT, LEAF_NONE, LEAF_PMD, LEAF_PTE, LEAF_PUD, MAX_WALK, WALK_BATCH, WalkConfig,
-    WalkRecord, WalkRequest, WalkResult, WalkStats,
+    FOLIO_INDEX_MASK, FOLIO_INDEX_SHIFT, FOLIO_LOOKED_UP, FOLIO_ORDER_MASK, FOLIO_WHOLE_OK,
+    FolioLayout, LEAF_FAULT, LEAF_NONE, LEAF_PMD, LEAF_PTE, LEAF_PUD, MAX_WALK, REQUEST_ADDRS,
+    REQUEST_COUNT, REQUEST_PREPARED_FROM, WALK_BATCH, WalkConfig, WalkRecord, WalkResult,
+    WalkStats,
     x86::{ADDRESS, HUGE, LEVEL_BITS, PAGE_SHIFT, PRESENT},
 };
 
 #[map]
 static WALK_CONFIG: Array<WalkConfig> = Array::with_max_entries(1, 0);
-
-#[map]
-static WALK_REQUEST: Array<WalkRequest> = Array::with_max_entries(1, 0);
 
 /// Two walks of a full request fit, with room to spare.
 #[map]
@@ -47,22 +51,30 @@ struct Walk {
     page_offset_base: u64,
     levels: u32,
     count: u32,
+    /// Addresses from here on are cleared next: their folios are looked up.
+    prepared_from: u32,
     /// `path[l]`: the address prefix served by the table at level `l` (1: a PTE table) and that
     /// table; prefix `u64::MAX` is unset. Slot 0 is unused; 8 slots so that an index masked
     /// with 7 is in bounds for every verifier (6.1's loses a `min(5)` bound on some paths).
     path: [(u64, u64); 8],
 }
 
+/// A word of the request in the sampler's memory (it is `current`, so user reads are its own).
+fn request_word(config: &WalkConfig, offset: u64) -> Option<u64> {
+    // SAFETY: a checked read of user memory.
+    unsafe { bpf_probe_read_user((config.request_addr + offset) as *const u64) }.ok()
+}
+
 fn handle(ctx: &BtfTracePointContext) {
-    let Some(config) = WALK_CONFIG.get(0) else { return };
+    let Some(config) = WALK_CONFIG.get_ptr_mut(0) else { return };
+    // SAFETY: a valid map value pointer; only the sampler (single writer) triggers this path.
+    let config = unsafe { &mut *config };
     if crate::current_tid() != config.sampler_tid || config.sampler_tid == 0 {
         return;
     }
-    let Some(request) = WALK_REQUEST.get_ptr_mut(0) else { return };
-    // SAFETY: a valid map value pointer; only the sampler (single writer) triggers this path.
-    let request = unsafe { &mut *request };
+    let Some(seq) = request_word(config, 0) else { return };
     // One walk per request, even if the call takes the lock again.
-    if request.done == request.seq {
+    if seq == config.done_seq {
         return;
     }
     // SAFETY: slot 0 of the context is `struct mm_struct *mm`; read it as a plain word, since
@@ -81,13 +93,19 @@ fn handle(ctx: &BtfTracePointContext) {
     else {
         return;
     };
-    request.done = request.seq;
-    let count = (request.count as usize).min(MAX_WALK) as u32;
+    let (Some(count), Some(prepared_from)) =
+        (request_word(config, REQUEST_COUNT), request_word(config, REQUEST_PREPARED_FROM))
+    else {
+        return;
+    };
+    config.done_seq = seq;
+    let count = count.min(MAX_WALK as u64) as u32;
     let mut walk = Walk {
         pgd,
         page_offset_base: config.page_offset_base,
         levels: config.levels,
         count,
+        prepared_from: prepared_from.min(MAX_WALK as u64) as u32,
         path: [(u64::MAX, 0); 8],
     };
     let batches = count.div_ceil(WALK_BATCH as u32);
@@ -154,16 +172,94 @@ extern "C" fn walk_one(j: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Batch` on `walk_batch`'s stack; its `walk` is on `handle`'s.
     let b = unsafe { &mut *(ctx as *mut Batch) };
     let walk = unsafe { &mut *b.walk };
-    let Some(request) = WALK_REQUEST.get(0) else { return 1 };
+    let Some(config) = WALK_CONFIG.get(0) else { return 1 };
     let index = (b.record.first as usize + j as usize) & (MAX_WALK - 1);
-    let (leaf, entry) = translate(walk, request.addrs[index]);
-    b.record.results[j as usize & (WALK_BATCH - 1)] = WalkResult { leaf, _pad: 0, entry };
+    let Some(addr) = request_word(config, REQUEST_ADDRS + 8 * index as u64) else { return 1 };
+    let found = translate(walk, addr);
+    let folio = if found.leaf == LEAF_PTE && index as u32 >= walk.prepared_from {
+        folio_of(&config.folio, &found)
+    } else {
+        0
+    };
+    let result = WalkResult { leaf: found.leaf, folio, entry: found.entry };
+    b.record.results[j as usize & (WALK_BATCH - 1)] = result;
     b.record.count += 1;
     0
 }
 
+/// What a walk found, and for a PTE, the table and index it was found at.
+struct Found {
+    leaf: u32,
+    entry: u64,
+    table: u64,
+    index: u64,
+}
+
+fn read(address: u64) -> Option<u64> {
+    // SAFETY: a checked read of kernel memory.
+    unsafe { bpf_probe_read_kernel(address as *const u64) }.ok()
+}
+
+/// The folio of the page `pte` maps (`FOLIO_*`): its order, the page's index in it, and whether
+/// it is mapped whole, once, page after page in this one PTE table, so that clearing its
+/// naturally aligned range covers it exactly.
+fn folio_of(layout: &FolioLayout, pte: &Found) -> u32 {
+    if layout.vmemmap_base == 0 {
+        return 0;
+    }
+    let pfn = (pte.entry & ADDRESS) >> PAGE_SHIFT;
+    let page = layout.vmemmap_base + pfn * layout.page_size;
+    let Some(info) = read(page + layout.compound_offset) else { return 0 };
+    // A tail page's word holds its head, as a pointer | 1, or (7.2+) as a mask | 1.
+    let head = match info & 1 {
+        0 => page,
+        _ if info & !1 >= page => page & info,
+        _ => info - 1,
+    };
+    let Some(flags) = read(head) else { return 0 };
+    if flags & (1 << (layout.head_bit & 63)) == 0 {
+        // A small folio; a tail whose head says otherwise is in flux: not to be cleared.
+        return FOLIO_LOOKED_UP | if head == page { 0 } else { FOLIO_ORDER_MASK };
+    }
+    let Some(order) = read(head + layout.order_offset).map(|w| (w & 0xff) as u32) else {
+        return 0;
+    };
+    // PTE-mapped folios are at most a PMD's worth.
+    if order == 0 || order > LEVEL_BITS {
+        return FOLIO_LOOKED_UP | FOLIO_ORDER_MASK;
+    }
+    let nr = 1u64 << order;
+    let index = (page - head) / layout.page_size.max(1);
+    if index >= nr {
+        return FOLIO_LOOKED_UP | FOLIO_ORDER_MASK;
+    }
+    let mut found =
+        FOLIO_LOOKED_UP | order | ((index as u32 & FOLIO_INDEX_MASK) << FOLIO_INDEX_SHIFT);
+    // Whole here: its first and last pages in this table at the right frames, and mapped as
+    // many times as it has pages.
+    if index <= pte.index && pte.index - index + nr <= 512 {
+        let first = pte.table + (pte.index - index) * 8;
+        let head_pfn = pfn - index;
+        let frame = |entry: Option<u64>| {
+            entry.filter(|e| e & PRESENT != 0).map(|e| (e & ADDRESS) >> PAGE_SHIFT)
+        };
+        let mapcount = (layout.mapcount_offset != u64::MAX)
+            .then(|| read(head + layout.mapcount_offset))
+            .flatten()
+            .map(|w| (w as u32 as i32) as i64 + 1);
+        if frame(read(first)) == Some(head_pfn)
+            && frame(read(first + (nr - 1) * 8)) == Some(head_pfn + nr - 1)
+            && mapcount == Some(nr as i64)
+        {
+            found |= FOLIO_WHOLE_OK;
+        }
+    }
+    found
+}
+
 /// Walks from the deepest table on the last path that still covers `addr` down to its leaf.
-fn translate(walk: &mut Walk, addr: u64) -> (u32, u64) {
+fn translate(walk: &mut Walk, addr: u64) -> Found {
+    let leaf = |leaf, entry| Found { leaf, entry, table: 0, index: 0 };
     let mut level = walk.levels;
     let mut table = walk.pgd;
     for l in 1..5u32 {
@@ -183,15 +279,15 @@ fn translate(walk: &mut Walk, addr: u64) -> (u32, u64) {
         // SAFETY: a checked read of kernel memory.
         let Ok(entry) = (unsafe { bpf_probe_read_kernel((table + index * 8) as *const u64) })
         else {
-            return (LEAF_FAULT, 0);
+            return leaf(LEAF_FAULT, 0);
         };
         if entry & PRESENT == 0 {
-            return (LEAF_NONE, entry);
+            return leaf(LEAF_NONE, entry);
         }
         match level {
-            1 => return (LEAF_PTE, entry),
-            2 if entry & HUGE != 0 => return (LEAF_PMD, entry),
-            3 if entry & HUGE != 0 => return (LEAF_PUD, entry),
+            1 => return Found { leaf: LEAF_PTE, entry, table, index },
+            2 if entry & HUGE != 0 => return leaf(LEAF_PMD, entry),
+            3 if entry & HUGE != 0 => return leaf(LEAF_PUD, entry),
             _ => {}
         }
         table = walk.page_offset_base + (entry & ADDRESS);
@@ -200,5 +296,5 @@ fn translate(walk: &mut Walk, addr: u64) -> (u32, u64) {
             break;
         }
     }
-    (LEAF_FAULT, 0)
+    leaf(LEAF_FAULT, 0)
 }

@@ -45,11 +45,12 @@ pub(crate) fn merge_regions(
                 merge_regions_of(t, pass, p, (&mut *counters, &mut *recent))
             })
             .sum();
-        first = false;
+        // A guarded pass at the top threshold gets one unguarded retry.
+        let guarded = std::mem::replace(&mut first, false);
         match p.version {
             CoreVersion::Newest => {
                 count_age = false;
-                if nr <= p.max_nr_regions || threshold >= p.max_threshold {
+                if nr <= p.max_nr_regions || (threshold >= p.max_threshold && !guarded) {
                     return;
                 }
                 threshold = if threshold < p.max_threshold / 2 {
@@ -60,7 +61,7 @@ pub(crate) fn merge_regions(
             }
             CoreVersion::Legacy => {
                 threshold = threshold.saturating_mul(2).max(1);
-                if nr <= p.max_nr_regions || threshold / 2 >= p.max_threshold {
+                if nr <= p.max_nr_regions || (threshold / 2 >= p.max_threshold && !guarded) {
                     return;
                 }
             }

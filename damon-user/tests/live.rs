@@ -239,7 +239,7 @@ fn the_data_plane_is_loaded_once_per_process() {
         let held = maps.iter().filter(|m| *m == name).count();
         assert!(held <= 1, "{name} is held {held} times: {maps:?}");
     }
-    for name in ["WALK_RESULTS", "WALK_REQUEST", "FAULT_EVENTS"] {
+    for name in ["WALK_RESULTS", "WALK_CONFIG", "FAULT_EVENTS"] {
         assert!(maps.iter().any(|m| m == name), "no {name}: {maps:?}");
     }
 }

@@ -417,3 +417,103 @@ impl Drop for HugePages {
         let _ = std::fs::write(NR_HUGEPAGES, &self.before);
     }
 }
+
+/// A sysfs or procfs setting changed for a test, put back when dropped (on failure too).
+pub struct Knob {
+    path: String,
+    before: String,
+}
+
+impl Knob {
+    /// Sets `path` to `value`; None if it cannot be read or written here.
+    pub fn set(path: &str, value: &str) -> Option<Self> {
+        let text = std::fs::read_to_string(path).ok()?;
+        // A choice file reads `always [madvise] never`: the bracketed word is the setting.
+        let before = match (text.find('['), text.find(']')) {
+            (Some(open), Some(close)) if open < close => text[open + 1..close].to_owned(),
+            _ => text.trim().to_owned(),
+        };
+        std::fs::write(path, value).ok()?;
+        Some(Self { path: path.to_owned(), before })
+    }
+}
+
+impl Drop for Knob {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, &self.before);
+    }
+}
+
+/// A forked child with a `len`-byte private anonymous area advised MADV_HUGEPAGE (so mTHP
+/// sizes that are `madvise` fill it with large folios) and, if given, a shared mapping of
+/// `file` (`len` bytes) placed `file_shift` bytes past a 2 MiB boundary: the first half of each
+/// is written all the time, the second half once.
+pub struct FolioChild {
+    pub pid: u32,
+    pub anon: (u64, u64),
+    pub file: Option<(u64, u64)>,
+}
+
+impl FolioChild {
+    pub fn spawn(len: usize, file: Option<(&std::fs::File, usize)>) -> Self {
+        use std::os::fd::AsRawFd as _;
+        let anon = map(len + HUGE, libc::MAP_PRIVATE).next_multiple_of(HUGE);
+        // SAFETY: advising our own fresh mapping.
+        unsafe { libc::madvise(anon as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+        let file = file.map(|(file, shift)| {
+            let at = map(len + 2 * HUGE, libc::MAP_PRIVATE).next_multiple_of(HUGE) + shift;
+            // SAFETY: mapping the file over part of our own fresh reservation.
+            let p = unsafe {
+                libc::mmap(
+                    at as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED, "cannot map the file");
+            at
+        });
+        let control = map(PAGE, libc::MAP_SHARED) as *mut AtomicU32;
+        // SAFETY: the child only writes memory and sleeps, then is killed: fork-safe.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let areas: Vec<usize> = std::iter::once(anon).chain(file).collect();
+            let write = |from: usize, to: usize| {
+                for at in (from..to).step_by(PAGE) {
+                    // SAFETY: within the child's writable areas.
+                    unsafe { (at as *mut u8).write_volatile(1) };
+                }
+            };
+            areas.iter().for_each(|&a| write(a, a + len));
+            // SAFETY: the shared control page.
+            unsafe { (*control).store(READY, Ordering::Release) };
+            loop {
+                areas.iter().for_each(|&a| write(a, a + len / 2));
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        // SAFETY: a shared page that outlives the wait.
+        let control = unsafe { &*control };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while control.load(Ordering::Acquire) != READY {
+            assert!(Instant::now() < deadline, "child never got ready");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let range = |a: usize| (a as u64, (a + len) as u64);
+        Self { pid: pid as u32, anon: range(anon), file: file.map(range) }
+    }
+}
+
+impl Drop for FolioChild {
+    fn drop(&mut self) {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+            libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0);
+        }
+    }
+}

@@ -17,12 +17,12 @@ fn walker() -> Walker {
 
 /// Clears what is marked accessed, the way the vaddr operations do: whole pages, by leaf size.
 fn clear_accessed(walker: &mut Walker, target: &PidFd, addrs: &[u64], leaves: &mut Vec<Leaf>) {
-    walker.walk(target, addrs, leaves).unwrap();
+    walker.walk(target, addrs, 0, leaves).unwrap();
     let pages: Vec<(u64, u64)> = addrs
         .iter()
         .zip(leaves.iter())
         .filter(|(_, l)| l.accessed())
-        .map(|(&a, l)| (a, l.page_size().unwrap()))
+        .map(|(&a, l)| l.clear_range(a).expect("a range that splits nothing"))
         .collect();
     let mut refused = Vec::new();
     walker.clear(target, &pages, &mut refused).unwrap();
@@ -46,7 +46,7 @@ fn accessed_bits_follow_the_child_over_a_thousand_rounds() {
         clear_accessed(&mut walker, &target, &addrs, &mut leaves);
         // Two sweeps: the one under way may have passed some pages before the clear.
         child.wait_sweeps(2);
-        walker.walk(&target, &addrs, &mut leaves).unwrap();
+        walker.walk(&target, &addrs, addrs.len(), &mut leaves).unwrap();
         for (i, leaf) in leaves.iter().enumerate() {
             checks += 1;
             right += (leaf.accessed() == Child::is_hot(i)) as u64;
@@ -76,7 +76,7 @@ fn frames_agree_with_pagemap() {
     let mut addrs: Vec<u64> = (0..child.pages).map(|i| child.page(i)).collect();
     addrs.extend([child.huge as u64 + 5 * PAGE as u64, (child.huge + HUGE) as u64]);
     let mut leaves = Vec::new();
-    walker.walk(&target, &addrs, &mut leaves).unwrap();
+    walker.walk(&target, &addrs, addrs.len(), &mut leaves).unwrap();
     let map = pagemap::Pagemap::open(child.pid).unwrap();
     for (&addr, leaf) in addrs.iter().zip(&leaves) {
         let walked = leaf.physical(addr).map(|p| p >> 12);
@@ -106,7 +106,7 @@ fn huge_pages_are_cleared_whole_and_never_split() {
         clear_accessed(&mut walker, &target, &addrs, &mut leaves);
         std::thread::sleep(Duration::from_millis(1));
     }
-    walker.walk(&target, &addrs, &mut leaves).unwrap();
+    walker.walk(&target, &addrs, addrs.len(), &mut leaves).unwrap();
     let after = child.anon_huge_kib();
     child.stop();
     // More is khugepaged collapsing the child's other memory; less would be our split.
@@ -167,14 +167,14 @@ fn a_refused_clear_is_reported_and_the_rest_still_cleared() {
     let (locked, hot) = (child.locked as u64, child.page(0));
     child.wait_sweeps(2);
     let mut leaves = Vec::new();
-    walker.walk(&target, &[hot], &mut leaves).unwrap();
+    walker.walk(&target, &[hot], 1, &mut leaves).unwrap();
     assert!(leaves[0].accessed(), "the hot page was written: {:?}", leaves[0]);
     // Stop the child so nothing sets the hot page's bit again behind the clear.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.pid as i32, libc::SIGSTOP) };
     let mut refused = Vec::new();
     walker.clear(&target, &[(locked, PAGE as u64), (hot, PAGE as u64)], &mut refused).unwrap();
-    walker.walk(&target, &[hot], &mut leaves).unwrap();
+    walker.walk(&target, &[hot], 1, &mut leaves).unwrap();
     // SAFETY: as above.
     unsafe { libc::kill(child.pid as i32, libc::SIGCONT) };
     child.stop();

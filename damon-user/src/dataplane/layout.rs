@@ -11,11 +11,11 @@ use aya::{
     programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
 };
 use damon_common::{
-    PEEK_CURRENT_TASK, PEEK_READ, PeekResult, names,
+    FolioLayout, PEEK_CURRENT_TASK, PEEK_READ, PeekResult, names,
     x86::{ADDRESS, HUGE, LEVEL_BITS, PAGE_SHIFT, PRESENT},
 };
 
-use super::object::Offsets;
+use super::object::{FolioOffsets, Offsets};
 use crate::sys::{anon::AnonMapping, pagemap};
 
 const GIB: u64 = 1 << 30;
@@ -29,6 +29,9 @@ pub struct Layout {
     pub offsets: Offsets,
     /// How the calibration was confirmed.
     pub verified: Verified,
+    /// How the walker finds a page's folio (`vmemmap_base` found and checked); `Err`: why it
+    /// cannot, and large folios are then never cleared.
+    pub folio: Result<FolioLayout, &'static str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,9 +113,15 @@ fn attempt(peek: &Peek, offsets: Offsets) -> Result<Layout> {
     // 5-level kernels translate nothing consistently as 4 levels, and vice versa.
     for levels in [4, 5] {
         if let Some(page_offset_base) = find_base(peek, &anchors, levels, physical_span()) {
-            let mut layout =
-                Layout { levels, page_offset_base, offsets, verified: Verified::DirectMapRead };
+            let mut layout = Layout {
+                levels,
+                page_offset_base,
+                offsets,
+                verified: Verified::DirectMapRead,
+                folio: Err("not looked for"),
+            };
             layout.verified = verify(peek, pgd, &layout)?;
+            layout.folio = offsets.folio.and_then(|f| folio_layout(peek, pgd, &layout, f));
             return Ok(layout);
         }
     }
@@ -208,6 +217,69 @@ fn verify(peek: &Peek, pgd: u64, layout: &Layout) -> Result<Verified> {
             layout.levels
         ),
     }
+}
+
+/// The vmemmap (`struct page` of every frame): its base from kallsyms if listed, else the
+/// fixed one, else searched, 1 GiB-aligned as KASLR places it; each candidate checked on pages
+/// of our own.
+fn folio_layout(
+    peek: &impl KernelMemory,
+    pgd: u64,
+    layout: &Layout,
+    offsets: FolioOffsets,
+) -> Result<FolioLayout, &'static str> {
+    // Small pages of our own, freshly faulted: their `struct page` is known.
+    let pages = AnonMapping::new(2).map_err(|_| "cannot map pages of our own")?;
+    // SAFETY: advising our own fresh mapping.
+    unsafe { libc::madvise(pages.addr() as *mut libc::c_void, pages.len(), libc::MADV_NOHUGEPAGE) };
+    let mut own = Vec::new();
+    for i in 0..2 {
+        pages.touch(i);
+        let addr = (pages.addr() + i * 4096) as u64;
+        let phys = translate(peek, pgd, addr, layout.page_offset_base, layout.levels)
+            .ok_or("cannot walk to pages of our own")?;
+        own.push((addr, phys >> PAGE_SHIFT));
+    }
+    let fits = |base: u64| {
+        own.iter().all(|&(addr, pfn)| {
+            let page = base.wrapping_add(pfn * offsets.page_size);
+            let word = |offset: u64| peek.read(page.wrapping_add(offset));
+            // An anonymous page: its mapping an anon_vma (low bit set), its index its page
+            // number (a fresh mapping), mapped once (stored minus one).
+            word(offsets.mapping).is_some_and(|m| m & 3 == 1)
+                && word(offsets.index) == Some(addr >> PAGE_SHIFT)
+                && word(offsets.mapcount).is_some_and(|m| m as u32 == 0)
+        })
+    };
+    let listed = kallsyms("vmemmap_base").and_then(|at| peek.read(at));
+    let fixed = if layout.levels == 5 { 0xffd4_0000_0000_0000 } else { 0xffff_ea00_0000_0000 };
+    // KASLR puts it above the direct map and below the fixed maps, 1 GiB-aligned.
+    let searched =
+        (layout.page_offset_base / GIB + 1..0xffff_fe00_0000_0000 / GIB).map(|k| k * GIB);
+    let vmemmap_base = listed
+        .into_iter()
+        .chain([fixed])
+        .chain(searched)
+        .find(|&base| fits(base))
+        .ok_or("cannot locate the vmemmap")?;
+    Ok(FolioLayout {
+        vmemmap_base,
+        page_size: offsets.page_size,
+        compound_offset: offsets.compound,
+        head_bit: offsets.head_bit,
+        order_offset: offsets.order,
+        mapcount_offset: offsets.large_mapcount.unwrap_or(u64::MAX),
+    })
+}
+
+/// The address of kernel symbol `name`, if /proc/kallsyms shows it (to root).
+fn kallsyms(name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (addr, _, symbol) = (fields.next()?, fields.next()?, fields.next()?);
+        (symbol == name).then(|| u64::from_str_radix(addr, 16).ok()).flatten().filter(|&a| a != 0)
+    })
 }
 
 #[cfg(test)]

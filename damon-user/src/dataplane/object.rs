@@ -18,6 +18,47 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub struct Offsets {
     pub mm_pgd: u64,
     pub task_mm: u64,
+    /// `struct page` and `struct folio`, to find a page's folio; `Err`: why not.
+    pub folio: Result<FolioOffsets, &'static str>,
+}
+
+/// Where a page's folio is told, from BTF (member names changed over the versions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FolioOffsets {
+    pub page_size: u64,
+    /// `compound_head` (`compound_info` on 7.2+).
+    pub compound: u64,
+    pub head_bit: u64,
+    /// `_folio_order` (before 6.6), or the low byte of `_flags_1`.
+    pub order: u64,
+    /// `_large_mapcount`; `None` where whole-folio clears would still split (before 6.10, when
+    /// the kernel split any PTE-mapped large folio it was asked to cool).
+    pub large_mapcount: Option<u64>,
+    /// For checking a calibration on a page of our own.
+    pub mapping: u64,
+    pub index: u64,
+    pub mapcount: u64,
+}
+
+impl FolioOffsets {
+    fn read(btf: &Btf) -> Result<Self, &'static str> {
+        let member = |s: &str, names: &[&str]| {
+            names.iter().find_map(|m| btf.member_offset(s, m).ok()).map(|o| o as u64)
+        };
+        let whole_folio_clears = KernelVersion::current()
+            .is_some_and(|v| v >= KernelVersion { major: 6, minor: 10, patch: 0 });
+        Ok(Self {
+            page_size: btf.struct_size("page").map_err(|_| "no struct page")?,
+            compound: member("page", &["compound_head", "compound_info"])
+                .ok_or("no compound_head")?,
+            head_bit: btf.enum_value("PG_head").ok_or("no PG_head")?,
+            order: member("folio", &["_folio_order", "_flags_1"]).ok_or("no folio order")?,
+            large_mapcount: member("folio", &["_large_mapcount"]).filter(|_| whole_folio_clears),
+            mapping: member("page", &["mapping"]).ok_or("no page.mapping")?,
+            index: member("page", &["index", "__folio_index"]).ok_or("no page.index")?,
+            mapcount: member("page", &["_mapcount"]).ok_or("no page._mapcount")?,
+        })
+    }
 }
 
 /// The kernel's BTF, read once: aya's parse loads tp_btf programs, ours finds the offsets.
@@ -37,6 +78,7 @@ impl KernelTypes {
         let offsets = Offsets {
             mm_pgd: ours.member_offset("mm_struct", "pgd")? as u64,
             task_mm: ours.member_offset("task_struct", "mm")? as u64,
+            folio: FolioOffsets::read(&ours),
         };
         let btf = aya::Btf::parse(&data, Endianness::default())
             .with_context(|| format!("cannot parse {path}"))?;
@@ -120,7 +162,10 @@ mod tests {
             eprintln!("skipping: no kernel BTF");
             return;
         }
-        let Offsets { mm_pgd, task_mm } = KernelTypes::read().unwrap().offsets;
+        let Offsets { mm_pgd, task_mm, folio } = KernelTypes::read().unwrap().offsets;
         assert!(mm_pgd > 0 && mm_pgd % 8 == 0 && task_mm > 0 && task_mm % 8 == 0);
+        let folio = folio.unwrap();
+        assert_eq!((folio.page_size, folio.compound), (64, 8), "{folio:?}");
+        assert!(folio.head_bit < 64 && folio.order >= folio.page_size, "{folio:?}");
     }
 }

@@ -62,10 +62,10 @@ impl From<Refusal> for DataPlaneError {
 pub struct Walker {
     times: CallTimes,
     config: Array<MapData, WalkConfig>,
-    request_map: Array<MapData, WalkRequest>,
     results: RingBuf<MapData>,
     stats: PerCpuArray<MapData, WalkStats>,
     current: WalkConfig,
+    /// Read by the walker straight from our memory: it must not move (a box's contents do not).
     request: Box<WalkRequest>,
     iovecs: Iovecs,
     layout: Layout,
@@ -102,7 +102,6 @@ pub(crate) fn attach(bpf: &mut Ebpf, types: &KernelTypes) -> Result<()> {
 /// The walker's maps, taken from the object before it is shared.
 pub(crate) struct WalkMaps {
     config: Array<MapData, WalkConfig>,
-    request: Array<MapData, WalkRequest>,
     results: RingBuf<MapData>,
     stats: PerCpuArray<MapData, WalkStats>,
 }
@@ -111,28 +110,37 @@ impl WalkMaps {
     pub fn take(bpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             config: Array::try_from(take_map(bpf, names::WALK_CONFIG)?)?,
-            request: Array::try_from(take_map(bpf, names::WALK_REQUEST)?)?,
             results: RingBuf::try_from(take_map(bpf, names::WALK_RESULTS)?)?,
             stats: PerCpuArray::try_from(take_map(bpf, names::WALK_STATS)?)?,
         })
     }
 
     pub fn into_walker(self, layout: Layout, object: Arc<Ebpf>) -> Walker {
+        let request =
+            Box::new(WalkRequest { seq: 0, count: 0, prepared_from: 0, addrs: [0; MAX_WALK] });
+        // Resident, so the walker's reads of it never fault (best effort: a lost walk reads
+        // unknown and is reported).
+        // SAFETY: locking our own allocation, which lives as long as the walker.
+        unsafe {
+            libc::mlock((&raw const *request).cast(), size_of::<WalkRequest>());
+        }
         let current = WalkConfig {
             sampler_tid: 0,
             levels: layout.levels,
             page_offset_base: layout.page_offset_base,
             mm_pgd_offset: layout.offsets.mm_pgd,
             task_mm_offset: layout.offsets.task_mm,
+            request_addr: &raw const *request as u64,
+            done_seq: 0,
+            folio: layout.folio.unwrap_or_default(),
         };
         Walker {
             times: CallTimes::default(),
             config: self.config,
-            request_map: self.request,
             results: self.results,
             stats: self.stats,
             current,
-            request: Box::new(WalkRequest { seq: 0, done: 0, count: 0, addrs: [0; MAX_WALK] }),
+            request,
             iovecs: Iovecs(Vec::with_capacity(MAX_WALK)),
             layout,
             _object: object,
@@ -161,18 +169,21 @@ impl Walker {
     }
 
     /// Reads the page-table leaves of `addrs` in the target, into `out` (same order), changing
-    /// nothing: the lock is taken by a call on an empty range.
+    /// nothing: the lock is taken by a call on an empty range. The folios of the pages from
+    /// `prepared_from` on (those to be cleared) are looked up too.
     pub fn walk(
         &mut self,
         target: &PidFd,
         addrs: &[u64],
+        prepared_from: usize,
         out: &mut Vec<Leaf>,
     ) -> Result<(), DataPlaneError> {
         out.clear();
         out.resize(addrs.len(), Leaf::Missing);
-        for (chunk, leaves) in addrs.chunks(MAX_WALK).zip(out.chunks_mut(MAX_WALK)) {
+        for (k, (chunk, leaves)) in addrs.chunks(MAX_WALK).zip(out.chunks_mut(MAX_WALK)).enumerate()
+        {
             let started = Instant::now();
-            self.request(chunk)?;
+            self.request(chunk, prepared_from.saturating_sub(k * MAX_WALK))?;
             match target.madvise_cold(&[NOTHING]) {
                 Ok(_) => {}
                 Err(err) if err.raw_os_error() == Some(libc::ENOMEM) => {}
@@ -208,8 +219,9 @@ impl Walker {
         Ok(())
     }
 
-    /// Hands `addrs` to the walker for the next lock this thread takes on another process.
-    fn request(&mut self, addrs: &[u64]) -> Result<(), DataPlaneError> {
+    /// Hands `addrs` to the walker for the next lock this thread takes on another process: in
+    /// our own memory, which the walker reads (no system call).
+    fn request(&mut self, addrs: &[u64], prepared_from: usize) -> Result<(), DataPlaneError> {
         let tid = current_tid();
         if self.current.sampler_tid != tid {
             self.current.sampler_tid = tid;
@@ -219,10 +231,12 @@ impl Walker {
         }
         let request = &mut *self.request;
         request.seq += 1;
-        request.done = 0;
         request.count = addrs.len() as u64;
+        request.prepared_from = prepared_from.min(addrs.len()) as u64;
         request.addrs[..addrs.len()].copy_from_slice(addrs);
-        self.request_map.set(0, *request, 0).map_err(|err| map_error(names::WALK_REQUEST, err))
+        // The kernel reads the request during the coming system call: the stores come first.
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn collect(&mut self, leaves: &mut [Leaf]) {
@@ -250,9 +264,8 @@ fn parse_record(mut bytes: &[u8]) -> Option<WalkRecord> {
     }
     let (first, count) = (bytes.get_u32_ne(), bytes.get_u32_ne());
     let results = std::array::from_fn(|_| {
-        let leaf = bytes.get_u32_ne();
-        bytes.advance(4);
-        WalkResult { leaf, _pad: 0, entry: bytes.get_u64_ne() }
+        let (leaf, folio) = (bytes.get_u32_ne(), bytes.get_u32_ne());
+        WalkResult { leaf, folio, entry: bytes.get_u64_ne() }
     });
     Some(WalkRecord { first, count, results })
 }
@@ -300,7 +313,7 @@ mod tests {
     fn records_parse_from_their_bytes() {
         let results = [WalkResult::default(); damon_common::WALK_BATCH];
         let mut record = WalkRecord { first: 32, count: 2, results };
-        record.results[1] = WalkResult { leaf: 2, _pad: 0, entry: 0x1234_5067 };
+        record.results[1] = WalkResult { leaf: 2, folio: 1 << 31 | 4, entry: 0x1234_5067 };
         // SAFETY: a plain-data record viewed as its bytes.
         let bytes = unsafe {
             std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<WalkRecord>())

@@ -118,13 +118,33 @@ impl Btf {
         None
     }
 
-    /// Byte offset of `member` in struct `name`, looking through anonymous structs and unions.
-    pub fn member_offset(&self, name: &str, member: &str) -> Result<usize> {
-        let container = self
-            .index
+    fn struct_named(&self, name: &str) -> Result<&Type> {
+        self.index
             .iter()
             .find(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == name)
-            .with_context(|| format!("kernel BTF has no struct {name}"))?;
+            .with_context(|| format!("kernel BTF has no struct {name}"))
+    }
+
+    /// The size in bytes of struct `name`.
+    pub fn struct_size(&self, name: &str) -> Result<u64> {
+        Ok(self.struct_named(name)?.size_or_type.into())
+    }
+
+    /// The value of enumerator `name`, in whichever enum has it.
+    pub fn enum_value(&self, name: &str) -> Option<u64> {
+        self.index.iter().filter(|t| t.kind == KIND_ENUM).find_map(|t| {
+            (0..t.vlen as usize).find_map(|i| {
+                let at = t.data + 8 * i;
+                (self.name(u32_at(&self.types, at)?) == name)
+                    .then(|| u32_at(&self.types, at + 4).map(u64::from))
+                    .flatten()
+            })
+        })
+    }
+
+    /// Byte offset of `member` in struct `name`, looking through anonymous structs and unions.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<usize> {
+        let container = self.struct_named(name)?;
         let bits = self
             .find_member(container, member, 0)
             .with_context(|| format!("kernel BTF: struct {name} has no member {member}"))?;
@@ -161,9 +181,9 @@ mod tests {
     use super::*;
 
     /// A BTF blob with: 1 `long` (int), 2 `struct inner { long b; long pgd; }`,
-    /// 3 `struct outer { long a; struct { ... } (anonymous, at byte 16); }`.
+    /// 3 `struct outer { long a; struct { ... } (anonymous, at byte 16); }`, 4 `enum pageflags`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0long\0b\0pgd\0inner\0a\0outer\0";
+        let strings = b"\0long\0b\0pgd\0inner\0a\0outer\0pageflags\0PG_lru\0PG_head\0";
         let name = |s: &str| {
             let needle = format!("\0{s}\0");
             strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() as u32 + 1
@@ -178,6 +198,9 @@ mod tests {
         put(&[name("outer"), KIND_STRUCT << 24 | 2, 32]);
         put(&[name("a"), 1, 0]);
         put(&[0, 2, 128]); // anonymous `struct inner` at bit 128
+        put(&[name("pageflags"), KIND_ENUM << 24 | 2, 4]);
+        put(&[name("PG_lru"), 5]);
+        put(&[name("PG_head"), 6]);
         let mut blob = Vec::new();
         blob.extend_from_slice(&MAGIC.to_le_bytes());
         blob.extend_from_slice(&[1, 0]);
@@ -198,6 +221,17 @@ mod tests {
         let missing = btf.member_offset("outer", "mm").unwrap_err().to_string();
         assert_eq!(missing, "kernel BTF: struct outer has no member mm");
         assert!(btf.member_offset("nothere", "a").is_err());
+    }
+
+    #[test]
+    fn sizes_and_enumerators() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(
+            (btf.struct_size("inner").unwrap(), btf.struct_size("outer").unwrap()),
+            (16, 32)
+        );
+        assert_eq!(btf.enum_value("PG_head"), Some(6));
+        assert_eq!(btf.enum_value("PG_nothing"), None);
     }
 
     #[test]

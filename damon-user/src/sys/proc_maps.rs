@@ -14,6 +14,8 @@ pub struct Mapping {
     pub end: u64,
     /// `MAP_SHARED`: its pages may be mapped by other processes too.
     pub shared: bool,
+    /// A mapping of a file (its pages, until written, are the page cache's).
+    pub file: bool,
     /// What smaps' `VmFlags` say (all false when read from maps).
     pub flags: VmFlags,
     /// The kernel refused to clear here though the flags allow it (not read from a file: set by
@@ -40,8 +42,8 @@ impl Mapping {
     }
 
     /// The start, end and sharing: what `/proc/PID/maps` shows too.
-    fn layout(&self) -> (u64, u64, bool) {
-        (self.start, self.end, self.shared)
+    fn layout(&self) -> (u64, u64, bool, bool) {
+        (self.start, self.end, self.shared, self.file)
     }
 }
 
@@ -87,10 +89,12 @@ fn parse(text: &str) -> Vec<Mapping> {
             continue;
         };
         let Some(perms) = fields.next() else { continue };
+        // offset, device, inode: an inode names a file.
+        let file = fields.nth(2).is_some_and(|inode| inode != "0");
         kept = end <= USER_SPACE_END && start < end;
         if kept {
             let shared = perms.ends_with('s');
-            mappings.push(Mapping { start, end, shared, ..Mapping::default() });
+            mappings.push(Mapping { start, end, shared, file, ..Mapping::default() });
         }
     }
     mappings
@@ -131,7 +135,12 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]
     fn parses_ranges_and_sharing_and_drops_vsyscall() {
         let maps = parse(MAPS);
         assert_eq!(maps.len(), 4);
-        let first = Mapping { start: 0x55d4c0a00000, end: 0x55d4c0a02000, ..Mapping::default() };
+        let first = Mapping {
+            start: 0x55d4c0a00000,
+            end: 0x55d4c0a02000,
+            file: true,
+            ..Mapping::default()
+        };
         assert_eq!(maps[0], first);
         assert!(maps[2].shared && !maps[1].shared);
         assert_eq!(find(&maps, 0x55d4c2a1b123).map(|m| m.start), Some(0x55d4c2a1b000));

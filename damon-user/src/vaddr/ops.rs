@@ -14,7 +14,7 @@
 //! A failure that is not an exit (an unexplained refusal, a failed call or map) ends nothing: it
 //! is kept as a problem for the monitor to report, and the samples it cost read unknown.
 
-use std::collections::{HashMap, hash_map::Entry};
+use std::collections::{HashMap, HashSet, hash_map::Entry};
 
 use anyhow::{Context as _, Result};
 use damon_engine::{Access, NO_PREPARE, Operations, Target};
@@ -36,6 +36,8 @@ struct Process {
     pagemap: Pagemap,
     /// With their flags (from smaps), re-read when the layout changes or a clear is refused.
     mappings: Vec<Mapping>,
+    /// Sampling addresses prepared without a clear (their accessed bit stays set).
+    uncleared: HashSet<u64>,
     exited: bool,
 }
 
@@ -48,6 +50,18 @@ impl Process {
     /// one: asking costs nothing, the kernel says ENOMEM).
     fn clearable(&self, addr: u64) -> bool {
         self.mapping(addr).is_none_or(Mapping::clearable)
+    }
+
+    /// The range to clear for the accessed page at `addr`, or `None` if none may be: one the
+    /// kernel refuses, a read-only page of a file (page cache shared with other processes), or
+    /// no range that keeps its folio whole inside its mapping.
+    fn clear_range(&self, addr: u64, leaf: Leaf) -> Option<(u64, u64)> {
+        let mapping = self.mapping(addr);
+        if !self.clearable(addr) || mapping.is_some_and(|m| m.file && !leaf.writable()) {
+            return None;
+        }
+        let (start, len) = leaf.clear_range(addr)?;
+        mapping.is_none_or(|m| m.start <= start && start + len <= m.end).then_some((start, len))
     }
 }
 
@@ -135,8 +149,8 @@ impl VaddrOps {
         match leaf {
             Leaf::Missing | Leaf::Fault => Access::Unknown,
             _ if !leaf.accessed() => Access::Idle,
-            // Set, and nothing here can reset it: it says nothing about this interval.
-            _ if !process.clearable(addr) => Access::Unknown,
+            // Set, and nothing reset it: it says nothing about this interval.
+            _ if process.uncleared.contains(&addr) || !process.clearable(addr) => Access::Unknown,
             _ => {
                 let shared = process.mapping(addr).is_none_or(|m| m.shared);
                 if (leaf.writable() && !shared) || process.pagemap.exclusive(addr).unwrap_or(false)
@@ -238,28 +252,36 @@ fn checked_slots(out: &mut [Access]) -> impl Iterator<Item = &mut Access> {
 }
 
 /// One target's walk of `addrs`, then the clearing of the accessed pages among them after the
-/// first `checked` (those are only checked), in the page sizes the walk found. A walk that
-/// fails leaves its leaves missing (read unknown).
+/// first `checked` (those are only checked), each over the range that splits nothing: a huge
+/// page or a large folio whole. A page no range can be cleared for, or that should not be
+/// cleared (a shared library's page: clearing it would cool it for every process), is left
+/// set and remembered, so its next check reads unknown. A walk that fails leaves its leaves
+/// missing (read unknown).
 fn walk_and_clear(
     walker: &mut Walker,
-    process: &Process,
+    process: &mut Process,
     addrs: &[u64],
     checked: usize,
     (leaves, pages, refused): (&mut Vec<Leaf>, &mut Vec<(u64, u64)>, &mut Vec<Refusal>),
 ) -> Result<(), DataPlaneError> {
-    if let Err(err) = walker.walk(&process.pidfd, addrs, leaves) {
+    if let Err(err) = walker.walk(&process.pidfd, addrs, checked, leaves) {
         leaves.clear();
         leaves.resize(addrs.len(), Leaf::Missing);
         return Err(err);
     }
     pages.clear();
-    pages.extend(
-        addrs[checked..]
-            .iter()
-            .zip(&leaves[checked..])
-            .filter(|&(&addr, leaf)| leaf.accessed() && process.clearable(addr))
-            .filter_map(|(&addr, leaf)| Some((addr, leaf.page_size()?))),
-    );
+    for (&addr, leaf) in addrs[checked..].iter().zip(&leaves[checked..]) {
+        process.uncleared.remove(&addr);
+        if !leaf.accessed() {
+            continue;
+        }
+        match process.clear_range(addr, *leaf) {
+            Some(range) => pages.push(range),
+            None => {
+                process.uncleared.insert(addr);
+            }
+        }
+    }
     if pages.is_empty() {
         return Ok(());
     }
@@ -296,7 +318,9 @@ impl Source for VaddrOps {
             });
         }
         let pagemap = Pagemap::open(pid).map_err(|err| denied_or(err, TargetError::Other))?;
-        self.processes.insert(pid as u64, Process { pidfd, pagemap, mappings, exited: false });
+        let uncleared = HashSet::new();
+        self.processes
+            .insert(pid as u64, Process { pidfd, pagemap, mappings, uncleared, exited: false });
         Ok(Target::new(pid as u64))
     }
 
