@@ -11,15 +11,17 @@ pub mod names {
     pub const WALK_CONFIG: &str = "WALK_CONFIG";
     pub const WALK_RESULTS: &str = "WALK_RESULTS";
     pub const WALK_STATS: &str = "WALK_STATS";
+    pub const WALK_SCRATCH: &str = "WALK_SCRATCH";
     pub const FAULT_TARGETS: &str = "FAULT_TARGETS";
     pub const FAULT_EVENTS: &str = "FAULT_EVENTS";
     pub const FAULT_LOST: &str = "FAULT_LOST";
     pub const PEEK_OUT: &str = "PEEK_OUT";
     pub const PROBE_FIRED: &str = "PROBE_FIRED";
-    pub const MAPS: [&str; 8] = [
+    pub const MAPS: [&str; 9] = [
         WALK_CONFIG,
         WALK_RESULTS,
         WALK_STATS,
+        WALK_SCRATCH,
         FAULT_TARGETS,
         FAULT_EVENTS,
         FAULT_LOST,

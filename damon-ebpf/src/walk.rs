@@ -36,6 +36,11 @@ static WALK_RESULTS: RingBuf = RingBuf::with_byte_size(1 << 17, 0);
 #[map]
 static WALK_STATS: PerCpuArray<WalkStats> = PerCpuArray::with_max_entries(1, 0);
 
+/// The batch being walked: off the stack, which 6.1's verifier allows 512 bytes for the program
+/// and its `bpf_loop` callbacks together.
+#[map]
+static WALK_SCRATCH: PerCpuArray<WalkRecord> = PerCpuArray::with_max_entries(1, 0);
+
 #[btf_tracepoint(function = "mmap_lock_acquire_returned")]
 pub fn walk_on_lock(ctx: BtfTracePointContext) -> i32 {
     handle(&ctx);
@@ -126,13 +131,6 @@ fn handle(ctx: &BtfTracePointContext) {
     }
 }
 
-/// One batch being walked: the shared walk state and the batch's record, on `walk_batch`'s stack.
-#[repr(C)]
-struct Batch {
-    walk: *mut Walk,
-    record: WalkRecord,
-}
-
 /// `bpf_loop` callback: walks the addresses of batch `batch` and reports them in one record.
 /// Each address is walked by another `bpf_loop` callback rather than an inline loop, so the
 /// verifier checks the walk once instead of once per unrolled iteration (7.2's gives up at a
@@ -143,16 +141,14 @@ extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
     let first = batch as usize * WALK_BATCH;
     let remaining = (walk.count as usize).saturating_sub(first);
     let n = remaining.min(WALK_BATCH) as u32;
-    let mut b = Batch {
-        walk,
-        record: WalkRecord {
-            first: first as u32,
-            count: 0,
-            results: [WalkResult::default(); WALK_BATCH],
-        },
-    };
-    // SAFETY: the callback matches bpf_loop's signature; `b` outlives the call.
-    unsafe { bpf_loop(n, walk_one as *mut c_void, &mut b as *mut Batch as *mut c_void, 0) };
+    let Some(scratch) = WALK_SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: this CPU's slot; the program runs to completion on this CPU.
+    unsafe {
+        (*scratch).first = first as u32;
+        (*scratch).count = 0;
+    }
+    // SAFETY: the callback matches bpf_loop's signature; `walk` outlives the call.
+    unsafe { bpf_loop(n, walk_one as *mut c_void, ctx, 0) };
     let Some(mut record) = WALK_RESULTS.reserve::<WalkRecord>(0) else {
         if let Some(stats) = WALK_STATS.get_ptr_mut(0) {
             // SAFETY: this CPU's slot. The rest of the walk is lost with this batch.
@@ -160,7 +156,8 @@ extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
         }
         return 1;
     };
-    record.write(b.record);
+    // SAFETY: as above; results past `count` are stale and ignored by the reader.
+    record.write(unsafe { *scratch });
     // The sampler reads the results as soon as its syscall returns, never waiting on the ring:
     // a wakeup would only cost an irq_work self-IPI (a VM exit on virtual machines).
     record.submit(BPF_RB_NO_WAKEUP as u64);
@@ -169,11 +166,14 @@ extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
 
 /// `bpf_loop` callback: walks address `j` of the batch into its record.
 extern "C" fn walk_one(j: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Batch` on `walk_batch`'s stack; its `walk` is on `handle`'s.
-    let b = unsafe { &mut *(ctx as *mut Batch) };
-    let walk = unsafe { &mut *b.walk };
-    let Some(config) = WALK_CONFIG.get(0) else { return 1 };
-    let index = (b.record.first as usize + j as usize) & (MAX_WALK - 1);
+    // SAFETY: `ctx` is the `Walk` on `handle`'s stack.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let (Some(config), Some(record)) = (WALK_CONFIG.get(0), WALK_SCRATCH.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, filled by `walk_batch` above us.
+    let record = unsafe { &mut *record };
+    let index = (record.first as usize + j as usize) & (MAX_WALK - 1);
     let Some(addr) = request_word(config, REQUEST_ADDRS + 8 * index as u64) else { return 1 };
     let found = translate(walk, addr);
     let folio = if found.leaf == LEAF_PTE && index as u32 >= walk.prepared_from {
@@ -181,9 +181,9 @@ extern "C" fn walk_one(j: u64, ctx: *mut c_void) -> i64 {
     } else {
         0
     };
-    let result = WalkResult { leaf: found.leaf, folio, entry: found.entry };
-    b.record.results[j as usize & (WALK_BATCH - 1)] = result;
-    b.record.count += 1;
+    record.results[j as usize & (WALK_BATCH - 1)] =
+        WalkResult { leaf: found.leaf, folio, entry: found.entry };
+    record.count += 1;
     0
 }
 

@@ -166,6 +166,7 @@ fn bench(tools: &setup::TestTools) -> Result<()> {
         ("damon-user", "vaddr"),
         ("damon-user", "records"),
         ("damon-user", "metrics"),
+        ("damon-user", "reclaim"),
     ] {
         run_command(with_tools(
             cargo().args(["bench", "--package", package, "--bench", bench]),

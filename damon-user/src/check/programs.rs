@@ -83,7 +83,7 @@ pub fn rows(mut facts: Facts) -> Vec<Row> {
     let skip_all = |why: &str| -> Vec<Row> {
         std::iter::once(object.clone())
             .chain(spec_rows())
-            .chain([layout_row()])
+            .chain([layout_row(), folio_row(None)])
             .map(|row| row.skipped(why))
             .collect()
     };
@@ -99,6 +99,7 @@ pub fn rows(mut facts: Facts) -> Vec<Row> {
             let mut rows = vec![object.missing(format!("{err:#}"))];
             rows.extend(spec_rows().map(|row| row.skipped("the eBPF object did not load")));
             rows.push(layout_row().skipped("the eBPF object did not load"));
+            rows.push(folio_row(None));
             return rows;
         }
     };
@@ -122,21 +123,38 @@ pub fn rows(mut facts: Facts) -> Vec<Row> {
         }
     }));
     let layout = layout_row();
-    rows.push(match loaded.calibrate() {
-        Ok(plane) => {
-            let l = plane.layout();
-            layout.ok(format!(
-                "{} levels, direct map at {:#x}, mm_struct.pgd +{:#x}, task_struct.mm +{:#x}; {}",
-                l.levels,
-                l.page_offset_base,
-                l.offsets.mm_pgd,
-                l.offsets.task_mm,
-                l.verified.describe()
-            ))
-        }
+    let calibrated = loaded.calibrate().map(|plane| plane.layout());
+    rows.push(match &calibrated {
+        Ok(l) => layout.ok(format!(
+            "{} levels, direct map at {:#x}, mm_struct.pgd +{:#x}, task_struct.mm +{:#x}; {}",
+            l.levels,
+            l.page_offset_base,
+            l.offsets.mm_pgd,
+            l.offsets.task_mm,
+            l.verified.describe()
+        )),
         Err(err) => layout.missing(format!("{err:#}")),
     });
+    rows.push(folio_row(calibrated.ok().map(|l| l.folio)));
     rows
+}
+
+/// Whether the walker finds sampled pages' folios, which large folios need to be cleared at all
+/// (part of one would split it).
+fn folio_row(folio: Option<Result<damon_common::FolioLayout, &'static str>>) -> Row {
+    let row = Row::new("large folios (mTHP, page cache)", false, "large folios read unknown");
+    match folio {
+        None => row.skipped("no page-table layout"),
+        Some(Err(why)) => row.missing(format!("{why}: never cleared, so never split")),
+        Some(Ok(f)) if f.mapcount_offset == u64::MAX => row.ok(format!(
+            "struct page at {:#x}; never cleared before kernel 6.10 (whole clears split there)",
+            f.vmemmap_base
+        )),
+        Some(Ok(f)) => row.ok(format!(
+            "struct page at {:#x}, {} B each; cleared whole, never split",
+            f.vmemmap_base, f.page_size
+        )),
+    }
 }
 
 /// The page-table walker's start-up: offsets from BTF, the calibrated direct map, the check

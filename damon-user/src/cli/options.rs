@@ -15,7 +15,7 @@ use damon_engine::{
 };
 use serde::Deserialize;
 
-use crate::monitor::MonitorConfig;
+use crate::monitor::{DEFAULT_RECLAIM_BACKOFF, MonitorConfig};
 
 /// damo's default operations update interval, and udamon's: mappings and cgroup membership are
 /// re-read this often (the kernel's own default is 60 s).
@@ -55,8 +55,14 @@ pub struct MonitoringArgs {
     /// Kernel behaviour where versions differ (merge retries, sampling ranges) [default: newest].
     #[arg(long, value_name = "VERSION", value_parser = named(CoreVersion::ALL.map(|v| (v.name(), v.about()))).map(|s| s.parse::<CoreVersion>().expect("a listed name")))]
     pub core_version: Option<CoreVersion>,
+    /// Memory pressure (PSI "some avg10" of a target's cgroup, or of the system, in percent) from
+    /// which udamon clears only one in 4 of the accessed pages it samples, since each clear
+    /// hurries its page towards reclaim; the others read unknown; `off`: never [default: 10].
+    #[arg(long, value_name = "PERCENT|off")]
+    pub reclaim_backoff: Option<String>,
     /// A TOML file with any of the options above (sample, aggr, updr, minr, maxr, split-policy,
-    /// sampling, seed, core-version); options given on the command line override it.
+    /// sampling, seed, core-version, reclaim-backoff); options given on the command line
+    /// override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -79,6 +85,15 @@ struct ConfigFile {
     sampling: Option<Sampling>,
     seed: Option<u64>,
     core_version: Option<CoreVersion>,
+    reclaim_backoff: Option<BackoffValue>,
+}
+
+/// `reclaim-backoff` in the file: a percentage, or "off".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BackoffValue {
+    Percent(f64),
+    Word(String),
 }
 
 /// The options with the config file under them: what was given, nothing defaulted yet.
@@ -93,6 +108,8 @@ pub struct Settings {
     pub sampling: Option<Sampling>,
     pub version: Option<CoreVersion>,
     pub seed: Option<u64>,
+    /// `Some(None)`: backoff off.
+    pub reclaim_backoff: Option<Option<f64>>,
 }
 
 impl MonitoringArgs {
@@ -121,6 +138,16 @@ impl MonitoringArgs {
             sampling: self.sampling.or(file.sampling),
             version: self.core_version.or(file.core_version),
             seed: self.seed.or(file.seed),
+            reclaim_backoff: match (&self.reclaim_backoff, file.reclaim_backoff) {
+                (Some(text), _) => Some(backoff(text).context("--reclaim-backoff")?),
+                (None, Some(BackoffValue::Percent(p))) => {
+                    Some(backoff(&p.to_string()).context("--config: reclaim-backoff")?)
+                }
+                (None, Some(BackoffValue::Word(w))) => {
+                    Some(backoff(&w).context("--config: reclaim-backoff")?)
+                }
+                (None, None) => None,
+            },
         })
     }
 
@@ -170,7 +197,19 @@ impl Settings {
             sampling: self.sampling.unwrap_or(Sampling::Adaptive),
             version: self.version.unwrap_or_default(),
             seed: self.seed.unwrap_or_else(random_seed),
+            reclaim_backoff: self.reclaim_backoff.unwrap_or(Some(DEFAULT_RECLAIM_BACKOFF)),
         })
+    }
+}
+
+/// A backoff threshold: "off", or a percentage above 0 and at most 100.
+fn backoff(text: &str) -> Result<Option<f64>> {
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    match text.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(Some(p)),
+        _ => bail!("{text}: give a percentage above 0 and at most 100, or off"),
     }
 }
 
@@ -237,5 +276,32 @@ mod tests {
         assert_eq!(span("8s", "duration").unwrap(), 8_000_000);
         assert_eq!(span("250ms", "flush-every").unwrap(), 250_000);
         assert!(span("8 parsecs", "duration").is_err());
+    }
+
+    #[test]
+    fn reclaim_backoff_is_a_percentage_or_off() {
+        let config = |text: &str| {
+            let args = MonitoringArgs { reclaim_backoff: Some(text.into()), ..Default::default() };
+            args.resolve().and_then(|s| s.monitor_config()).map(|c| c.reclaim_backoff)
+        };
+        assert_eq!(config("off").unwrap(), None);
+        assert_eq!(config("25").unwrap(), Some(25.0));
+        assert_eq!(config("2.5%").unwrap(), Some(2.5));
+        for bad in ["0", "101", "-3", "high", ""] {
+            let err = format!("{:#}", config(bad).unwrap_err());
+            assert!(err.starts_with("--reclaim-backoff: "), "{bad}: {err}");
+        }
+        let default = MonitoringArgs::default().resolve().unwrap().monitor_config().unwrap();
+        assert_eq!(default.reclaim_backoff, Some(DEFAULT_RECLAIM_BACKOFF));
+        let path = std::env::temp_dir().join(format!("udamon-backoff-{}.toml", std::process::id()));
+        let from_file = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let args = MonitoringArgs { config: Some(path.clone()), ..Default::default() };
+            args.resolve().and_then(|s| s.monitor_config()).map(|c| c.reclaim_backoff)
+        };
+        assert_eq!(from_file("reclaim-backoff = 5\n").unwrap(), Some(5.0));
+        assert_eq!(from_file("reclaim-backoff = \"off\"\n").unwrap(), None);
+        assert!(from_file("reclaim-backoff = 500\n").is_err());
+        std::fs::remove_file(&path).unwrap();
     }
 }

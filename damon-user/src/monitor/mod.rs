@@ -32,7 +32,12 @@ pub struct MonitorConfig {
     pub sampling: Sampling,
     pub version: CoreVersion,
     pub seed: u64,
+    /// Memory pressure (PSI "some avg10", %) from which the clears back off; `None`: never.
+    pub reclaim_backoff: Option<f64>,
 }
+
+/// The default backoff threshold: a tenth of the time stalled on memory.
+pub const DEFAULT_RECLAIM_BACKOFF: f64 = 10.0;
 
 impl Default for MonitorConfig {
     /// The kernel's attributes and udamon's choices: the default policy, adaptive sampling.
@@ -43,6 +48,7 @@ impl Default for MonitorConfig {
             sampling: Sampling::Adaptive,
             version: CoreVersion::default(),
             seed: 0,
+            reclaim_backoff: Some(DEFAULT_RECLAIM_BACKOFF),
         }
     }
 }

@@ -87,10 +87,13 @@ pub async fn run(
     let (walker, faults) =
         DataPlane::load().and_then(|plane| plane.start(true)).map_err(SessionError::Runtime)?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let monitor = Monitor::start(config, VaddrOps::new(walker), &pids, events_tx, cgroup.is_some())
-        .map_err(|err| match err.downcast_ref::<TargetError>() {
-            Some(target) if target.is_input() => SessionError::Input(err),
-            _ => SessionError::Runtime(err),
+    let ops = VaddrOps::new(walker).with_backoff(config.reclaim_backoff);
+    let monitor =
+        Monitor::start(config, ops, &pids, events_tx, cgroup.is_some()).map_err(|err| {
+            match err.downcast_ref::<TargetError>() {
+                Some(target) if target.is_input() => SessionError::Input(err),
+                _ => SessionError::Runtime(err),
+            }
         })?;
     // Only now: a target that cannot be monitored is the one line to say.
     let mut faults = faults.and_then(|stream| watch_faults(stream, &pids));

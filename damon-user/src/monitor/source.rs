@@ -50,6 +50,8 @@ pub struct OpsStats {
     /// The clearing calls, and the pages they cleared.
     pub clearing: Duration,
     pub cleared_pages: u64,
+    /// Clears withheld under memory pressure (their samples read unknown).
+    pub withheld_clears: u64,
 }
 
 /// Why a pid cannot be monitored: one line for the user.

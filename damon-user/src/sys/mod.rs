@@ -7,5 +7,6 @@ pub mod cgroup;
 pub mod kernel;
 pub mod pagemap;
 pub mod pidfd;
+pub mod pressure;
 pub mod proc_maps;
 pub mod tracefs;

@@ -11,10 +11,18 @@
 //! one says nothing, so it reads unknown. A mapping that becomes locked while monitored is found
 //! by the refusal of its clear, which re-reads the flags.
 //!
+//! Each clear deactivates the page (`MADV_COLD`), so a page touched before a sample and idle
+//! since goes to reclaim sooner. Under memory pressure (PSI of the target's cgroup, or of the
+//! system) above the backoff threshold, only one in `CLEAR_ONE_IN` accessed pages is cleared;
+//! the others read unknown at their next check.
+//!
 //! A failure that is not an exit (an unexplained refusal, a failed call or map) ends nothing: it
 //! is kept as a problem for the monitor to report, and the samples it cost read unknown.
 
-use std::collections::{HashMap, HashSet, hash_map::Entry};
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, Result};
 use damon_engine::{Access, NO_PREPARE, Operations, Target};
@@ -26,9 +34,13 @@ use crate::{
     sys::{
         pagemap::Pagemap,
         pidfd::PidFd,
+        pressure,
         proc_maps::{self, Mapping},
     },
 };
+
+/// Under memory pressure, one accessed page in this many is cleared.
+pub const CLEAR_ONE_IN: u64 = 4;
 
 /// A monitored process.
 struct Process {
@@ -39,6 +51,11 @@ struct Process {
     /// Sampling addresses prepared without a clear (their accessed bit stays set).
     uncleared: HashSet<u64>,
     exited: bool,
+    /// Where its memory pressure is read, whether it is above the threshold, and the clears
+    /// withheld for it.
+    pressure: Option<PathBuf>,
+    backing_off: bool,
+    withheld: u64,
 }
 
 impl Process {
@@ -74,12 +91,18 @@ pub struct VaddrOps {
     leaves: Vec<Leaf>,
     pages: Vec<(u64, u64)>,
     refused: Vec<Refusal>,
+    /// Memory pressure (PSI "some", %) from which clears back off; `None`: never.
+    backoff: Option<f64>,
+    /// Clears withheld for targets since closed.
+    withheld_closed: u64,
 }
 
 impl VaddrOps {
     pub fn new(walker: Walker) -> Self {
         Self {
             walker,
+            backoff: None,
+            withheld_closed: 0,
             processes: HashMap::new(),
             problems: HashMap::new(),
             addrs: Vec::new(),
@@ -87,6 +110,12 @@ impl VaddrOps {
             pages: Vec::new(),
             refused: Vec::new(),
         }
+    }
+
+    /// Clears back off from this memory pressure (PSI "some avg10", in percent) on.
+    pub fn with_backoff(mut self, threshold: Option<f64>) -> Self {
+        self.backoff = threshold;
+        self
     }
 
     /// Loads the data plane (without the fault stream) for operations of their own.
@@ -270,14 +299,19 @@ fn walk_and_clear(
         return Err(err);
     }
     pages.clear();
+    let mut candidates = 0u64;
     for (&addr, leaf) in addrs[checked..].iter().zip(&leaves[checked..]) {
         process.uncleared.remove(&addr);
         if !leaf.accessed() {
             continue;
         }
-        match process.clear_range(addr, *leaf) {
-            Some(range) => pages.push(range),
-            None => {
+        let range = process.clear_range(addr, *leaf);
+        candidates += range.is_some() as u64;
+        let withhold = process.backing_off && !candidates.is_multiple_of(CLEAR_ONE_IN);
+        match range {
+            Some(range) if !withhold => pages.push(range),
+            _ => {
+                process.withheld += withhold as u64;
                 process.uncleared.insert(addr);
             }
         }
@@ -318,14 +352,24 @@ impl Source for VaddrOps {
             });
         }
         let pagemap = Pagemap::open(pid).map_err(|err| denied_or(err, TargetError::Other))?;
-        let uncleared = HashSet::new();
-        self.processes
-            .insert(pid as u64, Process { pidfd, pagemap, mappings, uncleared, exited: false });
+        let process = Process {
+            pidfd,
+            pagemap,
+            mappings,
+            uncleared: HashSet::new(),
+            exited: false,
+            pressure: self.backoff.and_then(|_| pressure::source(pid)),
+            backing_off: false,
+            withheld: 0,
+        };
+        self.processes.insert(pid as u64, process);
         Ok(Target::new(pid as u64))
     }
 
     fn close(&mut self, pid: u32) {
-        self.processes.remove(&(pid as u64));
+        if let Some(process) = self.processes.remove(&(pid as u64)) {
+            self.withheld_closed += process.withheld;
+        }
         self.problems.retain(|&(p, _), _| p != pid);
     }
 
@@ -346,6 +390,8 @@ impl Source for VaddrOps {
             walking: calls.walking,
             clearing: calls.clearing,
             cleared_pages: calls.cleared_pages,
+            withheld_clears: self.withheld_closed
+                + self.processes.values().map(|p| p.withheld).sum::<u64>(),
         }
     }
 }
@@ -374,6 +420,12 @@ impl Operations for VaddrOps {
             });
             // Unreadable or empty maps are not an exit by themselves: the pidfd says.
             process.exited |= process.pidfd.exited();
+            if let Some(threshold) = self.backoff {
+                // Read where it is now: a process may move to another group.
+                process.pressure = pressure::source(pid).or(process.pressure.take());
+                let now = process.pressure.as_deref().and_then(pressure::some_avg10);
+                process.backing_off = now.is_some_and(|p| p >= threshold);
+            }
             match read {
                 _ if process.exited => {}
                 Ok(mappings) if !mappings.is_empty() => {

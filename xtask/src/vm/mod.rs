@@ -23,7 +23,7 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The integration tests with privileged parts. Not `demo`: its accuracy bounds assume the
 /// workload sweeps its hot memory at native speed, and under TCG it runs ~5× slower; the guest
 /// runs `udamon demo` end to end instead.
-const GUEST_TESTS: [&str; 5] = ["fault_stream", "walker", "live", "cli", "metrics"];
+const GUEST_TESTS: [&str; 6] = ["fault_stream", "walker", "gentle", "live", "cli", "metrics"];
 /// Tests of udamon against damo and Prometheus, which the guests do not have; the host runs them.
 const HOST_ONLY: [&str; 2] = ["damo_", "prometheus_"];
 /// What the cli tests drop privileges with (util-linux; busybox's cannot change user), and the
