@@ -40,7 +40,7 @@ use crate::{
 };
 
 /// Under memory pressure, one accessed page in this many is cleared.
-pub const CLEAR_ONE_IN: u64 = 4;
+pub const CLEAR_ONE_IN: u64 = 16;
 
 /// A monitored process.
 struct Process {
