@@ -623,7 +623,8 @@ mod tests {
             fn prepare_access_checks(&mut self, _: &[Target], _: &[u64]) {}
             fn check_accesses(&mut self, _: &[Target], results: &mut [Access]) {
                 self.0 += 1;
-                let known = if self.0.is_multiple_of(2) { Access::Accessed } else { Access::Unknown };
+                let known =
+                    if self.0.is_multiple_of(2) { Access::Accessed } else { Access::Unknown };
                 results.fill(known);
                 results[0] = Access::Unknown;
             }

@@ -249,7 +249,8 @@ mod tests {
     fn a_base_that_translates_only_the_page_tables_is_not_taken() {
         let base = 0xffff_8880_0000_0000;
         // All above the decoy base, so only the translation can tell them apart.
-        let (pgd, mm, task) = (base + 8 * GIB, base + 6 * GIB + 0x20_0000, base + 7 * GIB + 0x40_0000);
+        let (pgd, mm, task) =
+            (base + 8 * GIB, base + 6 * GIB + 0x20_0000, base + 7 * GIB + 0x40_0000);
         let mut memory = Memory(HashMap::new());
         memory.map(pgd, pgd, base, (0x10_0000, 0x20_0000));
         memory.map(pgd, mm, base, (0x10_0000, 0x30_0000));
