@@ -82,6 +82,35 @@ fn record_then_report_round_trip() {
     assert!((8..=26).contains(&snapshots), "{snapshots} snapshots of 100 ms in 2.5 s");
 }
 
+/// `record -o` writes a device through (never replacing it: /dev/null stays a device, /dev/full
+/// is a runtime error) and follows a symlink, which stays one.
+#[test]
+fn record_writes_through_devices_and_follows_links() {
+    use std::os::unix::fs::FileTypeExt as _;
+    if !privileged("record_writes_through_devices_and_follows_links") {
+        return;
+    }
+    let target = Sleeper::new();
+    let record = |output: &str| {
+        udamon().args(["record", "--duration", "1s", "-o", output, &target.pid()]).output().unwrap()
+    };
+    let out = record("/dev/null");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("snapshots written to /dev/null"), "{err}");
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    let out = record("/dev/full");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("udamon: cannot write /dev/full: No space left on device"), "{err}");
+    let dir = scratch("link");
+    let (link, file) = (dir.join("link.data"), dir.join("damon.data"));
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    succeed(record(link.to_str().unwrap()));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(report(&file, "access")[0]["target_id"].as_u64().unwrap().to_string(), target.pid());
+}
+
 /// The real damo reads a live record (not in vm-test guests, which have no damo: they skip it
 /// by name).
 #[test]

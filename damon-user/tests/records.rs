@@ -316,3 +316,48 @@ fn we_read_what_damo_writes() {
         assert_eq!(ours, reference, "damo's {format}");
     }
 }
+
+/// `-o` never replaces what is not a regular file: a device is written through (a full one is a
+/// runtime error), a symlink followed (dangling too) and kept, a directory refused alike by
+/// every command.
+#[test]
+fn outputs_never_replace_devices_or_links() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let dir = scratch("outputs");
+    let convert = |output: &str| udamon(&["convert", "-i", FIXTURE, "-o", output]);
+    let out = convert("/dev/null");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    let out = convert("/dev/full");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("udamon: cannot write /dev/full: No space left on device"), "{err}");
+
+    let (link, target) = (dir.join("link.data"), dir.join("target.data"));
+    std::os::unix::fs::symlink("target.data", &link).unwrap();
+    for _ in 0..2 {
+        // Dangling the first time, to an existing file the second.
+        stdout(&convert(path(&link)));
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        stdout(&udamon(&["report", "access", "-i", path(&target)]));
+    }
+    let picture = dir.join("heat.svg");
+    std::os::unix::fs::symlink("/dev/null", &picture).unwrap();
+    stdout(&udamon(&["report", "heatmap", "-i", FIXTURE, "--target", "7", "-o", path(&picture)]));
+    assert!(std::fs::symlink_metadata(&picture).unwrap().file_type().is_symlink());
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+
+    let subdir = dir.join("a.svg");
+    std::fs::create_dir(&subdir).unwrap();
+    let expected = format!("udamon: cannot write {}: it is a directory\n", path(&subdir));
+    for args in [
+        &["convert", "-i", FIXTURE, "-o", path(&subdir)][..],
+        &["report", "heatmap", "-i", FIXTURE, "--target", "7", "-o", path(&subdir)],
+        &["record", "-o", path(&subdir), "1"],
+    ] {
+        let out = udamon(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), expected, "{args:?}");
+    }
+}

@@ -5,10 +5,13 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Args;
 
 use super::Failure;
-use crate::output::record::{self, Format};
+use crate::{
+    output::record::{self, Format},
+    util::atomic_file::Output,
+};
 
 /// Convert a record file (udamon's or damo's) to another format, as `damo convert_record_format`
-/// does. The output is written atomically.
+/// does. A file is written atomically; a device or FIFO is written through.
 #[derive(Args)]
 pub struct ConvertArgs {
     /// The record to read.
@@ -23,7 +26,8 @@ pub struct ConvertArgs {
 }
 
 pub(super) fn run(args: ConvertArgs) -> Result<ExitCode, Failure> {
+    let output = Output::new(&args.output).map_err(Failure::Input)?;
     let targets = record::load(&args.input).map_err(Failure::Input)?;
-    record::save(&args.output, &targets, args.format).map_err(Failure::Runtime)?;
+    record::save(&output, &targets, args.format).map_err(Failure::Runtime)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -22,7 +22,7 @@ use crate::{
         session::{self, Ended},
     },
     output::record::{Format, Intervals, writer::RecordWriter},
-    util::atomic_file,
+    util::atomic_file::Output,
 };
 
 /// Record processes' access snapshots (one per aggregation interval) into a file damo can read.
@@ -34,7 +34,8 @@ pub struct RecordArgs {
     targets: TargetArgs,
     #[command(flatten)]
     serve: ServeArgs,
-    /// The record file.
+    /// The record file (a symlink is followed; a device or FIFO gets the record once, at the
+    /// end, since it cannot be rewritten).
     #[arg(short, long, default_value = "damon.data", value_name = "FILE")]
     output: PathBuf,
     /// File format: damo's json_compressed (default), json, or perf_script trace text.
@@ -57,11 +58,11 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
     let flush_every = options::span(&args.flush_every, "flush-every")
         .map(Duration::from_micros)
         .map_err(Failure::Input)?;
-    atomic_file::check_writable(&args.output).map_err(Failure::Input)?;
+    let output = Output::new(&args.output).map_err(Failure::Input)?;
     let metrics = args.serve.addr()?;
     let (targets, _started) = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
-    let mut writer = RecordWriter::new(args.output.clone(), args.format, intervals, flush_every);
+    let mut writer = RecordWriter::new(output, args.format, intervals, flush_every);
     let progress =
         duration.filter(|_| std::io::stderr().is_terminal()).map(|d| (Instant::now(), d));
     let result =
@@ -69,7 +70,7 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
             match event {
                 Event::Snapshot(s) => writer.push(&s)?,
                 Event::TargetGone(pid) => {
-                    writer.flush()?;
+                    writer.checkpoint()?;
                     eprintln!("\rudamon: pid {pid} gone");
                 }
                 Event::TargetAdded(pid) => eprintln!("\rudamon: pid {pid} added"),
@@ -89,7 +90,7 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
         eprintln!();
     }
     // Whatever ended the run, keep what was recorded.
-    let flushed = writer.flush();
+    let flushed = writer.finish();
     let (_, ended) = result?;
     flushed.map_err(Failure::Runtime)?;
     if writer.snapshots() == 0 {

@@ -18,7 +18,7 @@ use crate::{
             picture,
         },
     },
-    util::atomic_file,
+    util::atomic_file::Output,
 };
 
 /// Show a record file (udamon's or damo's, any of the formats): the access table, a heatmap,
@@ -248,11 +248,9 @@ fn write_picture(path: &std::path::Path, maps: &[(u64, Heatmap)]) -> Result<(), 
         )));
     };
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let bytes = match extension.to_ascii_lowercase().as_str() {
-        "png" => picture::png(map, 2).map_err(Failure::Runtime)?,
-        "svg" => picture::svg(map, &format!("udamon heatmap: target {id}"))
-            .map_err(Failure::Runtime)?
-            .into_bytes(),
+    let png = match extension.to_ascii_lowercase().as_str() {
+        "png" => true,
+        "svg" => false,
         _ => {
             return Err(Failure::Input(anyhow!(
                 "--output {}: use a .png or .svg file name",
@@ -260,7 +258,13 @@ fn write_picture(path: &std::path::Path, maps: &[(u64, Heatmap)]) -> Result<(), 
             )));
         }
     };
-    atomic_file::write(path, &bytes).map_err(Failure::Runtime)
+    let output = Output::new(path).map_err(Failure::Input)?;
+    let bytes = if png {
+        picture::png(map, 2)
+    } else {
+        picture::svg(map, &format!("udamon heatmap: target {id}")).map(String::into_bytes)
+    };
+    bytes.and_then(|bytes| output.write(&bytes)).map_err(Failure::Runtime)
 }
 
 fn distributions(targets: &[TargetRecord], metric: Metric, skip: usize, as_json: bool) -> String {

@@ -14,7 +14,7 @@ use clap::ValueEnum;
 use damon_engine::Attrs;
 
 pub use crate::snapshot::Region;
-use crate::{snapshot::Snapshot, util::atomic_file};
+use crate::{snapshot::Snapshot, util::atomic_file::Output};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordedSnapshot {
@@ -124,9 +124,10 @@ pub fn encode(record: &[TargetRecord], format: Format) -> Result<Vec<u8>> {
     })
 }
 
-/// Writes `record` to `path` atomically: a reader (or a crash) sees the old file or the new one.
-pub fn save(path: &Path, record: &[TargetRecord], format: Format) -> Result<()> {
-    atomic_file::write(path, &encode(record, format)?)
+/// Writes `record` to `output`; a file is replaced atomically: a reader (or a crash) sees the old
+/// file or the new one.
+pub fn save(output: &Output, record: &[TargetRecord], format: Format) -> Result<()> {
+    output.write(&encode(record, format)?)
 }
 
 /// Reads a record file of any of the formats.
