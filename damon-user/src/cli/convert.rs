@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
 
-use super::Failure;
+use super::{Failure, report::ReadLimit};
 use crate::{
     output::record::{self, Format},
     util::atomic_file::Output,
@@ -23,11 +23,13 @@ pub struct ConvertArgs {
     /// The output format.
     #[arg(long, value_enum, default_value_t = Format::JsonCompressed)]
     format: Format,
+    #[command(flatten)]
+    limit: ReadLimit,
 }
 
 pub(super) fn run(args: ConvertArgs) -> Result<ExitCode, Failure> {
     let output = Output::new(&args.output).map_err(Failure::Input)?;
-    let targets = record::load(&args.input).map_err(Failure::Input)?;
+    let targets = args.limit.load(&args.input)?;
     record::save(&output, &targets, args.format).map_err(Failure::Runtime)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,10 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::{Failure, emit};
-use damon_engine::{Attrs, units::format_size};
+use damon_engine::{
+    Attrs,
+    units::{format_size, parse_size},
+};
 
 use crate::{
     output::{
@@ -40,6 +43,32 @@ struct Input {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    limit: ReadLimit,
+}
+
+/// How much of a record `report` and `convert` read.
+#[derive(Args)]
+pub(super) struct ReadLimit {
+    /// Read at most this much record, once inflated (e.g. 4GiB): a compressed record that
+    /// inflates beyond it is refused, as a guard against decompression bombs [default: 1GiB].
+    #[arg(long, value_name = "SIZE")]
+    max_input: Option<String>,
+}
+
+impl ReadLimit {
+    /// The record at `path`; what was mended in it is said on stderr, one line each.
+    pub(super) fn load(&self, path: &std::path::Path) -> Result<record::Record, Failure> {
+        let max = match &self.max_input {
+            Some(text) => parse_size(text).context("--max-input").map_err(Failure::Input)?,
+            None => record::DEFAULT_MAX_INPUT,
+        };
+        let loaded = record::load(path, max).map_err(Failure::Input)?;
+        for warning in &loaded.warnings {
+            eprintln!("udamon: {}: {warning}", path.display());
+        }
+        Ok(loaded.record)
+    }
 }
 
 #[derive(Subcommand)]
@@ -164,7 +193,7 @@ pub(super) fn run(args: ReportArgs) -> Result<ExitCode, Failure> {
 }
 
 fn load(input: &Input) -> Result<Vec<TargetRecord>, Failure> {
-    let mut targets = record::load(&input.input).map_err(Failure::Input)?;
+    let mut targets = input.limit.load(&input.input)?;
     targets.retain(|t| !t.snapshots.is_empty());
     if let Some(id) = input.target {
         let known: Vec<String> = targets.iter().map(|t| t.target_id.to_string()).collect();
