@@ -324,3 +324,31 @@ fn the_service_unit_runs_with_exactly_the_capabilities_it_needs() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("working set"));
 }
+
+/// Zero intervals are bad input on every command that runs the engine, from the command line or
+/// a config file: one line, exit 2, before anything starts.
+#[test]
+fn zero_intervals_are_refused_everywhere() {
+    let config = std::env::temp_dir().join(format!("udamon-zero-{}.toml", std::process::id()));
+    std::fs::write(&config, "updr = \"0s\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let mut cases: Vec<(Vec<&str>, String)> = Vec::new();
+    for command in
+        [&["monitor", "1"][..], &["record", "-o", "/dev/null", "1"], &["demo"], &["sim", "stairs"]]
+    {
+        for (option, value, expected) in [
+            ("--updr", "0", "--updr 0: the interval must be positive".to_owned()),
+            ("--sample", "0", "--sample 0: the interval must be positive".to_owned()),
+            ("--config", config, format!("--config {config}: updr must be positive")),
+        ] {
+            cases.push(([&command[..1], &[option, value], &command[1..]].concat(), expected));
+        }
+    }
+    for (args, expected) in cases {
+        let out = udamon(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(text(&out.stderr), format!("udamon: {expected}\n"), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let _ = std::fs::remove_file(config);
+}
