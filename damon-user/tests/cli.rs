@@ -352,3 +352,28 @@ fn zero_intervals_are_refused_everywhere() {
     }
     let _ = std::fs::remove_file(config);
 }
+
+/// Overlapping simulator ranges run (the later wins) with one warning line per overlap; a size
+/// of 2^64 bytes is refused rather than saturated.
+#[test]
+fn sim_warns_of_overlapping_ranges_and_refuses_sizes_past_2_64() {
+    let file = std::env::temp_dir().join(format!("udamon-overlap-{}.toml", std::process::id()));
+    let base = "name = \"x\"\nsize = \"1GiB\"\nduration = \"2s\"\n";
+    let ranges = "[[ranges]]\nstart = 0\nend = \"64MiB\"\nprobability = 0.9\n[[ranges]]\nstart = \"32MiB\"\nend = \"96MiB\"\nprobability = 0.1\n";
+    std::fs::write(&file, format!("{base}{ranges}")).unwrap();
+    let out = udamon(&["sim", file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "udamon: scenario x: ranges[1] overlaps ranges[0] at 32MiB..64MiB: the later range wins there\n"
+    );
+    for size in ["\"16777216TiB\"", "\"18446744073709551616\""] {
+        std::fs::write(&file, base.replace("\"1GiB\"", size)).unwrap();
+        let out = udamon(&["sim", file.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{size}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("is 2^64 bytes or more: too large"), "{size}: {err}");
+    }
+    let _ = std::fs::remove_file(&file);
+}
