@@ -377,3 +377,67 @@ fn sim_warns_of_overlapping_ranges_and_refuses_sizes_past_2_64() {
     }
     let _ = std::fs::remove_file(&file);
 }
+
+/// Pids that name no monitorable process say what they are, with no capability hint where
+/// capabilities are not the cause.
+#[test]
+fn pids_that_are_not_processes_say_what_they_are() {
+    if !damon_user::test_support::privileged("pids_that_are_not_processes_say_what_they_are") {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: gettid cannot fail.
+        tx.send(unsafe { libc::gettid() }.to_string()).unwrap();
+        let _ = wait.recv();
+    });
+    let tid = rx.recv().unwrap();
+    let me = std::process::id();
+    let cases: [(&[&str], String); 3] = [
+        (&["monitor", "0"], "no process with pid 0".into()),
+        (&["monitor", "--json", "4294967295"], "no process with pid 4294967295".into()),
+        (&["record", "-o", "/dev/null", &tid], format!("{tid} is a thread of process {me}")),
+    ];
+    for (args, expected) in cases {
+        let out = udamon(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(text(&out.stderr), format!("udamon: {expected}\n"), "{args:?}");
+    }
+    drop(done);
+    thread.join().unwrap();
+    // Itself: the shell's pid becomes udamon's.
+    let out = Command::new("sh")
+        .args(["-c", "echo $$ >&2; exec \"$0\" monitor $$", env!("CARGO_BIN_EXE_udamon")])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    let pid = err.lines().next().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err, format!("{pid}\nudamon: pid {pid} is udamon itself\n"));
+}
+
+/// `--cgroup` takes only cgroup v2 groups: a v1 hierarchy (if one is mounted here) or a
+/// directory that merely has a cgroup.procs file is refused.
+#[test]
+fn cgroup_v1_hierarchies_are_refused() {
+    let fake = std::env::temp_dir().join(format!("udamon-cli-fake-cgroup-{}", std::process::id()));
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(fake.join("cgroup.procs"), "1\n").unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let v1 = mounts.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        (fields.get(2) == Some(&"cgroup")).then(|| fields[1].to_owned())
+    });
+    for dir in [fake.to_str().unwrap().to_owned()].into_iter().chain(v1) {
+        let out = udamon(&["monitor", "--cgroup", &dir]);
+        assert_eq!(out.status.code(), Some(2), "{dir}");
+        assert_eq!(
+            text(&out.stderr),
+            format!(
+                "udamon: --cgroup {dir}: {dir} is not a cgroup v2 directory (cgroup v1 is not supported)\n"
+            )
+        );
+    }
+    std::fs::remove_dir_all(&fake).unwrap();
+}

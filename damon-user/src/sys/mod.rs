@@ -8,4 +8,5 @@ pub mod kernel;
 pub mod pagemap;
 pub mod pidfd;
 pub mod proc_maps;
+pub mod process;
 pub mod tracefs;
