@@ -57,12 +57,11 @@ struct Udamon {
 
 impl Udamon {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_udamon"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_udamon")).args(args))
+    }
+
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         let metrics = loop {
@@ -91,6 +90,10 @@ impl Udamon {
             }
         });
         Self { _child: Killed(child), metrics, lines }
+    }
+
+    fn pid(&self) -> u32 {
+        self._child.0.id()
     }
 
     fn json_lines(&self) -> Vec<Value> {
@@ -351,4 +354,77 @@ fn metrics_and_cgroup_bad_input_is_one_line_and_exit_2() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: {err}");
     }
+}
+
+/// udamon's CPU time so far (user and system), from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    // After the name: state is field 3, utime and stime fields 14 and 15.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// Idle connections beyond the descriptors udamon has (300 at a limit of 256) neither end the
+/// monitoring of a live process nor spin the accept loop; afterwards scrapes work again.
+#[test]
+fn idle_connections_do_not_end_monitoring_or_spin() {
+    if !privileged("idle_connections_do_not_end_monitoring_or_spin") {
+        return;
+    }
+    let target = sleeper();
+    let pid = target.0.id();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_udamon"));
+    command.args(["monitor", "--json", "--metrics", "0", &pid.to_string()]);
+    // As `prlimit --nofile=256:256 udamon ...`.
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let limit = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+    let udamon = Udamon::spawn(&mut command);
+    udamon.wait_for("a snapshot", |l| l["target_id"] == pid);
+    let cpu = cpu_time(udamon.pid());
+    let started = Instant::now();
+    let idle: Vec<TcpStream> =
+        (0..300).filter_map(|_| TcpStream::connect(&udamon.metrics).ok()).collect();
+    assert!(idle.len() >= 256, "only {} connections", idle.len());
+    std::thread::sleep(Duration::from_secs(3));
+    let share = (cpu_time(udamon.pid()) - cpu).as_secs_f64() / started.elapsed().as_secs_f64();
+    drop(idle);
+    assert!(share < 0.5, "udamon used {:.0} % of a core meanwhile", 100.0 * share);
+    let seen = udamon.json_lines().iter().filter(|l| l["target_id"] == pid).count();
+    udamon.wait_for("snapshots afterwards", |_| {
+        udamon.json_lines().iter().filter(|l| l["target_id"] == pid).count() >= seen + 5
+    });
+    assert!(!udamon.json_lines().iter().any(|l| l["gone"] == pid), "{:?}", udamon.lines);
+    let (status, exposition) = get(&udamon.metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert!(exposition.contains(&format!("pid=\"{pid}\"")), "{exposition}");
+}
+
+/// `HEAD /metrics` gets GET's status and headers, and no body.
+#[test]
+fn head_gets_the_headers_without_the_body() {
+    if !privileged("head_gets_the_headers_without_the_body") {
+        return;
+    }
+    let target = sleeper();
+    let udamon =
+        Udamon::start(&["monitor", "--quiet", "--metrics", "0", &target.0.id().to_string()]);
+    let mut stream = TcpStream::connect(&udamon.metrics).unwrap();
+    write!(stream, "HEAD /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(body.is_empty(), "{body}");
 }
