@@ -225,6 +225,41 @@ fn monitor_json_lines_describe_each_target() {
     }
 }
 
+/// Sample ticks that start late make a window run long: the JSON says how many were late and
+/// its times are the real ones; the text view says so. At 20 us ticks this machine is late.
+#[test]
+fn late_ticks_are_reported_with_real_window_times() {
+    if !privileged("late_ticks_are_reported_with_real_window_times") {
+        return;
+    }
+    let target = Sleeper::new();
+    let args = ["--sample", "20us", "--aggr", "10ms", "--duration", "2s"];
+    let out = udamon().args(["monitor", "--json"]).args(args).arg(target.pid()).output();
+    let text = succeed(out.unwrap());
+    let snapshots: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut late = 0;
+    let mut late_windows = 0;
+    for s in &snapshots {
+        let now = s["late_ticks"].as_u64().expect("late_ticks in every snapshot");
+        let window = s["end_ns"].as_u64().unwrap() - s["start_ns"].as_u64().unwrap();
+        assert!(window >= 10_000_000, "a window shorter than the interval: {window} ns");
+        if now > late {
+            late_windows += 1;
+            assert!(window > 10_000_000, "late ticks, yet a window of exactly 10 ms: {s}");
+        }
+        late = now;
+    }
+    assert!(late_windows > 0, "no late ticks at 20 us here: nothing checked");
+    let out = udamon().args(["monitor", "--every", "5"]).args(args).arg(target.pid()).output();
+    let text = succeed(out.unwrap());
+    assert!(
+        text.lines()
+            .any(|l| l
+                .ends_with("sample ticks late since the last view: windows ran longer than 10 ms")),
+        "{text}"
+    );
+}
+
 /// The names of the BPF maps process `pid` holds, one entry per map (by map id).
 fn bpf_maps_of(pid: u32) -> Vec<String> {
     let mut ids = std::collections::BTreeSet::new();

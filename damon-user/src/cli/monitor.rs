@@ -28,7 +28,8 @@ use crate::{
 /// Watch processes live: for each aggregation interval, every region's start address, size,
 /// access rate (% of the interval's samples that found an access, and accesses per second),
 /// and age (aggregation intervals the rate has held); a one-line heatmap; the region count; the
-/// working-set size (bytes of regions with any access); and udamon's own CPU use. Stops on
+/// working-set size (bytes of regions with any access); udamon's own CPU use; and a line when
+/// sample ticks were late (the window then ran long: its times are real). Stops on
 /// Ctrl-C or SIGTERM, after --duration, or when every target has exited.
 #[derive(Args)]
 pub struct MonitorArgs {
@@ -71,6 +72,8 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
     // CPU share since the previous shown snapshot; none for the first, which would mostly
     // measure loading the eBPF programs.
     let mut cpu: Option<(Instant, Duration)> = None;
+    // Late ticks as of the last view shown.
+    let mut late = 0;
     let mut seen = 0u64;
     let (summary, ended) = session::runtime()?.block_on(session::run(
         config,
@@ -111,7 +114,9 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
                     (now.1 - used).as_secs_f64() / (now.0 - wall).as_secs_f64().max(1e-9)
                 });
                 cpu = Some(now);
-                print(&view(&s, &intervals, share, &args))
+                let late_since =
+                    s.stats.late_ticks - std::mem::replace(&mut late, s.stats.late_ticks);
+                print(&view(&s, &intervals, share, late_since, &args))
             }
         },
     ))?;
@@ -132,7 +137,14 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn view(s: &Snapshot, intervals: &Intervals, cpu_share: Option<f64>, args: &MonitorArgs) -> String {
+/// One shown snapshot; `late` ticks started late since the last one shown.
+fn view(
+    s: &Snapshot,
+    intervals: &Intervals,
+    cpu_share: Option<f64>,
+    late: u64,
+    args: &MonitorArgs,
+) -> String {
     let mut out = String::new();
     for target in &s.targets {
         let Some(recorded) = RecordedSnapshot::of(s, target.pid as u64) else { continue };
@@ -141,6 +153,9 @@ fn view(s: &Snapshot, intervals: &Intervals, cpu_share: Option<f64>, args: &Moni
         if args.json {
             let mut value = serde_json::to_value(&report).expect("reports serialize");
             value["udamon_cpu_percent"] = cpu_share.map(|c| 100.0 * c).into();
+            // Since monitoring began: a window with late ticks ran longer than the interval.
+            value["ticks"] = s.stats.ticks.into();
+            value["late_ticks"] = s.stats.late_ticks.into();
             out.push_str(&(value.to_string() + "\n"));
         } else {
             out.push_str(&access::render(
@@ -152,6 +167,12 @@ fn view(s: &Snapshot, intervals: &Intervals, cpu_share: Option<f64>, args: &Moni
         }
     }
     if !args.json {
+        if late > 0 {
+            out.push_str(&format!(
+                "{late} sample ticks late since the last view: windows ran longer than {} ms\n",
+                intervals.aggr_us as f64 / 1e3
+            ));
+        }
         match cpu_share {
             Some(share) => out.push_str(&format!("udamon CPU {:.1} %\n\n", 100.0 * share)),
             None => out.push_str("udamon CPU: starting\n\n"),
