@@ -106,7 +106,7 @@ fn show(args: &DemoArgs, layout: &Layout, event: Event) -> anyhow::Result<()> {
         // The demo's one target is never added or refused while running.
         Event::TargetAdded(_) | Event::TargetRefused(..) => Ok(()),
         Event::Problem(problem) => {
-            eprintln!("udamon: pid {}: {}", problem.pid, problem.message);
+            say!("udamon: pid {}: {}", problem.pid, problem.message);
             Ok(())
         }
         Event::Snapshot(s) if s.aggregation % args.every != 0 => Ok(()),

@@ -100,11 +100,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(Failure::Input(err)) => {
-            eprintln!("udamon: {err:#}");
+            say!("udamon: {err:#}");
             ExitCode::from(2)
         }
         Err(Failure::Runtime(err)) => {
-            eprintln!("udamon: {err:#}");
+            say!("udamon: {err:#}");
             ExitCode::FAILURE
         }
     }

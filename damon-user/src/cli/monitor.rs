@@ -93,14 +93,14 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
                 format!("pid {pid} added\n")
             }),
             Event::TargetRefused(pid, why) => {
-                eprintln!("udamon: not monitoring pid {pid}: {why}");
+                say!("udamon: not monitoring pid {pid}: {why}");
                 Ok(())
             }
             Event::Problem(problem) => {
                 if args.json {
                     print(&(serde_json::json!({ "problem": problem }).to_string() + "\n"))
                 } else {
-                    eprintln!("udamon: pid {}: {}", problem.pid, problem.message);
+                    say!("udamon: pid {}: {}", problem.pid, problem.message);
                     Ok(())
                 }
             }

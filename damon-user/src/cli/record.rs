@@ -71,14 +71,14 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
                 Event::Snapshot(s) => writer.push(&s)?,
                 Event::TargetGone(pid) => {
                     writer.checkpoint()?;
-                    eprintln!("\rudamon: pid {pid} gone");
+                    say!("\rudamon: pid {pid} gone");
                 }
-                Event::TargetAdded(pid) => eprintln!("\rudamon: pid {pid} added"),
+                Event::TargetAdded(pid) => say!("\rudamon: pid {pid} added"),
                 Event::TargetRefused(pid, why) => {
-                    eprintln!("\rudamon: not monitoring pid {pid}: {why}")
+                    say!("\rudamon: not monitoring pid {pid}: {why}")
                 }
                 Event::Problem(problem) => {
-                    eprintln!("\rudamon: pid {}: {}", problem.pid, problem.message)
+                    say!("\rudamon: pid {}: {}", problem.pid, problem.message)
                 }
             }
             if let Some((started, total)) = progress {
@@ -87,7 +87,7 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
             Ok(())
         }));
     if progress.is_some() {
-        eprintln!();
+        say!();
     }
     // Whatever ended the run, keep what was recorded.
     let flushed = writer.finish();
@@ -100,7 +100,7 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
         };
         return Err(Failure::Runtime(anyhow!("{why}: nothing recorded, no file written")));
     }
-    eprintln!(
+    say!(
         "udamon: {} snapshots written to {} ({})",
         writer.snapshots(),
         args.output.display(),

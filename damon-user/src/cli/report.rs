@@ -65,7 +65,7 @@ impl ReadLimit {
         };
         let loaded = record::load(path, max).map_err(Failure::Input)?;
         for warning in &loaded.warnings {
-            eprintln!("udamon: {}: {warning}", path.display());
+            say!("udamon: {}: {warning}", path.display());
         }
         Ok(loaded.record)
     }

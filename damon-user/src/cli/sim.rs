@@ -97,7 +97,7 @@ fn scenario(args: &SimArgs, settings: &Settings) -> anyhow::Result<Scenario> {
     }
     let warnings = scenario.validate().with_context(|| format!("scenario {}", scenario.name))?;
     for warning in warnings {
-        eprintln!("udamon: scenario {}: {warning}", scenario.name);
+        say!("udamon: scenario {}: {warning}", scenario.name);
     }
     Ok(scenario)
 }

@@ -79,7 +79,7 @@ pub async fn run(
         Some(addr) => {
             let shared = Arc::new(Mutex::new(Metrics::new(cgroup.map_or("", |c| c.name()))));
             let bound = server::serve(addr, shared.clone()).await.map_err(SessionError::Input)?;
-            eprintln!("udamon: metrics on http://{bound}/metrics");
+            say!("udamon: metrics on http://{bound}/metrics");
             Some(shared)
         }
         None => None,
@@ -233,7 +233,7 @@ fn watch_faults(stream: anyhow::Result<FaultStream>, pids: &[u32]) -> Option<Asy
             unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) }
                 .map_err(|err| anyhow!("cannot watch the fault ring buffer: {err}"))
         })
-        .map_err(|err| eprintln!("udamon: going on without page-fault hints: {err:#}"))
+        .map_err(|err| say!("udamon: going on without page-fault hints: {err:#}"))
         .ok()
 }
 

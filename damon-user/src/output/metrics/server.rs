@@ -59,7 +59,7 @@ async fn accept(listener: TcpListener, metrics: Shared) {
                 // Said once per spell of failures; the wait doubles while they last.
                 let wait = match backoff {
                     None => {
-                        eprintln!("udamon: metrics: cannot accept connections: {err}; retrying");
+                        say!("udamon: metrics: cannot accept connections: {err}; retrying");
                         BACKOFF.0
                     }
                     Some(wait) => (wait * 2).min(BACKOFF.1),
@@ -70,7 +70,7 @@ async fn accept(listener: TcpListener, metrics: Shared) {
             }
         };
         if backoff.take().is_some() {
-            eprintln!("udamon: metrics: accepting connections again");
+            say!("udamon: metrics: accepting connections again");
         }
         // Over the cap: closed at once (dropped), which frees its descriptor.
         let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
