@@ -197,10 +197,122 @@ fn monitor_follows_the_command_it_started() {
     assert!(started.elapsed() < Duration::from_secs(60), "monitor outlived its command");
     assert!(text.contains("working set") && text.contains("heatmap |"), "{text}");
     assert!(text.contains("udamon CPU"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("pid ") && l.ends_with(" gone")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("pid ") && l.ends_with(" exited")), "{text}");
     // Every 5th aggregation only: at most 0, 5, …, 40 within 4 s.
     let shown = text.lines().filter(|l| l.starts_with("target ")).count();
     assert!((1..=9).contains(&shown), "{shown} snapshots shown: {text}");
+}
+
+/// After `-- CMD` exited, udamon exits as the shell would: the command's code, or 128 + the
+/// signal that ended it.
+#[test]
+fn the_commands_exit_status_is_passed_on() {
+    if !privileged("the_commands_exit_status_is_passed_on") {
+        return;
+    }
+    for (script, code) in [("sleep 2; exit 3", 3), ("sleep 2; kill -SEGV $$", 139), ("exit 5", 5)] {
+        let out = udamon().args(["monitor", "--every", "100", "--", "sh", "-c", script]).output();
+        let out = out.unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Gone before the first aggregation: said, naming the command; 1 if it succeeded.
+    let out = udamon().args(["record", "-o", "/dev/null", "--", "true"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.ends_with("udamon: `true` exited (status 0) before the first aggregation: nothing recorded, no file written\n"),
+        "{err}"
+    );
+}
+
+/// The command dies with udamon, even when udamon is killed outright (a parent-death signal).
+#[test]
+fn the_command_does_not_outlive_a_killed_udamon() {
+    if !privileged("the_command_does_not_outlive_a_killed_udamon") {
+        return;
+    }
+    let mut monitor = udamon().args(["monitor", "--quiet", "--", "sleep", "30"]).spawn().unwrap();
+    let children = format!("/proc/{0}/task/{0}/children", monitor.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sleep = loop {
+        let text = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = text.split_whitespace().next() {
+            break pid.to_owned();
+        }
+        assert!(Instant::now() < deadline, "udamon started no command");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    monitor.kill().unwrap();
+    monitor.wait().unwrap();
+    // Gone, or a zombie waiting for init.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{sleep}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!running(), "sleep {sleep} outlived udamon");
+}
+
+/// SIGUSR1 writes the record now and recording goes on; SIGHUP (a closed terminal) ends it
+/// like SIGTERM, with the final write.
+#[test]
+fn record_flushes_on_sigusr1_and_ends_cleanly_on_sighup() {
+    if !privileged("record_flushes_on_sigusr1_and_ends_cleanly_on_sighup") {
+        return;
+    }
+    let target = Sleeper::new();
+    let dir = scratch("signals");
+    let file = dir.join("damon.data");
+    let record = udamon()
+        .args(["record", "-o", file.to_str().unwrap(), "--flush-every", "1h", &target.pid()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let signal = |signal| {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(record.id() as i32, signal) };
+    };
+    // Once udamon catches SIGUSR1 (SigCgt bit 10)...
+    let status = format!("/proc/{}/status", record.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&status).unwrap_or_default().lines().any(|l| {
+        l.strip_prefix("SigCgt:")
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & 1 << (libc::SIGUSR1 - 1) != 0)
+    }) {
+        assert!(Instant::now() < deadline, "udamon never caught SIGUSR1");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...ask until the file appears (before the first aggregation there is nothing to write).
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "SIGUSR1 wrote no file");
+        signal(libc::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = report(&file, "access")[0]["snapshot"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(libc::SIGUSR1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while report(&file, "access")[0]["snapshot"].as_u64().unwrap() == first {
+        assert!(Instant::now() < deadline, "a second SIGUSR1 wrote nothing new");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(libc::SIGHUP);
+    let out = record.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.contains("snapshots written to"), "{err}");
+    assert!(report(&file, "access")[0]["snapshot"].as_u64().unwrap() > first);
 }
 
 #[test]

@@ -96,6 +96,28 @@ impl Udamon {
         self._child.0.id()
     }
 
+    /// Its exit code, once it ends by itself (within 15 s).
+    fn exit_code(mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self._child.0.try_wait().unwrap() {
+                // Let the readers catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "udamon did not end: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn has_line(&self, line: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| l == line)
+    }
+
     fn json_lines(&self) -> Vec<Value> {
         self.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
@@ -261,9 +283,10 @@ struct Group {
 }
 
 impl Group {
-    fn new() -> Self {
+    /// One per test (tests run in parallel): `name` tells them apart.
+    fn new(name: &str) -> Self {
         let root = damon_user::sys::cgroup::root().expect("a cgroup v2 hierarchy");
-        let dir = root.join(format!("udamon-test-{}", std::process::id()));
+        let dir = root.join(format!("udamon-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Self { dir, root }
     }
@@ -290,7 +313,7 @@ fn cgroup_members_are_followed_as_they_come_and_go() {
     if !privileged("cgroup_members_are_followed_as_they_come_and_go") {
         return;
     }
-    let group = Group::new();
+    let group = Group::new("follow");
     let (a, b) = (sleeper(), sleeper());
     let (a_pid, b_pid) = (a.0.id(), b.0.id());
     group.join(a_pid);
@@ -306,7 +329,7 @@ fn cgroup_members_are_followed_as_they_come_and_go() {
         "0",
     ]);
     udamon.wait_for("a snapshot of the first member", |l| l["target_id"] == a_pid);
-    let name = format!("/udamon-test-{}", std::process::id());
+    let name = format!("/udamon-test-follow-{}", std::process::id());
     let (_, exposition) = get(&udamon.metrics, "/metrics");
     assert!(
         exposition.contains(&format!("udamon_regions{{cgroup=\"{name}\",pid=\"{a_pid}\"}}")),
@@ -427,4 +450,47 @@ fn head_gets_the_headers_without_the_body() {
     assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
     assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
     assert!(body.is_empty(), "{body}");
+}
+
+/// In text mode a member leaving the group and the group's removal are said; the removal ends
+/// the run with exit code 1 (an end nobody planned).
+#[test]
+fn a_removed_cgroup_ends_the_run_and_says_so() {
+    if !privileged("a_removed_cgroup_ends_the_run_and_says_so") {
+        return;
+    }
+    let group = Group::new("removed");
+    let member = sleeper();
+    let pid = member.0.id();
+    group.join(pid);
+    let path = group.dir.to_str().unwrap();
+    let udamon = Udamon::start(&[
+        "monitor",
+        "--every",
+        "1000",
+        "--updr",
+        "200ms",
+        "--cgroup",
+        path,
+        "--metrics",
+        "0",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !udamon.has_line(&format!("pid {pid} added")) {
+        assert!(Instant::now() < deadline, "{:?}", udamon.lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    group.leave(pid);
+    while !udamon.has_line(&format!("pid {pid} left the cgroup")) {
+        assert!(Instant::now() < deadline, "{:?}", udamon.lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_dir(&group.dir).unwrap();
+    let lines = udamon.lines.clone();
+    assert_eq!(udamon.exit_code(), Some(1));
+    let lines = lines.lock().unwrap();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("stderr: ")).collect::<Vec<_>>(),
+        [&format!("stderr: udamon: cgroup {path} was removed")]
+    );
 }

@@ -102,9 +102,12 @@ fn spawn_workload(phase_change: Duration) -> anyhow::Result<(Workload, Layout)> 
 
 fn show(args: &DemoArgs, layout: &Layout, event: Event) -> anyhow::Result<()> {
     match event {
-        Event::TargetGone(pid) => print(&format!("pid {pid} exited\n")),
-        // The demo's one target is never added or refused while running.
-        Event::TargetAdded(_) | Event::TargetRefused(..) => Ok(()),
+        Event::TargetExited(pid) => print(&format!("pid {pid} exited\n")),
+        // The demo's one target is never added, removed or refused while running; every
+        // snapshot is printed as it comes.
+        Event::TargetAdded(_) | Event::TargetLeft(_) | Event::TargetRefused(..) | Event::Flush => {
+            Ok(())
+        }
         Event::Problem(problem) => {
             say!("udamon: pid {}: {}", problem.pid, problem.message);
             Ok(())

@@ -29,8 +29,9 @@ use crate::{
 /// access rate (% of the interval's samples that found an access, and accesses per second),
 /// and age (aggregation intervals the rate has held); a one-line heatmap; the region count; the
 /// working-set size (bytes of regions with any access); udamon's own CPU use; and a line when
-/// sample ticks were late (the window then ran long: its times are real). Stops on
-/// Ctrl-C or SIGTERM, after --duration, or when every target has exited.
+/// sample ticks were late (the window then ran long: its times are real). Stops on Ctrl-C,
+/// SIGTERM or SIGHUP, after --duration, or when every target has exited (with -- CMD: exits
+/// with the command's status). A removed --cgroup ends it with exit code 1.
 #[derive(Args)]
 pub struct MonitorArgs {
     #[command(flatten)]
@@ -67,7 +68,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
         args.monitoring.resolve().and_then(|s| s.monitor_config()).map_err(Failure::Input)?;
     let duration = duration(args.duration.as_deref())?;
     let metrics = args.serve.addr()?;
-    let (targets, _started) = args.targets.resolve()?;
+    let (targets, started) = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
     // CPU share since the previous shown snapshot; none for the first, which would mostly
     // measure loading the eBPF programs.
@@ -81,12 +82,8 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
         duration,
         metrics,
         |event| match event {
-            // Exited, or left the cgroup.
-            Event::TargetGone(pid) => print(&if args.json {
-                serde_json::json!({ "gone": pid }).to_string() + "\n"
-            } else {
-                format!("pid {pid} gone\n")
-            }),
+            Event::TargetExited(pid) => gone(pid, "exited", args.json),
+            Event::TargetLeft(pid) => gone(pid, "left the cgroup", args.json),
             Event::TargetAdded(pid) => print(&if args.json {
                 serde_json::json!({ "added": pid }).to_string() + "\n"
             } else {
@@ -118,13 +115,14 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
                     s.stats.late_ticks - std::mem::replace(&mut late, s.stats.late_ticks);
                 print(&view(&s, &intervals, share, late_since, &args))
             }
+            // Nothing is kept: every snapshot is printed as it comes.
+            Event::Flush => Ok(()),
         },
     ))?;
-    if seen == 0 && ended == Ended::TargetsGone {
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "every target exited before the first aggregation: nothing to show"
-        )));
-    }
+    // Stopping early is the user's choice; no target left to show is not.
+    let nothing = (seen == 0 && !matches!(ended, Ended::Duration | Ended::Signal))
+        .then_some("nothing to show");
+    let code = args.targets.exit(ended, started, nothing)?;
     if !args.json {
         emit(&format!(
             "{} aggregations; udamon CPU {:.2} s; late sample ticks {} of {}\n",
@@ -134,7 +132,16 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
             summary.ticks
         ))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
+}
+
+/// A target that is no longer monitored, and why.
+fn gone(pid: u32, why: &str, json: bool) -> anyhow::Result<()> {
+    print(&if json {
+        serde_json::json!({ "gone": pid, "why": why }).to_string() + "\n"
+    } else {
+        format!("pid {pid} {why}\n")
+    })
 }
 
 /// One shown snapshot; `late` ticks started late since the last one shown.

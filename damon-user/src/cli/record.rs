@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::anyhow;
 use clap::Args;
 
 use super::{
@@ -17,17 +16,16 @@ use super::{
     targets::{ServeArgs, TargetArgs},
 };
 use crate::{
-    monitor::{
-        Event,
-        session::{self, Ended},
-    },
+    monitor::{Event, session},
     output::record::{Format, Intervals, writer::RecordWriter},
     util::atomic_file::Output,
 };
 
 /// Record processes' access snapshots (one per aggregation interval) into a file damo can read.
-/// The file is rewritten atomically every --flush-every, when a target exits, and at the end
-/// (Ctrl-C, SIGTERM, --duration, or every target gone).
+/// The file is rewritten atomically every --flush-every, when a target exits or leaves the
+/// cgroup, on SIGUSR1 (recording goes on), and at the end: Ctrl-C, SIGTERM or SIGHUP,
+/// --duration, or every target gone (with -- CMD: exits with the command's status). A removed
+/// --cgroup ends it with exit code 1, the file written.
 #[derive(Args)]
 pub struct RecordArgs {
     #[command(flatten)]
@@ -60,7 +58,7 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
         .map_err(Failure::Input)?;
     let output = Output::new(&args.output).map_err(Failure::Input)?;
     let metrics = args.serve.addr()?;
-    let (targets, _started) = args.targets.resolve()?;
+    let (targets, started) = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
     let mut writer = RecordWriter::new(output, args.format, intervals, flush_every);
     let progress =
@@ -69,10 +67,15 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
         session::runtime()?.block_on(session::run(config, &targets, duration, metrics, |event| {
             match event {
                 Event::Snapshot(s) => writer.push(&s)?,
-                Event::TargetGone(pid) => {
+                Event::TargetExited(pid) => {
                     writer.checkpoint()?;
-                    say!("\rudamon: pid {pid} gone");
+                    say!("\rudamon: pid {pid} exited");
                 }
+                Event::TargetLeft(pid) => {
+                    writer.checkpoint()?;
+                    say!("\rudamon: pid {pid} left the cgroup");
+                }
+                Event::Flush => writer.checkpoint()?,
                 Event::TargetAdded(pid) => say!("\rudamon: pid {pid} added"),
                 Event::TargetRefused(pid, why) => {
                     say!("\rudamon: not monitoring pid {pid}: {why}")
@@ -93,20 +96,17 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
     let flushed = writer.finish();
     let (_, ended) = result?;
     flushed.map_err(Failure::Runtime)?;
-    if writer.snapshots() == 0 {
-        let why = match ended {
-            Ended::TargetsGone => "every target exited before the first aggregation",
-            Ended::Duration | Ended::Signal => "stopped before the first aggregation",
-        };
-        return Err(Failure::Runtime(anyhow!("{why}: nothing recorded, no file written")));
+    let nothing = (writer.snapshots() == 0).then_some("nothing recorded, no file written");
+    let code = args.targets.exit(ended, started, nothing);
+    if nothing.is_none() {
+        say!(
+            "udamon: {} snapshots written to {} ({})",
+            writer.snapshots(),
+            args.output.display(),
+            args.format
+        );
     }
-    say!(
-        "udamon: {} snapshots written to {} ({})",
-        writer.snapshots(),
-        args.output.display(),
-        args.format
-    );
-    Ok(ExitCode::SUCCESS)
+    code
 }
 
 fn draw_progress(elapsed: Duration, total: Duration, snapshots: usize) {

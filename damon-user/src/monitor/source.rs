@@ -61,7 +61,8 @@ pub enum TargetError {
     /// A thread id (first) of another process (second): processes are monitored whole.
     Thread(u32, u32),
     KernelThread(u32),
-    /// It exited (or is exiting) before monitoring began.
+    /// It exited (or is exiting) before monitoring began: `Monitor::start` takes it as an exit;
+    /// a cgroup member that did is refused.
     Exited(u32),
     /// Permission denied (EPERM, EACCES): capabilities are the likely cause.
     Denied(u32, std::io::Error),

@@ -9,4 +9,5 @@ pub mod pagemap;
 pub mod pidfd;
 pub mod proc_maps;
 pub mod process;
+pub mod signals;
 pub mod tracefs;
