@@ -236,31 +236,10 @@ fn the_command_does_not_outlive_a_killed_udamon() {
     if !privileged("the_command_does_not_outlive_a_killed_udamon") {
         return;
     }
-    let mut monitor = udamon().args(["monitor", "--quiet", "--", "sleep", "30"]).spawn().unwrap();
-    let children = format!("/proc/{0}/task/{0}/children", monitor.id());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let sleep = loop {
-        let text = std::fs::read_to_string(&children).unwrap_or_default();
-        if let Some(pid) = text.split_whitespace().next() {
-            break pid.to_owned();
-        }
-        assert!(Instant::now() < deadline, "udamon started no command");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    std::thread::sleep(Duration::from_secs(1));
-    monitor.kill().unwrap();
-    monitor.wait().unwrap();
-    // Gone, or a zombie waiting for init.
-    let running = || {
-        std::fs::read_to_string(format!("/proc/{sleep}/stat")).is_ok_and(|stat| {
-            stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!running(), "sleep {sleep} outlived udamon");
+    let monitor = udamon().args(["monitor", "--quiet", "--", "sleep", "30"]).spawn().unwrap();
+    let outlived =
+        damon_user::test_support::child_outlives_sigkill(monitor, Duration::from_secs(1));
+    assert!(!outlived, "sleep outlived udamon");
 }
 
 /// SIGUSR1 writes the record now and recording goes on; SIGHUP (a closed terminal) ends it

@@ -2,7 +2,7 @@
 //! and follows until it exits.
 
 use std::{
-    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    os::unix::process::ExitStatusExt as _,
     process::{Child, Command, ExitCode},
     time::{Duration, Instant},
 };
@@ -14,7 +14,7 @@ use super::Failure;
 use crate::{
     monitor::session::{Ended, Targets},
     output::metrics::server,
-    sys::cgroup::Cgroup,
+    sys::{cgroup::Cgroup, process},
 };
 
 #[derive(Args)]
@@ -41,26 +41,11 @@ pub struct Started {
 }
 
 impl Started {
-    /// Starts `program` with a parent-death signal: SIGKILL when udamon dies, however it dies
-    /// (SIGKILL included, where no drop runs). The kernel sends it when the thread that forked
-    /// exits: this is the main thread, which lives as long as udamon does.
+    /// Starts `program`, to die with udamon (see `die_with_parent`): spawned from the main
+    /// thread, which lives as long as udamon does.
     fn spawn(program: &str, args: &[String]) -> std::io::Result<Self> {
-        let parent = std::process::id();
         let mut command = Command::new(program);
-        command.args(args);
-        // SAFETY: prctl, getppid and raise only, between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // udamon died before the prctl: no signal would ever come.
-                if libc::getppid() as u32 != parent {
-                    libc::raise(libc::SIGKILL);
-                }
-                Ok(())
-            })
-        };
+        process::die_with_parent(command.args(args));
         Ok(Self { child: command.spawn()?, program: program.to_owned() })
     }
 

@@ -1,7 +1,7 @@
 //! What a pid names: whether the kernel could have given it out, and whether it is a process or
-//! one of a process's threads.
+//! one of a process's threads; and children that die with udamon.
 
-use std::fs;
+use std::{fs, os::unix::process::CommandExt as _, process::Command};
 
 /// The kernel's `PID_MAX_LIMIT`, when `pid_max` cannot be read.
 const PID_MAX_LIMIT: u32 = 1 << 22;
@@ -20,6 +20,26 @@ pub fn possible(pid: u32) -> bool {
 pub fn thread_group(pid: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|t| t.trim().parse().ok())
+}
+
+/// Makes the child `command` starts get SIGKILL when udamon dies, however it dies (SIGKILL
+/// included, where no drop runs): a parent-death signal. The kernel sends it when the thread
+/// that spawned the child exits, so spawn from a thread that lives as long as udamon.
+pub fn die_with_parent(command: &mut Command) -> &mut Command {
+    let parent = std::process::id();
+    // SAFETY: prctl, getppid and raise only, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // udamon died before the prctl: no signal would ever come.
+            if libc::getppid() as u32 != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
