@@ -494,3 +494,58 @@ fn a_removed_cgroup_ends_the_run_and_says_so() {
         [&format!("stderr: udamon: cgroup {path} was removed")]
     );
 }
+
+/// Descriptors running out while following a cgroup: the failed membership read is said once
+/// and monitoring goes on, members joining later included.
+#[test]
+fn a_cgroup_read_that_fails_for_want_of_descriptors_is_said_once() {
+    if !privileged("a_cgroup_read_that_fails_for_want_of_descriptors_is_said_once") {
+        return;
+    }
+    let group = Group::new("emfile");
+    let (member, later) = (sleeper(), sleeper());
+    group.join(member.0.id());
+    let path = group.dir.to_str().unwrap();
+    let udamon = Udamon::start(&[
+        "monitor",
+        "--json",
+        "--updr",
+        "100ms",
+        "--cgroup",
+        path,
+        "--metrics",
+        "0",
+    ]);
+    udamon.wait_for("a snapshot", |l| l["target_id"] == member.0.id());
+    // Leave it a few descriptors, which the idle connections take.
+    let open = std::fs::read_dir(format!("/proc/{}/fd", udamon.pid())).unwrap().count() as u64;
+    let limit = libc::rlimit { rlim_cur: open + 8, rlim_max: open + 8 };
+    // SAFETY: prlimit on our own child, with a valid limit and no old value asked for.
+    let set = unsafe {
+        libc::prlimit(udamon.pid() as i32, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut())
+    };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    let idle: Vec<TcpStream> =
+        (0..30).filter_map(|_| TcpStream::connect(&udamon.metrics).ok()).collect();
+    let unreadable = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("stderr: udamon: cannot read") && l.contains("cgroup.procs"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while unreadable(&udamon.lines.lock().unwrap()) == 0 {
+        assert!(Instant::now() < deadline, "{:?}", udamon.lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    drop(idle);
+    group.join(later.0.id());
+    udamon.wait_for("the member who joined later", |l| l["added"] == later.0.id());
+    udamon.wait_for("its snapshot", |l| l["target_id"] == later.0.id());
+    assert!(!udamon.json_lines().iter().any(|l| l["gone"].is_number()), "{:?}", udamon.lines);
+    let lines = udamon.lines.lock().unwrap();
+    assert_eq!(unreadable(&lines), 1, "{lines:?}");
+    let accept_failures = lines.iter().filter(|l| l.contains("cannot accept")).count();
+    assert!(accept_failures <= 1, "{lines:?}");
+}

@@ -51,27 +51,24 @@ pub async fn serve(addr: SocketAddr, metrics: Shared) -> Result<SocketAddr> {
 
 async fn accept(listener: TcpListener, metrics: Shared) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Failures come in spells while descriptors are short, each freed one ending a spell: said
+    // once in all, and the wait doubles while a spell lasts.
+    let mut said = false;
     let mut backoff: Option<Duration> = None;
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
-                // Said once per spell of failures; the wait doubles while they last.
-                let wait = match backoff {
-                    None => {
-                        say!("udamon: metrics: cannot accept connections: {err}; retrying");
-                        BACKOFF.0
-                    }
-                    Some(wait) => (wait * 2).min(BACKOFF.1),
-                };
+                if !std::mem::replace(&mut said, true) {
+                    say!("udamon: metrics: cannot accept a connection: {err}; retrying");
+                }
+                let wait = backoff.map_or(BACKOFF.0, |wait| (wait * 2).min(BACKOFF.1));
                 backoff = Some(wait);
                 tokio::time::sleep(wait).await;
                 continue;
             }
         };
-        if backoff.take().is_some() {
-            say!("udamon: metrics: accepting connections again");
-        }
+        backoff = None;
         // Over the cap: closed at once (dropped), which frees its descriptor.
         let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
         let metrics = metrics.clone();
