@@ -6,21 +6,21 @@ use std::fmt;
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-fn split_number(text: &str) -> Result<(f64, &str)> {
+/// The leading number (without `_` separators) and the unit after it.
+fn split_number(text: &str) -> Result<(String, f64, &str)> {
     let text = text.trim();
     let end =
         text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(end);
-    let number: f64 = number
-        .replace('_', "")
-        .parse()
-        .with_context(|| format!("`{text}` does not start with a number"))?;
-    Ok((number, unit.trim()))
+    let (digits, unit) = text.split_at(end);
+    let digits = digits.replace('_', "");
+    let number: f64 =
+        digits.parse().with_context(|| format!("`{text}` does not start with a number"))?;
+    Ok((digits, number, unit.trim()))
 }
 
 /// Bytes, with binary (KiB, MiB, GiB, TiB; also K, M, G, T) or no suffix.
 pub fn parse_size(text: &str) -> Result<u64> {
-    let (number, unit) = split_number(text)?;
+    let (digits, number, unit) = split_number(text)?;
     let scale: u64 = match unit {
         "" | "B" => 1,
         "K" | "KiB" | "k" => 1 << 10,
@@ -29,16 +29,24 @@ pub fn parse_size(text: &str) -> Result<u64> {
         "T" | "TiB" => 1 << 40,
         _ => bail!("unknown size unit `{unit}` in `{text}` (use B, KiB, MiB, GiB or TiB)"),
     };
-    let bytes = number * scale as f64;
-    if bytes.fract() != 0.0 || bytes > u64::MAX as f64 {
-        bail!("`{text}` is not a whole number of bytes");
-    }
-    Ok(bytes as u64)
+    // Whole numbers exactly (an f64 has 53 bits: near 2^64 it would round up into range).
+    let bytes = match digits.parse::<u128>() {
+        Ok(n) => n.checked_mul(scale.into()).and_then(|b| u64::try_from(b).ok()),
+        Err(_) => {
+            let bytes = number * scale as f64;
+            if bytes.fract() != 0.0 {
+                bail!("`{text}` is not a whole number of bytes");
+            }
+            // u64::MAX as f64 is 2^64 itself, which does not fit.
+            (bytes < u64::MAX as f64).then_some(bytes as u64)
+        }
+    };
+    bytes.with_context(|| format!("`{text}` is 2^64 bytes or more: too large"))
 }
 
 /// Microseconds, from us, ms, s, m or h (no suffix: microseconds).
 pub fn parse_duration_us(text: &str) -> Result<u64> {
-    let (number, unit) = split_number(text)?;
+    let (_, number, unit) = split_number(text)?;
     let scale: f64 = match unit {
         "" | "us" => 1.0,
         "ms" => 1e3,
@@ -159,6 +167,16 @@ mod tests {
         assert!(parse_size("1.5B").is_err());
         assert!(parse_size("12 parsecs").unwrap_err().to_string().contains("unknown size unit"));
         assert!(parse_size("GiB").is_err());
+        assert_eq!(parse_size("18446744073709551615").unwrap(), u64::MAX);
+        for huge in [
+            "18446744073709551616",
+            "16777216TiB",
+            "16777216.0TiB",
+            "99999999999999999999999999999999999999999",
+        ] {
+            let err = parse_size(huge).unwrap_err().to_string();
+            assert!(err.ends_with("is 2^64 bytes or more: too large"), "{huge}: {err}");
+        }
         assert_eq!(Size(16 << 30).to_string(), "16GiB");
         assert_eq!(Size((1 << 20) + 1).to_string(), "1048577");
         assert_eq!(format_size(3 << 29), "1.5 GiB");

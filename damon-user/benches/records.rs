@@ -59,7 +59,8 @@ fn main() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let file = dir.join("bench-record.data");
     let record = big_record();
-    record::save(&file, &record, Format::JsonCompressed).unwrap();
+    let output = damon_user::util::atomic_file::Output::new(&file).unwrap();
+    record::save(&output, &record, Format::JsonCompressed).unwrap();
     let size = std::fs::metadata(&file).unwrap().len();
     println!(
         "record: {SNAPSHOTS} snapshots x {REGIONS} regions, json_compressed {:.1} MiB",

@@ -22,6 +22,15 @@
 //! aggregation reports), `output` (records, reports, metrics), `util` (tables, atomic files),
 //! then `check` (the environment doctor) and `cli`.
 
+/// `eprintln!` that never panics: after SIGHUP a closed terminal fails writes (EIO), and that
+/// must not turn a clean end into a crash; the line is lost instead.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod check;
 pub mod cli;
 pub mod dataplane;

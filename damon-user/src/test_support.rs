@@ -1,5 +1,7 @@
 //! Shared by the integration tests (the `tests` crate and damon-user's own): whether a test that
-//! needs the real kernel can run here.
+//! needs the real kernel can run here, and what such tests share.
+
+use std::time::{Duration, Instant};
 
 /// Outside CI a test that cannot run prints why and passes vacuously; with `CI=true` that would
 /// hide a broken pipeline, so it fails instead.
@@ -16,4 +18,38 @@ pub fn privileged(test: &str) -> bool {
 
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Kills `parent` (SIGKILL: no drop, no handler runs) once it has a child and has run `settle`
+/// more, then says whether that child outlived it for 5 s (a zombie waiting for init has not).
+pub fn child_outlives_sigkill(mut parent: std::process::Child, settle: Duration) -> bool {
+    let children = format!("/proc/{0}/task/{0}/children", parent.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let child = loop {
+        let text = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse::<i32>().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "pid {} started no child", parent.id());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(settle);
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let outlived = running();
+    if outlived {
+        // Not left behind holding the test's pipes.
+        // SAFETY: a plain kill of the pid the child had.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
+    outlived
 }

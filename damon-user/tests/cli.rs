@@ -252,14 +252,12 @@ fn monitoring_errors_are_one_line_with_the_right_exit_code() {
     std::fs::create_dir_all(&dir).unwrap();
     let record = dir.join("never.data");
     let record = record.to_str().unwrap();
-    let cases: [(&[&str], i32, &str); 6] = [
+    let cases: [(&[&str], i32, &str); 5] = [
         (&["monitor", "4194305"], 2, "no process with pid 4194305"),
         (&["monitor", "2"], 2, "kernel thread"),
         (&["monitor"], 2, "nothing to monitor"),
         (&["record", "-o", record, "1", "--", "true"], 2, "give one of PIDs"),
         (&["monitor", "--", "/no/such/program"], 2, "cannot run `/no/such/program`"),
-        // Gone before the first sample: a runtime failure, and no file.
-        (&["record", "-o", record, "--", "true"], 1, "exited before the first"),
     ];
     for (args, code, expected) in cases {
         let out = udamon(args);
@@ -268,6 +266,12 @@ fn monitoring_errors_are_one_line_with_the_right_exit_code() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: {err}");
     }
+    // Gone before the first sample: its exit, then a runtime failure naming it; no file.
+    let out = udamon(&["record", "-o", record, "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).ends_with(
+        "`true` exited (status 0) before the first aggregation: nothing recorded, no file written\n"
+    ));
     assert!(!std::path::Path::new(record).exists(), "a failed record left a file");
     // Privileges: none at all, then all but the one that reads another user's process.
     let out = udamon_as_nobody(&["monitor", "1"]).expect("setpriv");
@@ -323,4 +327,121 @@ fn the_service_unit_runs_with_exactly_the_capabilities_it_needs() {
     let out = out.expect("setpriv");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("working set"));
+}
+
+/// Zero intervals are bad input on every command that runs the engine, from the command line or
+/// a config file: one line, exit 2, before anything starts.
+#[test]
+fn zero_intervals_are_refused_everywhere() {
+    let config = std::env::temp_dir().join(format!("udamon-zero-{}.toml", std::process::id()));
+    std::fs::write(&config, "updr = \"0s\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let mut cases: Vec<(Vec<&str>, String)> = Vec::new();
+    for command in
+        [&["monitor", "1"][..], &["record", "-o", "/dev/null", "1"], &["demo"], &["sim", "stairs"]]
+    {
+        for (option, value, expected) in [
+            ("--updr", "0", "--updr 0: the interval must be positive".to_owned()),
+            ("--sample", "0", "--sample 0: the interval must be positive".to_owned()),
+            ("--config", config, format!("--config {config}: updr must be positive")),
+        ] {
+            cases.push(([&command[..1], &[option, value], &command[1..]].concat(), expected));
+        }
+    }
+    for (args, expected) in cases {
+        let out = udamon(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(text(&out.stderr), format!("udamon: {expected}\n"), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let _ = std::fs::remove_file(config);
+}
+
+/// Overlapping simulator ranges run (the later wins) with one warning line per overlap; a size
+/// of 2^64 bytes is refused rather than saturated.
+#[test]
+fn sim_warns_of_overlapping_ranges_and_refuses_sizes_past_2_64() {
+    let file = std::env::temp_dir().join(format!("udamon-overlap-{}.toml", std::process::id()));
+    let base = "name = \"x\"\nsize = \"1GiB\"\nduration = \"2s\"\n";
+    let ranges = "[[ranges]]\nstart = 0\nend = \"64MiB\"\nprobability = 0.9\n[[ranges]]\nstart = \"32MiB\"\nend = \"96MiB\"\nprobability = 0.1\n";
+    std::fs::write(&file, format!("{base}{ranges}")).unwrap();
+    let out = udamon(&["sim", file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "udamon: scenario x: ranges[1] overlaps ranges[0] at 32MiB..64MiB: the later range wins there\n"
+    );
+    for size in ["\"16777216TiB\"", "\"18446744073709551616\""] {
+        std::fs::write(&file, base.replace("\"1GiB\"", size)).unwrap();
+        let out = udamon(&["sim", file.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{size}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("is 2^64 bytes or more: too large"), "{size}: {err}");
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+/// Pids that name no monitorable process say what they are, with no capability hint where
+/// capabilities are not the cause.
+#[test]
+fn pids_that_are_not_processes_say_what_they_are() {
+    if !damon_user::test_support::privileged("pids_that_are_not_processes_say_what_they_are") {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: gettid cannot fail.
+        tx.send(unsafe { libc::gettid() }.to_string()).unwrap();
+        let _ = wait.recv();
+    });
+    let tid = rx.recv().unwrap();
+    let me = std::process::id();
+    let cases: [(&[&str], String); 3] = [
+        (&["monitor", "0"], "no process with pid 0".into()),
+        (&["monitor", "--json", "4294967295"], "no process with pid 4294967295".into()),
+        (&["record", "-o", "/dev/null", &tid], format!("{tid} is a thread of process {me}")),
+    ];
+    for (args, expected) in cases {
+        let out = udamon(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(text(&out.stderr), format!("udamon: {expected}\n"), "{args:?}");
+    }
+    drop(done);
+    thread.join().unwrap();
+    // Itself: the shell's pid becomes udamon's.
+    let out = Command::new("sh")
+        .args(["-c", "echo $$ >&2; exec \"$0\" monitor $$", env!("CARGO_BIN_EXE_udamon")])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    let pid = err.lines().next().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err, format!("{pid}\nudamon: pid {pid} is udamon itself\n"));
+}
+
+/// `--cgroup` takes only cgroup v2 groups: a v1 hierarchy (if one is mounted here) or a
+/// directory that merely has a cgroup.procs file is refused.
+#[test]
+fn cgroup_v1_hierarchies_are_refused() {
+    let fake = std::env::temp_dir().join(format!("udamon-cli-fake-cgroup-{}", std::process::id()));
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(fake.join("cgroup.procs"), "1\n").unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let v1 = mounts.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        (fields.get(2) == Some(&"cgroup")).then(|| fields[1].to_owned())
+    });
+    for dir in [fake.to_str().unwrap().to_owned()].into_iter().chain(v1) {
+        let out = udamon(&["monitor", "--cgroup", &dir]);
+        assert_eq!(out.status.code(), Some(2), "{dir}");
+        assert_eq!(
+            text(&out.stderr),
+            format!(
+                "udamon: --cgroup {dir}: {dir} is not a cgroup v2 directory (cgroup v1 is not supported)\n"
+            )
+        );
+    }
+    std::fs::remove_dir_all(&fake).unwrap();
 }

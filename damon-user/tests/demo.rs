@@ -135,3 +135,21 @@ fn demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded() {
     let left = ours_loaded();
     assert!(left.is_empty(), "still loaded after exit: {left:?}");
 }
+
+/// The demo's workload dies with udamon, even when udamon is killed outright.
+#[test]
+fn the_workload_does_not_outlive_a_killed_demo() {
+    if !damon_user::test_support::privileged("the_workload_does_not_outlive_a_killed_demo") {
+        return;
+    }
+    let demo = Command::new(env!("CARGO_BIN_EXE_udamon"))
+        .args(["demo", "--duration", "60s"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let settle = std::time::Duration::from_secs(1);
+    assert!(
+        !damon_user::test_support::child_outlives_sigkill(demo, settle),
+        "the workload outlived udamon"
+    );
+}

@@ -82,6 +82,35 @@ fn record_then_report_round_trip() {
     assert!((8..=26).contains(&snapshots), "{snapshots} snapshots of 100 ms in 2.5 s");
 }
 
+/// `record -o` writes a device through (never replacing it: /dev/null stays a device, /dev/full
+/// is a runtime error) and follows a symlink, which stays one.
+#[test]
+fn record_writes_through_devices_and_follows_links() {
+    use std::os::unix::fs::FileTypeExt as _;
+    if !privileged("record_writes_through_devices_and_follows_links") {
+        return;
+    }
+    let target = Sleeper::new();
+    let record = |output: &str| {
+        udamon().args(["record", "--duration", "1s", "-o", output, &target.pid()]).output().unwrap()
+    };
+    let out = record("/dev/null");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("snapshots written to /dev/null"), "{err}");
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    let out = record("/dev/full");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("udamon: cannot write /dev/full: No space left on device"), "{err}");
+    let dir = scratch("link");
+    let (link, file) = (dir.join("link.data"), dir.join("damon.data"));
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    succeed(record(link.to_str().unwrap()));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(report(&file, "access")[0]["target_id"].as_u64().unwrap().to_string(), target.pid());
+}
+
 /// The real damo reads a live record (not in vm-test guests, which have no damo: they skip it
 /// by name).
 #[test]
@@ -168,10 +197,101 @@ fn monitor_follows_the_command_it_started() {
     assert!(started.elapsed() < Duration::from_secs(60), "monitor outlived its command");
     assert!(text.contains("working set") && text.contains("heatmap |"), "{text}");
     assert!(text.contains("udamon CPU"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("pid ") && l.ends_with(" gone")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("pid ") && l.ends_with(" exited")), "{text}");
     // Every 5th aggregation only: at most 0, 5, …, 40 within 4 s.
     let shown = text.lines().filter(|l| l.starts_with("target ")).count();
     assert!((1..=9).contains(&shown), "{shown} snapshots shown: {text}");
+}
+
+/// After `-- CMD` exited, udamon exits as the shell would: the command's code, or 128 + the
+/// signal that ended it.
+#[test]
+fn the_commands_exit_status_is_passed_on() {
+    if !privileged("the_commands_exit_status_is_passed_on") {
+        return;
+    }
+    for (script, code) in [("sleep 2; exit 3", 3), ("sleep 2; kill -SEGV $$", 139), ("exit 5", 5)] {
+        let out = udamon().args(["monitor", "--every", "100", "--", "sh", "-c", script]).output();
+        let out = out.unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Gone before the first aggregation: said, naming the command; 1 if it succeeded.
+    let out = udamon().args(["record", "-o", "/dev/null", "--", "true"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.ends_with("udamon: `true` exited (status 0) before the first aggregation: nothing recorded, no file written\n"),
+        "{err}"
+    );
+}
+
+/// The command dies with udamon, even when udamon is killed outright (a parent-death signal).
+#[test]
+fn the_command_does_not_outlive_a_killed_udamon() {
+    if !privileged("the_command_does_not_outlive_a_killed_udamon") {
+        return;
+    }
+    let monitor = udamon().args(["monitor", "--quiet", "--", "sleep", "30"]).spawn().unwrap();
+    let outlived =
+        damon_user::test_support::child_outlives_sigkill(monitor, Duration::from_secs(1));
+    assert!(!outlived, "sleep outlived udamon");
+}
+
+/// SIGUSR1 writes the record now and recording goes on; SIGHUP (a closed terminal) ends it
+/// like SIGTERM, with the final write.
+#[test]
+fn record_flushes_on_sigusr1_and_ends_cleanly_on_sighup() {
+    if !privileged("record_flushes_on_sigusr1_and_ends_cleanly_on_sighup") {
+        return;
+    }
+    let target = Sleeper::new();
+    let dir = scratch("signals");
+    let file = dir.join("damon.data");
+    let record = udamon()
+        .args(["record", "-o", file.to_str().unwrap(), "--flush-every", "1h", &target.pid()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let signal = |signal| {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(record.id() as i32, signal) };
+    };
+    // Once udamon catches SIGUSR1 (SigCgt bit 10)...
+    let status = format!("/proc/{}/status", record.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&status).unwrap_or_default().lines().any(|l| {
+        l.strip_prefix("SigCgt:")
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & 1 << (libc::SIGUSR1 - 1) != 0)
+    }) {
+        assert!(Instant::now() < deadline, "udamon never caught SIGUSR1");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...ask until the file appears (before the first aggregation there is nothing to write).
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "SIGUSR1 wrote no file");
+        signal(libc::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = report(&file, "access")[0]["snapshot"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(libc::SIGUSR1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while report(&file, "access")[0]["snapshot"].as_u64().unwrap() == first {
+        assert!(Instant::now() < deadline, "a second SIGUSR1 wrote nothing new");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(libc::SIGHUP);
+    let out = record.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.contains("snapshots written to"), "{err}");
+    assert!(report(&file, "access")[0]["snapshot"].as_u64().unwrap() > first);
 }
 
 #[test]
@@ -194,6 +314,41 @@ fn monitor_json_lines_describe_each_target() {
         assert!(theirs[0]["udamon_cpu_percent"].is_null());
         assert!(theirs[1..].iter().all(|l| l["udamon_cpu_percent"].is_number()));
     }
+}
+
+/// Sample ticks that start late make a window run long: the JSON says how many were late and
+/// its times are the real ones; the text view says so. At 20 us ticks this machine is late.
+#[test]
+fn late_ticks_are_reported_with_real_window_times() {
+    if !privileged("late_ticks_are_reported_with_real_window_times") {
+        return;
+    }
+    let target = Sleeper::new();
+    let args = ["--sample", "20us", "--aggr", "10ms", "--duration", "2s"];
+    let out = udamon().args(["monitor", "--json"]).args(args).arg(target.pid()).output();
+    let text = succeed(out.unwrap());
+    let snapshots: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut late = 0;
+    let mut late_windows = 0;
+    for s in &snapshots {
+        let now = s["late_ticks"].as_u64().expect("late_ticks in every snapshot");
+        let window = s["end_ns"].as_u64().unwrap() - s["start_ns"].as_u64().unwrap();
+        assert!(window >= 10_000_000, "a window shorter than the interval: {window} ns");
+        if now > late {
+            late_windows += 1;
+            assert!(window > 10_000_000, "late ticks, yet a window of exactly 10 ms: {s}");
+        }
+        late = now;
+    }
+    assert!(late_windows > 0, "no late ticks at 20 us here: nothing checked");
+    let out = udamon().args(["monitor", "--every", "5"]).args(args).arg(target.pid()).output();
+    let text = succeed(out.unwrap());
+    assert!(
+        text.lines()
+            .any(|l| l
+                .ends_with("sample ticks late since the last view: windows ran longer than 10 ms")),
+        "{text}"
+    );
 }
 
 /// The names of the BPF maps process `pid` holds, one entry per map (by map id).

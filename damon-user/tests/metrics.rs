@@ -57,12 +57,11 @@ struct Udamon {
 
 impl Udamon {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_udamon"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_udamon")).args(args))
+    }
+
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         let metrics = loop {
@@ -91,6 +90,32 @@ impl Udamon {
             }
         });
         Self { _child: Killed(child), metrics, lines }
+    }
+
+    fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
+
+    /// Its exit code, once it ends by itself (within 15 s).
+    fn exit_code(mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self._child.0.try_wait().unwrap() {
+                // Let the readers catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "udamon did not end: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn has_line(&self, line: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| l == line)
     }
 
     fn json_lines(&self) -> Vec<Value> {
@@ -258,9 +283,10 @@ struct Group {
 }
 
 impl Group {
-    fn new() -> Self {
+    /// One per test (tests run in parallel): `name` tells them apart.
+    fn new(name: &str) -> Self {
         let root = damon_user::sys::cgroup::root().expect("a cgroup v2 hierarchy");
-        let dir = root.join(format!("udamon-test-{}", std::process::id()));
+        let dir = root.join(format!("udamon-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Self { dir, root }
     }
@@ -287,7 +313,7 @@ fn cgroup_members_are_followed_as_they_come_and_go() {
     if !privileged("cgroup_members_are_followed_as_they_come_and_go") {
         return;
     }
-    let group = Group::new();
+    let group = Group::new("follow");
     let (a, b) = (sleeper(), sleeper());
     let (a_pid, b_pid) = (a.0.id(), b.0.id());
     group.join(a_pid);
@@ -303,7 +329,7 @@ fn cgroup_members_are_followed_as_they_come_and_go() {
         "0",
     ]);
     udamon.wait_for("a snapshot of the first member", |l| l["target_id"] == a_pid);
-    let name = format!("/udamon-test-{}", std::process::id());
+    let name = format!("/udamon-test-follow-{}", std::process::id());
     let (_, exposition) = get(&udamon.metrics, "/metrics");
     assert!(
         exposition.contains(&format!("udamon_regions{{cgroup=\"{name}\",pid=\"{a_pid}\"}}")),
@@ -351,4 +377,175 @@ fn metrics_and_cgroup_bad_input_is_one_line_and_exit_2() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: {err}");
     }
+}
+
+/// udamon's CPU time so far (user and system), from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    // After the name: state is field 3, utime and stime fields 14 and 15.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// Idle connections beyond the descriptors udamon has (300 at a limit of 256) neither end the
+/// monitoring of a live process nor spin the accept loop; afterwards scrapes work again.
+#[test]
+fn idle_connections_do_not_end_monitoring_or_spin() {
+    if !privileged("idle_connections_do_not_end_monitoring_or_spin") {
+        return;
+    }
+    let target = sleeper();
+    let pid = target.0.id();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_udamon"));
+    command.args(["monitor", "--json", "--metrics", "0", &pid.to_string()]);
+    // As `prlimit --nofile=256:256 udamon ...`.
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let limit = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+    let udamon = Udamon::spawn(&mut command);
+    udamon.wait_for("a snapshot", |l| l["target_id"] == pid);
+    let cpu = cpu_time(udamon.pid());
+    let started = Instant::now();
+    let idle: Vec<TcpStream> =
+        (0..300).filter_map(|_| TcpStream::connect(&udamon.metrics).ok()).collect();
+    assert!(idle.len() >= 256, "only {} connections", idle.len());
+    std::thread::sleep(Duration::from_secs(3));
+    let share = (cpu_time(udamon.pid()) - cpu).as_secs_f64() / started.elapsed().as_secs_f64();
+    drop(idle);
+    assert!(share < 0.5, "udamon used {:.0} % of a core meanwhile", 100.0 * share);
+    let seen = udamon.json_lines().iter().filter(|l| l["target_id"] == pid).count();
+    udamon.wait_for("snapshots afterwards", |_| {
+        udamon.json_lines().iter().filter(|l| l["target_id"] == pid).count() >= seen + 5
+    });
+    assert!(!udamon.json_lines().iter().any(|l| l["gone"] == pid), "{:?}", udamon.lines);
+    let (status, exposition) = get(&udamon.metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert!(exposition.contains(&format!("pid=\"{pid}\"")), "{exposition}");
+}
+
+/// `HEAD /metrics` gets GET's status and headers, and no body.
+#[test]
+fn head_gets_the_headers_without_the_body() {
+    if !privileged("head_gets_the_headers_without_the_body") {
+        return;
+    }
+    let target = sleeper();
+    let udamon =
+        Udamon::start(&["monitor", "--quiet", "--metrics", "0", &target.0.id().to_string()]);
+    let mut stream = TcpStream::connect(&udamon.metrics).unwrap();
+    write!(stream, "HEAD /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(body.is_empty(), "{body}");
+}
+
+/// In text mode a member leaving the group and the group's removal are said; the removal ends
+/// the run with exit code 1 (an end nobody planned).
+#[test]
+fn a_removed_cgroup_ends_the_run_and_says_so() {
+    if !privileged("a_removed_cgroup_ends_the_run_and_says_so") {
+        return;
+    }
+    let group = Group::new("removed");
+    let member = sleeper();
+    let pid = member.0.id();
+    group.join(pid);
+    let path = group.dir.to_str().unwrap();
+    let udamon = Udamon::start(&[
+        "monitor",
+        "--every",
+        "1000",
+        "--updr",
+        "200ms",
+        "--cgroup",
+        path,
+        "--metrics",
+        "0",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !udamon.has_line(&format!("pid {pid} added")) {
+        assert!(Instant::now() < deadline, "{:?}", udamon.lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    group.leave(pid);
+    while !udamon.has_line(&format!("pid {pid} left the cgroup")) {
+        assert!(Instant::now() < deadline, "{:?}", udamon.lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_dir(&group.dir).unwrap();
+    let lines = udamon.lines.clone();
+    assert_eq!(udamon.exit_code(), Some(1));
+    let lines = lines.lock().unwrap();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("stderr: ")).collect::<Vec<_>>(),
+        [&format!("stderr: udamon: cgroup {path} was removed")]
+    );
+}
+
+/// Descriptors running out while following a cgroup: the failed membership read is said once
+/// and monitoring goes on, members joining later included.
+#[test]
+fn a_cgroup_read_that_fails_for_want_of_descriptors_is_said_once() {
+    if !privileged("a_cgroup_read_that_fails_for_want_of_descriptors_is_said_once") {
+        return;
+    }
+    let group = Group::new("emfile");
+    let (member, later) = (sleeper(), sleeper());
+    group.join(member.0.id());
+    let path = group.dir.to_str().unwrap();
+    let udamon = Udamon::start(&[
+        "monitor",
+        "--json",
+        "--updr",
+        "100ms",
+        "--cgroup",
+        path,
+        "--metrics",
+        "0",
+    ]);
+    udamon.wait_for("a snapshot", |l| l["target_id"] == member.0.id());
+    // Leave it a few descriptors, which the idle connections take.
+    let open = std::fs::read_dir(format!("/proc/{}/fd", udamon.pid())).unwrap().count() as u64;
+    let limit = libc::rlimit { rlim_cur: open + 8, rlim_max: open + 8 };
+    // SAFETY: prlimit on our own child, with a valid limit and no old value asked for.
+    let set = unsafe {
+        libc::prlimit(udamon.pid() as i32, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut())
+    };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    let idle: Vec<TcpStream> =
+        (0..30).filter_map(|_| TcpStream::connect(&udamon.metrics).ok()).collect();
+    let unreadable = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("stderr: udamon: cannot read") && l.contains("cgroup.procs"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while unreadable(&udamon.lines.lock().unwrap()) == 0 {
+        assert!(Instant::now() < deadline, "{:?}", udamon.lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    drop(idle);
+    group.join(later.0.id());
+    udamon.wait_for("the member who joined later", |l| l["added"] == later.0.id());
+    udamon.wait_for("its snapshot", |l| l["target_id"] == later.0.id());
+    assert!(!udamon.json_lines().iter().any(|l| l["gone"].is_number()), "{:?}", udamon.lines);
+    let lines = udamon.lines.lock().unwrap();
+    assert_eq!(unreadable(&lines), 1, "{lines:?}");
+    let accept_failures = lines.iter().filter(|l| l.contains("cannot accept")).count();
+    assert!(accept_failures <= 1, "{lines:?}");
 }

@@ -316,3 +316,154 @@ fn we_read_what_damo_writes() {
         assert_eq!(ours, reference, "damo's {format}");
     }
 }
+
+/// `-o` never replaces what is not a regular file: a device is written through (a full one is a
+/// runtime error), a symlink followed (dangling too) and kept, a directory refused alike by
+/// every command.
+#[test]
+fn outputs_never_replace_devices_or_links() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let dir = scratch("outputs");
+    let convert = |output: &str| udamon(&["convert", "-i", FIXTURE, "-o", output]);
+    let out = convert("/dev/null");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    let out = convert("/dev/full");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("udamon: cannot write /dev/full: No space left on device"), "{err}");
+
+    let (link, target) = (dir.join("link.data"), dir.join("target.data"));
+    std::os::unix::fs::symlink("target.data", &link).unwrap();
+    for _ in 0..2 {
+        // Dangling the first time, to an existing file the second.
+        stdout(&convert(path(&link)));
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        stdout(&udamon(&["report", "access", "-i", path(&target)]));
+    }
+    let picture = dir.join("heat.svg");
+    std::os::unix::fs::symlink("/dev/null", &picture).unwrap();
+    stdout(&udamon(&["report", "heatmap", "-i", FIXTURE, "--target", "7", "-o", path(&picture)]));
+    assert!(std::fs::symlink_metadata(&picture).unwrap().file_type().is_symlink());
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+
+    let subdir = dir.join("a.svg");
+    std::fs::create_dir(&subdir).unwrap();
+    let expected = format!("udamon: cannot write {}: it is a directory\n", path(&subdir));
+    for args in [
+        &["convert", "-i", FIXTURE, "-o", path(&subdir)][..],
+        &["report", "heatmap", "-i", FIXTURE, "--target", "7", "-o", path(&subdir)],
+        &["record", "-o", path(&subdir), "1"],
+    ] {
+        let out = udamon(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), expected, "{args:?}");
+    }
+}
+
+/// A zlib bomb: `prefix`, then `chunks` MiB of `fill`, built from one compressed MiB repeated
+/// (after the first, each sync-flushed MiB of the same bytes compresses to the same bytes), so
+/// 4 GiB take 4 MB and no time.
+fn bomb(prefix: &[u8], fill: u8, chunks: usize) -> Vec<u8> {
+    use std::io::Write as _;
+    let chunk = vec![fill; 1 << 20];
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(prefix).unwrap();
+    let mut ends = Vec::new();
+    for _ in 0..2 {
+        encoder.write_all(&chunk).unwrap();
+        encoder.flush().unwrap();
+        ends.push(encoder.get_ref().len());
+    }
+    let bytes = encoder.get_ref();
+    let (first, repeated) = (&bytes[..ends[0]], &bytes[ends[0]..ends[1]]);
+    [first, &repeated.repeat(chunks - 1)].concat()
+}
+
+/// `udamon args` with at most 512 MiB of address space: inflating a bomb whole would abort.
+fn udamon_in_512_mib(args: &[&str]) -> (Output, std::time::Duration) {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_udamon"));
+    command.args(args);
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 512 << 20, rlim_max: 512 << 20 };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let out = command.output().unwrap();
+    (out, started.elapsed())
+}
+
+#[test]
+fn decompression_bombs_fail_fast_in_bounded_memory() {
+    let dir = scratch("bomb");
+    // 4 GiB of zeros: not JSON, told at the first byte.
+    let zeros = dir.join("zeros");
+    std::fs::write(&zeros, bomb(b"", 0, 4096)).unwrap();
+    // 4 GiB of JSON's white space: only the limit stops it.
+    let spaces = dir.join("spaces");
+    std::fs::write(&spaces, bomb(b"[", b' ', 4096)).unwrap();
+    let converted = dir.join("converted");
+    let cases: [(&[&str], &str); 4] = [
+        (&["report", "wss", "-i", path(&zeros)], "not damo's record JSON"),
+        (
+            &["report", "wss", "-i", path(&spaces)],
+            "it holds more than 1GiB of record (inflated): raise --max-input to read it",
+        ),
+        (
+            &["convert", "-i", path(&spaces), "-o", path(&converted), "--max-input", "64MiB"],
+            "it holds more than 64MiB of record",
+        ),
+        (&["report", "access", "-i", FIXTURE, "--max-input", "1 parsec"], "--max-input"),
+    ];
+    for (args, expected) in cases {
+        let (out, took) = udamon_in_512_mib(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(took.as_secs() < 15, "{args:?} took {took:?}");
+    }
+    // A record within a small limit still reads.
+    stdout(&udamon(&["report", "wss", "-i", FIXTURE, "--max-input", "1MiB"]));
+}
+
+/// Counts beyond the samples an aggregation has are read as that many, with one warning line;
+/// an interval of 0 is refused.
+#[test]
+fn impossible_counts_are_clamped_and_zero_intervals_refused() {
+    let dir = scratch("loose");
+    let record = |sample_us: u64| {
+        format!(
+            r#"[{{"target_id": 3, "intervals": {{"sample_us": {sample_us}, "aggr_us": 100000,
+            "ops_update_us": 1000000}}, "snapshots": [{{"start_time": 0, "end_time": 100000000,
+            "regions": [{{"start": 0, "end": 4096, "nr_accesses": {{"samples": 99999}}}}]}}]}}]"#
+        )
+    };
+    let (clamped, zero) = (dir.join("clamped.json"), dir.join("zero.json"));
+    std::fs::write(&clamped, record(5000)).unwrap();
+    std::fs::write(&zero, record(0)).unwrap();
+    let out = udamon(&["report", "access", "--json", "-i", path(&clamped)]);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report[0]["regions"][0]["access_percent"], 100.0);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "udamon: {}: target 3: 1 region(s) had more accesses than the 20 samples per aggregation of the record's intervals; read as 20\n",
+            path(&clamped)
+        )
+    );
+    let out = udamon(&["report", "access", "-i", path(&zero)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.ends_with("target 3, intervals: sample_us is 0: an interval must be positive\n"));
+}

@@ -127,9 +127,14 @@ fn watch_pid(pid: u32, expect: &[Expect], from: Duration) {
                 streak = if shares.iter().all(|&s| s >= 0.75) { streak + 1 } else { 0 };
             }
             Event::Snapshot(_) => {}
-            Event::TargetGone(pid) => panic!("pid {pid} reported gone while alive"),
+            Event::TargetExited(pid) => panic!("pid {pid} reported gone while alive"),
             Event::Problem(problem) => panic!("a problem reported: {problem:?}"),
-            Event::TargetAdded(_) | Event::TargetRefused(..) => panic!("an unasked target change"),
+            Event::TargetAdded(_)
+            | Event::TargetLeft(_)
+            | Event::TargetRefused(..)
+            | Event::Flush => {
+                panic!("an unasked target change")
+            }
         }
     }
     monitor.join().expect("the sampler");

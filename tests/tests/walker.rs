@@ -137,8 +137,13 @@ fn a_target_that_exits_is_dropped_and_reported() {
     while gone.is_none() && Instant::now() < deadline {
         match events.try_recv() {
             Ok(Event::Snapshot(_)) => snapshots += 1,
-            Ok(Event::TargetGone(pid)) => gone = Some(pid),
-            Ok(Event::TargetAdded(_) | Event::TargetRefused(..)) => {
+            Ok(Event::TargetExited(pid)) => gone = Some(pid),
+            Ok(
+                Event::TargetAdded(_)
+                | Event::TargetLeft(_)
+                | Event::TargetRefused(..)
+                | Event::Flush,
+            ) => {
                 panic!("a target change no one asked for")
             }
             Ok(Event::Problem(problem)) => panic!("a problem with a plain child: {problem:?}"),

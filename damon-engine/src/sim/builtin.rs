@@ -166,7 +166,8 @@ mod tests {
     fn builtins_are_valid_and_survive_toml() {
         for name in NAMES {
             let scenario = get(name).unwrap();
-            scenario.validate().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let warnings = scenario.validate().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(warnings.is_empty(), "{name}: {warnings:?}");
             let again = Scenario::from_toml(&scenario.to_toml()).unwrap();
             assert_eq!(again.to_toml(), scenario.to_toml(), "{name}");
         }

@@ -7,7 +7,8 @@
 //! duration = "60s"
 //! [attrs]                 # engine attributes; omitted ones take the kernel's defaults
 //! max_nr_regions = 100
-//! [[ranges]]              # applied in order over an unaccessed space; later ranges win
+//! [[ranges]]              # applied in order over an unaccessed space; where ranges overlap
+//!                         # the later wins (validation warns: it is seldom meant)
 //! start = "0"
 //! end = "64MiB"
 //! probability = 0.9       # chance that a page is accessed within one sample interval
@@ -159,8 +160,10 @@ impl Scenario {
         toml::to_string(self).expect("a scenario always serializes")
     }
 
-    /// Everything a run relies on; one message per problem, naming the range or event.
-    pub fn validate(&self) -> Result<()> {
+    /// Everything a run relies on; one message per problem, naming the range or event. What is
+    /// allowed but seldom meant (overlapping ranges) comes back as warnings, one line each, for
+    /// the caller to show.
+    pub fn validate(&self) -> Result<Vec<String>> {
         let size = self.size.0;
         if size < 2 * MIN_REGION_SZ {
             bail!("size must be at least two pages (got {})", self.size);
@@ -230,7 +233,50 @@ impl Scenario {
                 _ => bail!("{what}: has a field that does not apply to this kind"),
             }
         }
-        Ok(())
+        Ok(self.overlaps())
+    }
+
+    /// One line per pair of ranges that overlap (the first place they do): the later wins there.
+    fn overlaps(&self) -> Vec<String> {
+        let name = |(i, k): (usize, u64)| match self.ranges[i].repeat {
+            1 => format!("ranges[{i}]"),
+            _ => format!("ranges[{i}] (repeat {k})"),
+        };
+        // Every placed range (start, end, range, repeat), by start; a sweep finds each range that
+        // starts before the furthest end so far.
+        let mut placed: Vec<(u64, u64, (usize, u64))> = self
+            .ranges
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| {
+                let stride = r.stride.map_or(0, |s| s.0);
+                (0..r.repeat).map(move |k| (r.start.0 + k * stride, r.end.0 + k * stride, (i, k)))
+            })
+            .collect();
+        placed.sort_unstable_by_key(|&(start, end, _)| (start, end));
+        let mut warnings = Vec::new();
+        let mut pairs = std::collections::HashSet::new();
+        let mut furthest: Option<(u64, (usize, u64))> = None;
+        for (start, end, this) in placed {
+            if let Some((reach, other)) = furthest
+                && start < reach
+            {
+                let (first, later) = if other < this { (other, this) } else { (this, other) };
+                if pairs.insert((first.0, later.0)) {
+                    warnings.push(format!(
+                        "{} overlaps {} at {}..{}: the later range wins there",
+                        name(later),
+                        name(first),
+                        Size(start),
+                        Size(end.min(reach))
+                    ));
+                }
+            }
+            if furthest.is_none_or(|(reach, _)| end > reach) {
+                furthest = Some((end, this));
+            }
+        }
+        warnings
     }
 
     /// The truth at time 0.
@@ -312,6 +358,39 @@ to = "960MiB"
     }
 
     #[test]
+    fn overlapping_ranges_are_warned_about_once_per_pair() {
+        let base = "name = \"x\"\nsize = \"1GiB\"\nduration = \"10s\"\n";
+        let range = |start: &str, end: &str, more: &str| {
+            format!("[[ranges]]\nstart = \"{start}\"\nend = \"{end}\"\nprobability = 0.5\n{more}")
+        };
+        let warnings = |ranges: &[String]| {
+            Scenario::from_toml(&format!("{base}{}", ranges.concat())).unwrap().validate().unwrap()
+        };
+        assert!(Scenario::from_toml(EXAMPLE).unwrap().validate().unwrap().is_empty());
+        assert_eq!(
+            warnings(&[
+                range("0", "64MiB", ""),
+                range("32MiB", "96MiB", ""),
+                range("40MiB", "48MiB", "")
+            ]),
+            [
+                "ranges[1] overlaps ranges[0] at 32MiB..64MiB: the later range wins there",
+                // It overlaps both: named once, with the one reaching furthest.
+                "ranges[2] overlaps ranges[1] at 40MiB..48MiB: the later range wins there",
+            ]
+        );
+        // Repeats that overlap each other: one line for the range, not one per repeat.
+        assert_eq!(
+            warnings(&[range("0", "8MiB", "repeat = 8\nstride = \"4MiB\"\n")]),
+            [
+                "ranges[0] (repeat 1) overlaps ranges[0] (repeat 0) at 4MiB..8MiB: the later range wins there"
+            ]
+        );
+        // Touching is not overlapping.
+        assert!(warnings(&[range("0", "8MiB", ""), range("8MiB", "16MiB", "")]).is_empty());
+    }
+
+    #[test]
     fn round_trips_through_toml() {
         let s = Scenario::from_toml(EXAMPLE).unwrap();
         let again = Scenario::from_toml(&s.to_toml()).unwrap();
@@ -358,6 +437,11 @@ to = "960MiB"
         assert!(
             err("name = \"x\"\nsize = \"1 parsec\"\nduration = \"1s\"\n")
                 .contains("unknown size unit")
+        );
+        // 2^64 bytes do not fit.
+        assert!(
+            err("name = \"x\"\nsize = \"16777216TiB\"\nduration = \"1s\"\n")
+                .contains("is 2^64 bytes or more")
         );
         for text in [EXAMPLE, base] {
             let message =

@@ -4,11 +4,14 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
 
-use super::Failure;
-use crate::output::record::{self, Format};
+use super::{Failure, report::ReadLimit};
+use crate::{
+    output::record::{self, Format},
+    util::atomic_file::Output,
+};
 
 /// Convert a record file (udamon's or damo's) to another format, as `damo convert_record_format`
-/// does. The output is written atomically.
+/// does. A file is written atomically; a device or FIFO is written through.
 #[derive(Args)]
 pub struct ConvertArgs {
     /// The record to read.
@@ -20,10 +23,13 @@ pub struct ConvertArgs {
     /// The output format.
     #[arg(long, value_enum, default_value_t = Format::JsonCompressed)]
     format: Format,
+    #[command(flatten)]
+    limit: ReadLimit,
 }
 
 pub(super) fn run(args: ConvertArgs) -> Result<ExitCode, Failure> {
-    let targets = record::load(&args.input).map_err(Failure::Input)?;
-    record::save(&args.output, &targets, args.format).map_err(Failure::Runtime)?;
+    let output = Output::new(&args.output).map_err(Failure::Input)?;
+    let targets = args.limit.load(&args.input)?;
+    record::save(&output, &targets, args.format).map_err(Failure::Runtime)?;
     Ok(ExitCode::SUCCESS)
 }

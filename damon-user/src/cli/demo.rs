@@ -19,6 +19,7 @@ use super::{
 use crate::{
     monitor::{Event, Summary, session},
     snapshot::Snapshot,
+    sys::process,
     util::table::{self, Align},
     workload::Layout,
 };
@@ -84,7 +85,8 @@ pub(super) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
 
 fn spawn_workload(phase_change: Duration) -> anyhow::Result<(Workload, Layout)> {
     let exe = std::env::current_exe().context("cannot find our own executable")?;
-    let child = Command::new(exe)
+    // Spawned from the main thread: it dies with udamon, even one killed outright.
+    let child = process::die_with_parent(&mut Command::new(exe))
         .args(["workload", "--phase-change", &format!("{}us", phase_change.as_micros())])
         .stdout(Stdio::piped())
         .spawn()
@@ -102,11 +104,14 @@ fn spawn_workload(phase_change: Duration) -> anyhow::Result<(Workload, Layout)> 
 
 fn show(args: &DemoArgs, layout: &Layout, event: Event) -> anyhow::Result<()> {
     match event {
-        Event::TargetGone(pid) => print(&format!("pid {pid} exited\n")),
-        // The demo's one target is never added or refused while running.
-        Event::TargetAdded(_) | Event::TargetRefused(..) => Ok(()),
+        Event::TargetExited(pid) => print(&format!("pid {pid} exited\n")),
+        // The demo's one target is never added, removed or refused while running; every
+        // snapshot is printed as it comes.
+        Event::TargetAdded(_) | Event::TargetLeft(_) | Event::TargetRefused(..) | Event::Flush => {
+            Ok(())
+        }
         Event::Problem(problem) => {
-            eprintln!("udamon: pid {}: {}", problem.pid, problem.message);
+            say!("udamon: pid {}: {}", problem.pid, problem.message);
             Ok(())
         }
         Event::Snapshot(s) if s.aggregation % args.every != 0 => Ok(()),

@@ -1,5 +1,6 @@
 //! The `udamon` command line. Exit codes: 0 success, 1 a runtime failure (or `check` finding
-//! monitoring impossible), 2 bad input (usage, options, files).
+//! monitoring impossible, or a run that ended unplanned), 2 bad input (usage, options, files);
+//! after `-- CMD` exited, the command's status as the shell gives it.
 
 mod convert;
 mod demo;
@@ -63,6 +64,8 @@ pub(crate) enum Failure {
     Input(anyhow::Error),
     /// Something went wrong while working: exit 1.
     Runtime(anyhow::Error),
+    /// The command followed failed the run: the command's exit status (never 0).
+    Command(anyhow::Error, u8),
 }
 
 impl From<SessionError> for Failure {
@@ -100,12 +103,16 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(Failure::Input(err)) => {
-            eprintln!("udamon: {err:#}");
+            say!("udamon: {err:#}");
             ExitCode::from(2)
         }
         Err(Failure::Runtime(err)) => {
-            eprintln!("udamon: {err:#}");
+            say!("udamon: {err:#}");
             ExitCode::FAILURE
+        }
+        Err(Failure::Command(err, status)) => {
+            say!("udamon: {err:#}");
+            ExitCode::from(status)
         }
     }
 }

@@ -28,8 +28,10 @@ use crate::{
 /// Watch processes live: for each aggregation interval, every region's start address, size,
 /// access rate (% of the interval's samples that found an access, and accesses per second),
 /// and age (aggregation intervals the rate has held); a one-line heatmap; the region count; the
-/// working-set size (bytes of regions with any access); and udamon's own CPU use. Stops on
-/// Ctrl-C or SIGTERM, after --duration, or when every target has exited.
+/// working-set size (bytes of regions with any access); udamon's own CPU use; and a line when
+/// sample ticks were late (the window then ran long: its times are real). Stops on Ctrl-C,
+/// SIGTERM or SIGHUP, after --duration, or when every target has exited (with -- CMD: exits
+/// with the command's status). A removed --cgroup ends it with exit code 1.
 #[derive(Args)]
 pub struct MonitorArgs {
     #[command(flatten)]
@@ -66,11 +68,13 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
         args.monitoring.resolve().and_then(|s| s.monitor_config()).map_err(Failure::Input)?;
     let duration = duration(args.duration.as_deref())?;
     let metrics = args.serve.addr()?;
-    let (targets, _started) = args.targets.resolve()?;
+    let (targets, started) = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
     // CPU share since the previous shown snapshot; none for the first, which would mostly
     // measure loading the eBPF programs.
     let mut cpu: Option<(Instant, Duration)> = None;
+    // Late ticks as of the last view shown.
+    let mut late = 0;
     let mut seen = 0u64;
     let (summary, ended) = session::runtime()?.block_on(session::run(
         config,
@@ -78,26 +82,22 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
         duration,
         metrics,
         |event| match event {
-            // Exited, or left the cgroup.
-            Event::TargetGone(pid) => print(&if args.json {
-                serde_json::json!({ "gone": pid }).to_string() + "\n"
-            } else {
-                format!("pid {pid} gone\n")
-            }),
+            Event::TargetExited(pid) => gone(pid, "exited", args.json),
+            Event::TargetLeft(pid) => gone(pid, "left the cgroup", args.json),
             Event::TargetAdded(pid) => print(&if args.json {
                 serde_json::json!({ "added": pid }).to_string() + "\n"
             } else {
                 format!("pid {pid} added\n")
             }),
             Event::TargetRefused(pid, why) => {
-                eprintln!("udamon: not monitoring pid {pid}: {why}");
+                say!("udamon: not monitoring pid {pid}: {why}");
                 Ok(())
             }
             Event::Problem(problem) => {
                 if args.json {
                     print(&(serde_json::json!({ "problem": problem }).to_string() + "\n"))
                 } else {
-                    eprintln!("udamon: pid {}: {}", problem.pid, problem.message);
+                    say!("udamon: pid {}: {}", problem.pid, problem.message);
                     Ok(())
                 }
             }
@@ -111,15 +111,18 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
                     (now.1 - used).as_secs_f64() / (now.0 - wall).as_secs_f64().max(1e-9)
                 });
                 cpu = Some(now);
-                print(&view(&s, &intervals, share, &args))
+                let late_since =
+                    s.stats.late_ticks - std::mem::replace(&mut late, s.stats.late_ticks);
+                print(&view(&s, &intervals, share, late_since, &args))
             }
+            // Nothing is kept: every snapshot is printed as it comes.
+            Event::Flush => Ok(()),
         },
     ))?;
-    if seen == 0 && ended == Ended::TargetsGone {
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "every target exited before the first aggregation: nothing to show"
-        )));
-    }
+    // Stopping early is the user's choice; no target left to show is not.
+    let nothing = (seen == 0 && !matches!(ended, Ended::Duration | Ended::Signal))
+        .then_some("nothing to show");
+    let code = args.targets.exit(ended, started, nothing)?;
     if !args.json {
         emit(&format!(
             "{} aggregations; udamon CPU {:.2} s; late sample ticks {} of {}\n",
@@ -129,10 +132,26 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
             summary.ticks
         ))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
-fn view(s: &Snapshot, intervals: &Intervals, cpu_share: Option<f64>, args: &MonitorArgs) -> String {
+/// A target that is no longer monitored, and why.
+fn gone(pid: u32, why: &str, json: bool) -> anyhow::Result<()> {
+    print(&if json {
+        serde_json::json!({ "gone": pid, "why": why }).to_string() + "\n"
+    } else {
+        format!("pid {pid} {why}\n")
+    })
+}
+
+/// One shown snapshot; `late` ticks started late since the last one shown.
+fn view(
+    s: &Snapshot,
+    intervals: &Intervals,
+    cpu_share: Option<f64>,
+    late: u64,
+    args: &MonitorArgs,
+) -> String {
     let mut out = String::new();
     for target in &s.targets {
         let Some(recorded) = RecordedSnapshot::of(s, target.pid as u64) else { continue };
@@ -141,6 +160,9 @@ fn view(s: &Snapshot, intervals: &Intervals, cpu_share: Option<f64>, args: &Moni
         if args.json {
             let mut value = serde_json::to_value(&report).expect("reports serialize");
             value["udamon_cpu_percent"] = cpu_share.map(|c| 100.0 * c).into();
+            // Since monitoring began: a window with late ticks ran longer than the interval.
+            value["ticks"] = s.stats.ticks.into();
+            value["late_ticks"] = s.stats.late_ticks.into();
             out.push_str(&(value.to_string() + "\n"));
         } else {
             out.push_str(&access::render(
@@ -152,6 +174,12 @@ fn view(s: &Snapshot, intervals: &Intervals, cpu_share: Option<f64>, args: &Moni
         }
     }
     if !args.json {
+        if late > 0 {
+            out.push_str(&format!(
+                "{late} sample ticks late since the last view: windows ran longer than {} ms\n",
+                intervals.aggr_us as f64 / 1e3
+            ));
+        }
         match cpu_share {
             Some(share) => out.push_str(&format!("udamon CPU {:.1} %\n\n", 100.0 * share)),
             None => out.push_str("udamon CPU: starting\n\n"),

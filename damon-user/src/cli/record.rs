@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::anyhow;
 use clap::Args;
 
 use super::{
@@ -17,24 +16,24 @@ use super::{
     targets::{ServeArgs, TargetArgs},
 };
 use crate::{
-    monitor::{
-        Event,
-        session::{self, Ended},
-    },
+    monitor::{Event, session},
     output::record::{Format, Intervals, writer::RecordWriter},
-    util::atomic_file,
+    util::atomic_file::Output,
 };
 
 /// Record processes' access snapshots (one per aggregation interval) into a file damo can read.
-/// The file is rewritten atomically every --flush-every, when a target exits, and at the end
-/// (Ctrl-C, SIGTERM, --duration, or every target gone).
+/// The file is rewritten atomically every --flush-every, when a target exits or leaves the
+/// cgroup, on SIGUSR1 (recording goes on), and at the end: Ctrl-C, SIGTERM or SIGHUP,
+/// --duration, or every target gone (with -- CMD: exits with the command's status). A removed
+/// --cgroup ends it with exit code 1, the file written.
 #[derive(Args)]
 pub struct RecordArgs {
     #[command(flatten)]
     targets: TargetArgs,
     #[command(flatten)]
     serve: ServeArgs,
-    /// The record file.
+    /// The record file (a symlink is followed; a device or FIFO gets the record once, at the
+    /// end, since it cannot be rewritten).
     #[arg(short, long, default_value = "damon.data", value_name = "FILE")]
     output: PathBuf,
     /// File format: damo's json_compressed (default), json, or perf_script trace text.
@@ -57,27 +56,32 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
     let flush_every = options::span(&args.flush_every, "flush-every")
         .map(Duration::from_micros)
         .map_err(Failure::Input)?;
-    atomic_file::check_writable(&args.output).map_err(Failure::Input)?;
+    let output = Output::new(&args.output).map_err(Failure::Input)?;
     let metrics = args.serve.addr()?;
-    let (targets, _started) = args.targets.resolve()?;
+    let (targets, started) = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
-    let mut writer = RecordWriter::new(args.output.clone(), args.format, intervals, flush_every);
+    let mut writer = RecordWriter::new(output, args.format, intervals, flush_every);
     let progress =
         duration.filter(|_| std::io::stderr().is_terminal()).map(|d| (Instant::now(), d));
     let result =
         session::runtime()?.block_on(session::run(config, &targets, duration, metrics, |event| {
             match event {
                 Event::Snapshot(s) => writer.push(&s)?,
-                Event::TargetGone(pid) => {
-                    writer.flush()?;
-                    eprintln!("\rudamon: pid {pid} gone");
+                Event::TargetExited(pid) => {
+                    writer.checkpoint()?;
+                    say!("\rudamon: pid {pid} exited");
                 }
-                Event::TargetAdded(pid) => eprintln!("\rudamon: pid {pid} added"),
+                Event::TargetLeft(pid) => {
+                    writer.checkpoint()?;
+                    say!("\rudamon: pid {pid} left the cgroup");
+                }
+                Event::Flush => writer.checkpoint()?,
+                Event::TargetAdded(pid) => say!("\rudamon: pid {pid} added"),
                 Event::TargetRefused(pid, why) => {
-                    eprintln!("\rudamon: not monitoring pid {pid}: {why}")
+                    say!("\rudamon: not monitoring pid {pid}: {why}")
                 }
                 Event::Problem(problem) => {
-                    eprintln!("\rudamon: pid {}: {}", problem.pid, problem.message)
+                    say!("\rudamon: pid {}: {}", problem.pid, problem.message)
                 }
             }
             if let Some((started, total)) = progress {
@@ -86,26 +90,23 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
             Ok(())
         }));
     if progress.is_some() {
-        eprintln!();
+        say!();
     }
     // Whatever ended the run, keep what was recorded.
-    let flushed = writer.flush();
+    let flushed = writer.finish();
     let (_, ended) = result?;
     flushed.map_err(Failure::Runtime)?;
-    if writer.snapshots() == 0 {
-        let why = match ended {
-            Ended::TargetsGone => "every target exited before the first aggregation",
-            Ended::Duration | Ended::Signal => "stopped before the first aggregation",
-        };
-        return Err(Failure::Runtime(anyhow!("{why}: nothing recorded, no file written")));
+    let nothing = (writer.snapshots() == 0).then_some("nothing recorded, no file written");
+    let code = args.targets.exit(ended, started, nothing);
+    if nothing.is_none() {
+        say!(
+            "udamon: {} snapshots written to {} ({})",
+            writer.snapshots(),
+            args.output.display(),
+            args.format
+        );
     }
-    eprintln!(
-        "udamon: {} snapshots written to {} ({})",
-        writer.snapshots(),
-        args.output.display(),
-        args.format
-    );
-    Ok(ExitCode::SUCCESS)
+    code
 }
 
 fn draw_progress(elapsed: Duration, total: Duration, snapshots: usize) {

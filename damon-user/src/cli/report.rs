@@ -6,7 +6,10 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::{Failure, emit};
-use damon_engine::{Attrs, units::format_size};
+use damon_engine::{
+    Attrs,
+    units::{format_size, parse_size},
+};
 
 use crate::{
     output::{
@@ -18,7 +21,7 @@ use crate::{
             picture,
         },
     },
-    util::atomic_file,
+    util::atomic_file::Output,
 };
 
 /// Show a record file (udamon's or damo's, any of the formats): the access table, a heatmap,
@@ -40,6 +43,32 @@ struct Input {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    limit: ReadLimit,
+}
+
+/// How much of a record `report` and `convert` read.
+#[derive(Args)]
+pub(super) struct ReadLimit {
+    /// Read at most this much record, once inflated (e.g. 4GiB): a compressed record that
+    /// inflates beyond it is refused, as a guard against decompression bombs [default: 1GiB].
+    #[arg(long, value_name = "SIZE")]
+    max_input: Option<String>,
+}
+
+impl ReadLimit {
+    /// The record at `path`; what was mended in it is said on stderr, one line each.
+    pub(super) fn load(&self, path: &std::path::Path) -> Result<record::Record, Failure> {
+        let max = match &self.max_input {
+            Some(text) => parse_size(text).context("--max-input").map_err(Failure::Input)?,
+            None => record::DEFAULT_MAX_INPUT,
+        };
+        let loaded = record::load(path, max).map_err(Failure::Input)?;
+        for warning in &loaded.warnings {
+            say!("udamon: {}: {warning}", path.display());
+        }
+        Ok(loaded.record)
+    }
 }
 
 #[derive(Subcommand)]
@@ -164,7 +193,7 @@ pub(super) fn run(args: ReportArgs) -> Result<ExitCode, Failure> {
 }
 
 fn load(input: &Input) -> Result<Vec<TargetRecord>, Failure> {
-    let mut targets = record::load(&input.input).map_err(Failure::Input)?;
+    let mut targets = input.limit.load(&input.input)?;
     targets.retain(|t| !t.snapshots.is_empty());
     if let Some(id) = input.target {
         let known: Vec<String> = targets.iter().map(|t| t.target_id.to_string()).collect();
@@ -248,11 +277,9 @@ fn write_picture(path: &std::path::Path, maps: &[(u64, Heatmap)]) -> Result<(), 
         )));
     };
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let bytes = match extension.to_ascii_lowercase().as_str() {
-        "png" => picture::png(map, 2).map_err(Failure::Runtime)?,
-        "svg" => picture::svg(map, &format!("udamon heatmap: target {id}"))
-            .map_err(Failure::Runtime)?
-            .into_bytes(),
+    let png = match extension.to_ascii_lowercase().as_str() {
+        "png" => true,
+        "svg" => false,
         _ => {
             return Err(Failure::Input(anyhow!(
                 "--output {}: use a .png or .svg file name",
@@ -260,7 +287,13 @@ fn write_picture(path: &std::path::Path, maps: &[(u64, Heatmap)]) -> Result<(), 
             )));
         }
     };
-    atomic_file::write(path, &bytes).map_err(Failure::Runtime)
+    let output = Output::new(path).map_err(Failure::Input)?;
+    let bytes = if png {
+        picture::png(map, 2)
+    } else {
+        picture::svg(map, &format!("udamon heatmap: target {id}")).map(String::into_bytes)
+    };
+    bytes.and_then(|bytes| output.write(&bytes)).map_err(Failure::Runtime)
 }
 
 fn distributions(targets: &[TargetRecord], metric: Metric, skip: usize, as_json: bool) -> String {

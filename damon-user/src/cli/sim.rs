@@ -99,6 +99,9 @@ fn scenario(args: &SimArgs, settings: &Settings) -> anyhow::Result<Scenario> {
         scenario.duration.0 = us;
         scenario.events.retain(|e| e.at.0 <= us);
     }
-    scenario.validate().with_context(|| format!("scenario {}", scenario.name))?;
+    let warnings = scenario.validate().with_context(|| format!("scenario {}", scenario.name))?;
+    for warning in warnings {
+        say!("udamon: scenario {}: {warning}", scenario.name);
+    }
     Ok(scenario)
 }

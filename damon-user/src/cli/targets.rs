@@ -2,7 +2,8 @@
 //! and follows until it exits.
 
 use std::{
-    process::{Child, Command},
+    os::unix::process::ExitStatusExt as _,
+    process::{Child, Command, ExitCode},
     time::{Duration, Instant},
 };
 
@@ -10,7 +11,11 @@ use anyhow::anyhow;
 use clap::Args;
 
 use super::Failure;
-use crate::{monitor::session::Targets, output::metrics::server, sys::cgroup::Cgroup};
+use crate::{
+    monitor::session::{Ended, Targets},
+    output::metrics::server,
+    sys::{cgroup::Cgroup, process},
+};
 
 #[derive(Args)]
 pub struct TargetArgs {
@@ -21,26 +26,54 @@ pub struct TargetArgs {
     /// followed as processes join and leave it.
     #[arg(long, value_name = "PATH")]
     cgroup: Option<String>,
-    /// Or a command to start and monitor until it exits: `-- CMD ARGS...`.
+    /// Or a command to start and monitor until it exits: `-- CMD ARGS...`. udamon then exits
+    /// with the command's status (as the shell: 128 + N after signal N); the command is killed
+    /// if udamon dies (a parent-death signal).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
-/// A command udamon started: stopped (SIGTERM, then SIGKILL after 2 s) if it outlives us.
-pub struct Started(Child);
+/// A command udamon started: stopped (SIGTERM, then SIGKILL after 2 s) if it outlives the run,
+/// and killed by the kernel if udamon dies first (see `spawn`).
+pub struct Started {
+    child: Child,
+    program: String,
+}
+
+impl Started {
+    /// Starts `program`, to die with udamon (see `die_with_parent`): spawned from the main
+    /// thread, which lives as long as udamon does.
+    fn spawn(program: &str, args: &[String]) -> std::io::Result<Self> {
+        let mut command = Command::new(program);
+        process::die_with_parent(command.args(args));
+        Ok(Self { child: command.spawn()?, program: program.to_owned() })
+    }
+
+    /// Its exit status as the shell gives it: the exit code, or 128 + the ending signal.
+    fn status(&mut self) -> u8 {
+        match self.child.wait() {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => code as u8,
+                (None, Some(signal)) => 128 + signal as u8,
+                (None, None) => 1,
+            },
+            Err(_) => 1,
+        }
+    }
+}
 
 impl Drop for Started {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
+        if let Ok(None) = self.child.try_wait() {
             // SAFETY: signalling our own child, which has not been reaped.
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(2);
-            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let _ = self.0.kill();
+            let _ = self.child.kill();
         }
-        let _ = self.0.wait();
+        let _ = self.child.wait();
     }
 }
 
@@ -68,13 +101,47 @@ impl TargetArgs {
                 Ok((Targets::Pids(pids.to_vec()), None))
             }
             ([], [program, args @ ..]) => {
-                let child = Command::new(program)
-                    .args(args)
-                    .spawn()
+                let started = Started::spawn(program, args)
                     .map_err(|err| Failure::Input(anyhow!("cannot run `{program}`: {err}")))?;
-                Ok((Targets::Pids(vec![child.id()]), Some(Started(child))))
+                Ok((Targets::Pids(vec![started.child.id()]), Some(started)))
             }
             ([_, ..], [_, ..]) => unreachable!("refused above"),
+        }
+    }
+
+    /// udamon's exit once a run is over and its output done. A planned end is 0; after the
+    /// command udamon started exited, its status; a removed cgroup is a failure. `nothing`,
+    /// when the run produced nothing, says what was lost: then the end is a failure too (the
+    /// command's status if it failed, else 1).
+    pub fn exit(
+        &self,
+        ended: Ended,
+        started: Option<Started>,
+        nothing: Option<&str>,
+    ) -> Result<ExitCode, Failure> {
+        let lost = nothing.map_or_else(String::new, |n| format!(": {n}"));
+        let cause = match (ended, started) {
+            (Ended::CgroupRemoved, _) => {
+                let group = self.cgroup.as_deref().unwrap_or_default();
+                return Err(Failure::Runtime(anyhow!("cgroup {group} was removed{lost}")));
+            }
+            (Ended::TargetsGone, Some(mut command)) => {
+                let status = command.status();
+                if nothing.is_none() {
+                    return Ok(ExitCode::from(status));
+                }
+                let program = &command.program;
+                let err = anyhow!(
+                    "`{program}` exited (status {status}) before the first aggregation{lost}"
+                );
+                return Err(Failure::Command(err, status.max(1)));
+            }
+            (Ended::TargetsGone, None) => "every target exited",
+            (Ended::Duration | Ended::Signal, _) => "stopped",
+        };
+        match nothing {
+            Some(_) => Err(Failure::Runtime(anyhow!("{cause} before the first aggregation{lost}"))),
+            None => Ok(ExitCode::SUCCESS),
         }
     }
 }

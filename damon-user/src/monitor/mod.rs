@@ -60,14 +60,18 @@ pub type Events = tokio::sync::mpsc::UnboundedSender<Event>;
 #[derive(Debug)]
 pub enum Event {
     Snapshot(Snapshot),
-    /// A monitored process exited or was removed; the others go on.
-    TargetGone(u32),
+    /// A monitored process exited; the others go on.
+    TargetExited(u32),
+    /// A process removed while monitoring (`Control::Remove`: it left the cgroup).
+    TargetLeft(u32),
     /// A process added while monitoring (`Control::Add`) is monitored from now on.
     TargetAdded(u32),
     /// A process could not be added, and why.
-    TargetRefused(u32, String),
+    TargetRefused(u32, TargetError),
     /// Something went wrong for a target without ending it (its samples read unknown).
     Problem(Problem),
+    /// Write out what is kept now (SIGUSR1): from the session, never the sampler.
+    Flush,
 }
 
 /// Changes to the targets while monitoring; applied right after the next aggregation.
@@ -102,7 +106,8 @@ pub struct Monitor {
 impl Monitor {
     /// Opens the targets with `source` and starts sampling; events arrive on `events`.
     /// Sampling ends when every target is gone, unless `follow` (targets come and go through
-    /// `control`). A target that cannot be opened fails the start with its `TargetError`.
+    /// `control`). A target that cannot be opened fails the start with its `TargetError`, but
+    /// one that exited already is an exit like a later one: reported, and the others go on.
     pub fn start<S: Source>(
         config: MonitorConfig,
         mut source: S,
@@ -110,7 +115,16 @@ impl Monitor {
         events: Events,
         follow: bool,
     ) -> Result<Self> {
-        let targets = pids.iter().map(|&pid| source.open(pid)).collect::<Result<Vec<_>, _>>()?;
+        let mut targets = Vec::with_capacity(pids.len());
+        for &pid in pids {
+            match source.open(pid) {
+                Ok(target) => targets.push(target),
+                Err(TargetError::Exited(pid)) => {
+                    let _ = events.send(Event::TargetExited(pid));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
         let engine = Config {
             attrs: config.attrs,
             policy: config.policy,
@@ -196,7 +210,7 @@ fn sample<S: Source>(
         })?;
         for pid in step.dropped {
             source.close(pid as u32);
-            let _ = events.send(Event::TargetGone(pid as u32));
+            let _ = events.send(Event::TargetExited(pid as u32));
         }
         if step.aggregation.is_some() {
             for problem in source.problems() {
@@ -225,25 +239,24 @@ fn apply_controls<S: Source>(
     while let Ok(control) = controls.try_recv() {
         let event = match control {
             Control::Add(pid) => {
-                match source
-                    .open(pid)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|t| ctx.add_target(source, t))
-                {
+                let added = source.open(pid).and_then(|target| {
+                    ctx.add_target(source, target).map_err(|err| TargetError::Other(pid, err))
+                });
+                match added {
                     Ok(()) => Event::TargetAdded(pid),
                     Err(err) => {
                         // Forget the process only if the engine does not monitor it already.
                         if ctx.targets().iter().all(|t| t.id != pid as u64) {
                             source.close(pid);
                         }
-                        Event::TargetRefused(pid, format!("{err:#}"))
+                        Event::TargetRefused(pid, err)
                     }
                 }
             }
             Control::Remove(pid) => {
                 ctx.remove_target(pid as u64);
                 source.close(pid);
-                Event::TargetGone(pid)
+                Event::TargetLeft(pid)
             }
         };
         let _ = events.send(event);

@@ -1,6 +1,7 @@
 //! One monitoring run for `monitor`, `record` and `demo`: the data plane, the sampler,
 //! page-fault hints, cgroup membership, the metrics endpoint, and the end (duration,
-//! Ctrl-C/SIGTERM, or every target gone), with each event handed to the caller.
+//! SIGINT/SIGTERM/SIGHUP, every target gone, or the cgroup removed), with each event handed to
+//! the caller; SIGUSR1 asks the caller to write out what it keeps (`Event::Flush`).
 
 use std::{
     collections::HashSet,
@@ -22,7 +23,7 @@ use crate::{
     check,
     dataplane::{DataPlane, FaultStream},
     output::metrics::{Metrics, server},
-    sys::cgroup::Cgroup,
+    sys::{cgroup::Cgroup, signals},
     vaddr::VaddrOps,
 };
 
@@ -48,9 +49,12 @@ impl std::error::Error for SessionError {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
     Duration,
+    /// SIGINT, SIGTERM or SIGHUP.
     Signal,
-    /// Every target exited (or the cgroup went away).
+    /// Every target exited.
     TargetsGone,
+    /// The cgroup followed was removed: an end nobody planned.
+    CgroupRemoved,
 }
 
 /// What to monitor: processes by pid, or every process of a cgroup as they come and go.
@@ -68,6 +72,17 @@ pub async fn run(
     metrics: Option<SocketAddr>,
     mut on_event: impl FnMut(Event) -> anyhow::Result<()>,
 ) -> Result<(Summary, Ended), SessionError> {
+    // Caught from the start, but held back until the sampler runs (see `signals`): one during
+    // start-up is handled once the run begins.
+    let signal =
+        |kind| tokio::signal::unix::signal(kind).map_err(|e| SessionError::Runtime(e.into()));
+    let (mut interrupt, mut terminate, mut hangup, mut flush) = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::hangup())?,
+        signal(SignalKind::user_defined1())?,
+    );
+    let held = signals::Held::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1]);
     check::require_monitoring().map_err(SessionError::Runtime)?;
     // A cgroup's members join through the first membership check, one by one: one that exits
     // meanwhile (or cannot be monitored) is refused alone instead of failing the start.
@@ -79,7 +94,7 @@ pub async fn run(
         Some(addr) => {
             let shared = Arc::new(Mutex::new(Metrics::new(cgroup.map_or("", |c| c.name()))));
             let bound = server::serve(addr, shared.clone()).await.map_err(SessionError::Input)?;
-            eprintln!("udamon: metrics on http://{bound}/metrics");
+            say!("udamon: metrics on http://{bound}/metrics");
             Some(shared)
         }
         None => None,
@@ -95,6 +110,7 @@ pub async fn run(
                 _ => SessionError::Runtime(err),
             }
         })?;
+    drop(held);
     // Only now: a target that cannot be monitored is the one line to say.
     let mut faults = faults.and_then(|stream| watch_faults(stream, &pids));
     // The duration counts from the sampler's start, not from whatever start-up follows.
@@ -102,47 +118,55 @@ pub async fn run(
     tokio::pin!(end);
     let fault_feed = monitor.faults();
     let control = monitor.control();
-    let mut members = Members {
-        requested: pids.iter().copied().collect(),
-        refused: HashSet::new(),
-        reported: HashSet::new(),
-    };
-    let signal =
-        |kind| tokio::signal::unix::signal(kind).map_err(|e| SessionError::Runtime(e.into()));
-    let (mut interrupt, mut terminate) =
-        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    let mut members = Members { requested: pids.iter().copied().collect(), ..Members::default() };
     let mut membership = tokio::time::interval(Duration::from_micros(config.attrs.ops_update_us));
+    // Whether the last membership read failed (said once, until one succeeds again).
+    let mut unreadable = false;
     let mut output = Ok(());
     let ended = loop {
-        tokio::select! {
+        let event = tokio::select! {
             _ = &mut end => break Ended::Duration,
             _ = interrupt.recv() => break Ended::Signal,
             _ = terminate.recv() => break Ended::Signal,
+            _ = hangup.recv() => break Ended::Signal,
+            _ = flush.recv() => Event::Flush,
             event = events.recv() => match event {
-                Some(event) => {
-                    if observe(&event, shared.as_ref(), faults.as_mut(), &mut members) {
-                        output = on_event(event);
-                    }
-                    // The caller's error ends the run; it is returned below.
-                    if output.is_err() {
-                        break Ended::Signal;
-                    }
-                }
+                Some(event) => event,
                 // The sampler ended: every target gone, or an error (join says which).
                 None => break Ended::TargetsGone,
             },
             _ = membership.tick(), if cgroup.is_some() => {
-                let Some(Ok(now)) = cgroup.map(Cgroup::procs) else { break Ended::TargetsGone };
-                for change in members.changes(&now) {
-                    let _ = control.send(change);
+                let Some(group) = cgroup else { continue };
+                match group.procs() {
+                    Ok(now) => {
+                        unreadable = false;
+                        for change in members.changes(&now) {
+                            let _ = control.send(change);
+                        }
+                    }
+                    Err(err) if removed(&err) => break Ended::CgroupRemoved,
+                    // Descriptors run out (EMFILE), say: the members stay as they were.
+                    Err(err) => {
+                        if !std::mem::replace(&mut unreadable, true) {
+                            say!("udamon: {err:#}; following its members as last read");
+                        }
+                    }
                 }
+                continue;
             }
             _ = async {
                 match faults.as_mut() {
                     Some(stream) => forward_faults(stream, &fault_feed).await,
                     None => std::future::pending().await,
                 }
-            } => {}
+            } => continue,
+        };
+        if observe(&event, shared.as_ref(), faults.as_mut(), &mut members) {
+            output = on_event(event);
+        }
+        // The caller's error ends the run; it is returned below.
+        if output.is_err() {
+            break Ended::Signal;
         }
     };
     monitor.stop();
@@ -156,11 +180,19 @@ pub async fn run(
     Ok((summary, ended))
 }
 
-/// The processes asked for, those that could not be monitored (not asked for again while
-/// they stay in the group), and the problems already reported (each once per target).
+/// Whether a failed read of a group's members says the group is gone.
+fn removed(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// The processes asked for, those that cannot be monitored (not asked for again while they stay
+/// in the group), those that failed to open for a passing reason (asked for again, said once),
+/// and the problems already reported (each once per target).
+#[derive(Default)]
 struct Members {
     requested: HashSet<u32>,
     refused: HashSet<u32>,
+    failing: HashSet<u32>,
     reported: HashSet<(u32, &'static str)>,
 }
 
@@ -169,6 +201,7 @@ impl Members {
     fn changes(&mut self, now: &[u32]) -> Vec<Control> {
         let now: HashSet<u32> = now.iter().copied().collect();
         self.refused.retain(|pid| now.contains(pid));
+        self.failing.retain(|pid| now.contains(pid));
         let mut changes = Vec::new();
         for &pid in now.difference(&self.requested) {
             if !self.refused.contains(&pid) {
@@ -201,7 +234,7 @@ fn observe(
             let lost = faults.as_ref().and_then(|f| f.get_ref().lost().ok()).unwrap_or(0);
             with_metrics(&|m| m.update(s, lost));
         }
-        Event::TargetGone(pid) => {
+        Event::TargetExited(pid) | Event::TargetLeft(pid) => {
             members.requested.remove(pid);
             members.reported.retain(|r| r.0 != *pid);
             with_metrics(&|m| m.remove(*pid));
@@ -210,18 +243,24 @@ fn observe(
             }
         }
         Event::TargetAdded(pid) => {
+            members.failing.remove(pid);
             if let Some(f) = faults {
                 let _ = f.get_mut().add_target(*pid);
             }
         }
-        Event::TargetRefused(pid, _) => {
+        Event::TargetRefused(pid, why) => {
             members.requested.remove(pid);
+            // What failed in passing (EMFILE, say) is tried again at the next membership read.
+            if !why.is_input() {
+                return members.failing.insert(*pid);
+            }
             members.refused.insert(*pid);
         }
         Event::Problem(problem) => {
             with_metrics(&|m| m.problem(problem));
             return members.reported.insert((problem.pid, problem.kind));
         }
+        Event::Flush => {}
     }
     true
 }
@@ -236,7 +275,7 @@ fn watch_faults(stream: anyhow::Result<FaultStream>, pids: &[u32]) -> Option<Asy
             unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) }
                 .map_err(|err| anyhow!("cannot watch the fault ring buffer: {err}"))
         })
-        .map_err(|err| eprintln!("udamon: going on without page-fault hints: {err:#}"))
+        .map_err(|err| say!("udamon: going on without page-fault hints: {err:#}"))
         .ok()
 }
 
@@ -280,8 +319,7 @@ mod tests {
 
     #[test]
     fn membership_follows_the_group_and_does_not_retry_refusals() {
-        let mut m =
-            Members { requested: [1, 2].into(), refused: HashSet::new(), reported: HashSet::new() };
+        let mut m = Members { requested: [1, 2].into(), ..Members::default() };
         assert_eq!(summary(&m.changes(&[1, 2])), (vec![], vec![]));
         assert_eq!(summary(&m.changes(&[2, 3, 4])), (vec![3, 4], vec![1]));
         // 4 could not be monitored: it is not asked for again while it stays.
@@ -291,5 +329,27 @@ mod tests {
         // Once it leaves and comes back, it is tried again.
         assert_eq!(summary(&m.changes(&[2, 3])), (vec![], vec![]));
         assert_eq!(summary(&m.changes(&[2, 3, 4])), (vec![4], vec![]));
+    }
+
+    #[test]
+    fn members_failing_in_passing_are_retried_and_said_once() {
+        let mut m = Members { requested: [5].into(), ..Members::default() };
+        let mut see = |event: Event| observe(&event, None, None, &mut m);
+        let emfile = || Event::TargetRefused(5, TargetError::Other(5, anyhow!("EMFILE")));
+        assert!(see(emfile()), "said the first time");
+        assert_eq!(summary(&m.changes(&[5])), (vec![5], vec![]), "asked for again");
+        let mut see = |event: Event| observe(&event, None, None, &mut m);
+        assert!(!see(emfile()), "not said again");
+        assert_eq!(summary(&m.changes(&[5])), (vec![5], vec![]));
+        assert!(observe(&Event::TargetAdded(5), None, None, &mut m));
+        assert!(m.failing.is_empty());
+        // A lasting refusal is not asked for again.
+        assert!(observe(
+            &Event::TargetRefused(5, TargetError::KernelThread(5)),
+            None,
+            None,
+            &mut m
+        ));
+        assert_eq!(summary(&m.changes(&[5])), (vec![], vec![]));
     }
 }

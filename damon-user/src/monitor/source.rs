@@ -58,9 +58,15 @@ pub struct OpsStats {
 #[derive(Debug)]
 pub enum TargetError {
     NoSuchProcess(u32),
+    /// udamon's own process (or one of its threads): monitoring it would watch the watcher.
+    Itself(u32),
+    /// A thread id (first) of another process (second): processes are monitored whole.
+    Thread(u32, u32),
     KernelThread(u32),
-    /// It exited (or is exiting) before monitoring began.
+    /// It exited (or is exiting) before monitoring began: `Monitor::start` takes it as an exit;
+    /// a cgroup member that did is refused.
     Exited(u32),
+    /// Permission denied (EPERM, EACCES): capabilities are the likely cause.
     Denied(u32, std::io::Error),
     Other(u32, anyhow::Error),
 }
@@ -77,6 +83,8 @@ impl fmt::Display for TargetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoSuchProcess(pid) => write!(f, "no process with pid {pid}"),
+            Self::Itself(pid) => write!(f, "pid {pid} is udamon itself"),
+            Self::Thread(tid, pid) => write!(f, "{tid} is a thread of process {pid}"),
             Self::KernelThread(pid) => {
                 write!(f, "pid {pid} is a kernel thread: it has no address space to monitor")
             }

@@ -17,11 +17,12 @@ use super::*;
 const SIZE: u64 = 64 << 20;
 
 /// Simulated processes: every pid maps the same 64 MiB, its first quarter hot; alive while in
-/// `alive`; a pid in `broken` reports a problem every aggregation.
+/// `alive`; a pid in `broken` reports a problem every aggregation; one in `exited` is a zombie.
 struct Simulated {
     ops: SimOps,
     alive: Arc<Mutex<HashSet<u32>>>,
     broken: HashSet<u32>,
+    exited: HashSet<u32>,
     open: HashSet<u32>,
 }
 
@@ -34,6 +35,7 @@ impl Simulated {
             ops: SimOps::new(truth, 1),
             alive: alive.clone(),
             broken: HashSet::new(),
+            exited: HashSet::new(),
             open: HashSet::new(),
         };
         (ops, alive)
@@ -60,6 +62,9 @@ impl Operations for Simulated {
 
 impl Source for Simulated {
     fn open(&mut self, pid: u32) -> Result<Target, TargetError> {
+        if self.exited.contains(&pid) {
+            return Err(TargetError::Exited(pid));
+        }
         if !self.alive.lock().unwrap().contains(&pid) {
             return Err(TargetError::NoSuchProcess(pid));
         }
@@ -145,7 +150,7 @@ fn a_gone_target_is_reported_once_and_the_others_go_on() {
     let seen = collect(&mut events, |e| snapshots(e).len() >= 5);
     let gone: Vec<u32> = seen
         .iter()
-        .filter_map(|e| if let Event::TargetGone(p) = e { Some(*p) } else { None })
+        .filter_map(|e| if let Event::TargetExited(p) = e { Some(*p) } else { None })
         .collect();
     assert_eq!(gone, [1]);
     let last = snapshots(&seen).last().unwrap().targets.iter().map(|t| t.pid).collect::<Vec<_>>();
@@ -154,6 +159,25 @@ fn a_gone_target_is_reported_once_and_the_others_go_on() {
     alive.lock().unwrap().remove(&2);
     let summary = monitor.join().unwrap();
     assert!(summary.counters.aggregations >= 5);
+}
+
+#[test]
+fn a_target_gone_before_the_start_is_an_exit_and_the_others_go_on() {
+    let (mut source, _) = Simulated::new(&[2]);
+    source.exited.insert(1);
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let monitor = Monitor::start(config(), source, &[1, 2], tx, false).unwrap();
+    let seen = collect(&mut events, |e| snapshots(e).len() >= 2);
+    monitor.join().unwrap();
+    assert!(matches!(seen[0], Event::TargetExited(1)), "{seen:?}");
+    assert!(snapshots(&seen).iter().all(|s| s.targets.iter().map(|t| t.pid).eq([2])));
+    // With none left the sampler ends by itself.
+    let (mut source, _) = Simulated::new(&[]);
+    source.exited.insert(1);
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let monitor = Monitor::start(config(), source, &[1], tx, false).unwrap();
+    assert_eq!(monitor.join().unwrap().counters.aggregations, 0);
+    assert!(matches!(events.try_recv(), Ok(Event::TargetExited(1))));
 }
 
 #[test]
@@ -167,13 +191,13 @@ fn targets_are_added_and_removed_at_aggregations_and_refusals_reported() {
     let seen = collect(&mut events, |e| e.iter().any(|e| matches!(e, Event::TargetRefused(..))));
     assert!(seen.iter().any(|e| matches!(e, Event::TargetAdded(1))));
     let refused = seen.iter().find_map(|e| match e {
-        Event::TargetRefused(pid, why) => Some((*pid, why.clone())),
+        Event::TargetRefused(pid, why) => Some((*pid, why.to_string())),
         _ => None,
     });
     assert_eq!(refused, Some((99, "no process with pid 99".into())));
     control.send(Control::Remove(1)).unwrap();
-    let seen = collect(&mut events, |e| e.iter().any(|e| matches!(e, Event::TargetGone(1))));
-    assert!(seen.iter().any(|e| matches!(e, Event::TargetGone(1))));
+    let seen = collect(&mut events, |e| e.iter().any(|e| matches!(e, Event::TargetLeft(1))));
+    assert!(seen.iter().any(|e| matches!(e, Event::TargetLeft(1))));
     // Following a group, the sampler stays up with no target at all.
     let later = collect(&mut events, |e| snapshots(e).len() >= 2);
     assert!(snapshots(&later).iter().all(|s| s.targets.is_empty()));
@@ -191,6 +215,6 @@ fn problems_are_reported_without_ending_the_target() {
     monitor.join().unwrap();
     let problems = seen.iter().filter(|e| matches!(e, Event::Problem(p) if p.pid == 3)).count();
     assert!(problems >= 4, "{problems} problems reported");
-    assert!(!seen.iter().any(|e| matches!(e, Event::TargetGone(_))));
+    assert!(!seen.iter().any(|e| matches!(e, Event::TargetExited(_) | Event::TargetLeft(_))));
     assert!(snapshots(&seen).iter().all(|s| s.targets.len() == 1));
 }

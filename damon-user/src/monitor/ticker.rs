@@ -84,8 +84,10 @@ mod tests {
     fn overruns_count_as_late() {
         let mut ticker = Ticker::new();
         ticker.wait(Duration::from_millis(2));
+        // The first tick may be late too on a loaded machine: count from after it.
+        let before = ticker.late;
         std::thread::sleep(Duration::from_millis(5));
         ticker.wait(Duration::from_millis(2));
-        assert_eq!(ticker.late, 1);
+        assert_eq!(ticker.late, before + 1);
     }
 }

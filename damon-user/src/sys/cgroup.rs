@@ -23,6 +23,17 @@ pub fn root() -> Result<PathBuf> {
         .context("no cgroup v2 hierarchy is mounted")
 }
 
+/// Whether `dir` lies on a cgroup v2 filesystem.
+fn cgroup2(dir: &Path) -> bool {
+    const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs is plain data, filled by the kernel from a valid path string.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(path.as_ptr(), &mut fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC }
+}
+
 #[derive(Clone, Debug)]
 pub struct Cgroup {
     dir: PathBuf,
@@ -41,9 +52,10 @@ impl Cgroup {
         if !dir.is_dir() {
             bail!("--cgroup {path}: no such cgroup directory ({})", dir.display());
         }
-        if !dir.join("cgroup.procs").exists() {
+        // A v1 hierarchy has cgroup.procs too, but other files and semantics: only v2 is meant.
+        if !cgroup2(&dir) || !dir.join("cgroup.procs").exists() {
             bail!(
-                "--cgroup {path}: {} is not a cgroup v2 directory (no cgroup.procs)",
+                "--cgroup {path}: {} is not a cgroup v2 directory (cgroup v1 is not supported)",
                 dir.display()
             );
         }
@@ -80,6 +92,16 @@ mod tests {
         assert!(err.contains("no such cgroup directory"), "{err}");
         let err = Cgroup::open("/tmp").unwrap_err().to_string();
         assert!(err.contains("not a cgroup v2 directory"), "{err}");
+        // A directory that only looks like a group.
+        let fake = std::env::temp_dir().join(format!("udamon-fake-cgroup-{}", std::process::id()));
+        fs::create_dir_all(&fake).unwrap();
+        fs::write(fake.join("cgroup.procs"), "1\n").unwrap();
+        let err = Cgroup::open(fake.to_str().unwrap()).unwrap_err().to_string();
+        assert!(
+            err.ends_with("is not a cgroup v2 directory (cgroup v1 is not supported)"),
+            "{err}"
+        );
+        fs::remove_dir_all(&fake).unwrap();
     }
 
     #[test]

@@ -9,4 +9,6 @@ pub mod pagemap;
 pub mod pidfd;
 pub mod pressure;
 pub mod proc_maps;
+pub mod process;
+pub mod signals;
 pub mod tracefs;

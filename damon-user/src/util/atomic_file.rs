@@ -1,38 +1,133 @@
-//! Output files appear whole or not at all: written to a temporary file beside the target, synced,
-//! then renamed over it. A crash leaves the previous version (or nothing), never half a file.
+//! Output files (`-o`), never destroying what is at the path. A regular file appears whole or not
+//! at all: written to a temporary file beside it, synced, then renamed over it, so a crash leaves
+//! the previous version (or nothing), never half a file. A symlink is followed, dangling or not:
+//! the rename happens at its target and the link stays a link. A device or FIFO cannot be
+//! replaced without destroying it, so it is written through (opened for writing, never created,
+//! truncated or renamed over). A directory or socket is refused.
 
 use std::{
     fs,
-    io::Write as _,
+    io::{self, Write as _},
+    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
-pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temp = temp_path(path);
-    let result = (|| -> std::io::Result<()> {
+/// Where an output goes, checked when it is named.
+#[derive(Debug)]
+pub struct Output {
+    /// As the user gave it, for messages.
+    given: PathBuf,
+    how: How,
+}
+
+#[derive(Debug)]
+enum How {
+    /// A regular file (or none yet) at this path, symlinks resolved: replaced atomically.
+    Replace(PathBuf),
+    /// A device or FIFO: written through.
+    WriteThrough,
+}
+
+impl Output {
+    /// Fails now, with one line saying why, if `path` could not be written later.
+    pub fn new(path: &Path) -> Result<Self> {
+        let cannot = || format!("cannot write {}", path.display());
+        let real = follow_links(path).with_context(cannot)?;
+        let how = match fs::metadata(&real) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => How::Replace(real),
+            Err(err) => return Err(err).with_context(cannot),
+            Ok(meta) => {
+                let kind = meta.file_type();
+                if kind.is_dir() {
+                    bail!("{}: it is a directory", cannot());
+                }
+                if kind.is_socket() {
+                    bail!("{}: it is a socket", cannot());
+                }
+                if kind.is_file() { How::Replace(real) } else { How::WriteThrough }
+            }
+        };
+        let output = Self { given: path.to_owned(), how };
+        output.probe().with_context(cannot)?;
+        Ok(output)
+    }
+
+    /// Whether a write replaces the whole file (else it adds to a stream: write once).
+    pub fn replaceable(&self) -> bool {
+        matches!(self.how, How::Replace(_))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.given
+    }
+
+    /// Writes `bytes` as the whole output; a full device (ENOSPC) or any other failure is an
+    /// error, and a replaced file keeps its previous version.
+    pub fn write(&self, bytes: &[u8]) -> Result<()> {
+        let written = match &self.how {
+            How::Replace(real) => replace(real, bytes),
+            How::WriteThrough => fs::OpenOptions::new()
+                .write(true)
+                .open(&self.given)
+                .and_then(|mut stream| stream.write_all(bytes)),
+        };
+        written.with_context(|| format!("cannot write {}", self.given.display()))
+    }
+
+    /// What writing will need, tried now: creating a file beside the target, or opening the
+    /// device for writing (without waiting for a FIFO's reader: none yet is fine).
+    fn probe(&self) -> io::Result<()> {
+        match &self.how {
+            How::Replace(real) => {
+                let temp = temp_path(real);
+                fs::File::create(&temp)?;
+                fs::remove_file(&temp)
+            }
+            How::WriteThrough => {
+                let opened = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&self.given);
+                match opened {
+                    Err(err) if err.raw_os_error() == Some(libc::ENXIO) => Ok(()),
+                    other => other.map(drop),
+                }
+            }
+        }
+    }
+}
+
+fn replace(real: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temp = temp_path(real);
+    let result = (|| {
         let mut file = fs::File::create(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        fs::rename(&temp, path)
+        fs::rename(&temp, real)
     })();
-    if let Err(err) = result {
+    if result.is_err() {
         let _ = fs::remove_file(&temp);
-        return Err(err).with_context(|| format!("cannot write {}", path.display()));
     }
-    Ok(())
+    result
 }
 
-/// Fails now, with the reason, if `path` could not be written later.
-pub fn check_writable(path: &Path) -> Result<()> {
-    if path.is_dir() {
-        anyhow::bail!("cannot write {}: it is a directory", path.display());
+/// `path` with every symlink of its last component followed, even to a target that does not
+/// exist yet (the directories above are the kernel's to resolve).
+fn follow_links(path: &Path) -> io::Result<PathBuf> {
+    let mut path = path.to_owned();
+    // As the kernel's limit on nested links (ELOOP).
+    for _ in 0..40 {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&path)?;
+                path = path.parent().map_or_else(|| target.clone(), |dir| dir.join(&target));
+            }
+            _ => return Ok(path),
+        }
     }
-    let temp = temp_path(path);
-    fs::File::create(&temp).with_context(|| format!("cannot write {}", path.display()))?;
-    let _ = fs::remove_file(&temp);
-    Ok(())
+    Err(io::Error::from_raw_os_error(libc::ELOOP))
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -42,20 +137,84 @@ fn temp_path(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::symlink;
+
     use super::*;
+
+    fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+        Output::new(path)?.write(bytes)
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("udamon-atomic-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     #[test]
     fn replaces_whole_files_and_leaves_no_temporary_behind() {
-        let dir = std::env::temp_dir().join(format!("udamon-atomic-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("replace");
         let path = dir.join("out.data");
         write(&path, b"one").unwrap();
         write(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         let missing = dir.join("no/such/dir/out");
-        assert!(check_writable(&missing).is_err());
-        assert!(format!("{:#}", check_writable(&dir).unwrap_err()).contains("directory"));
+        assert!(Output::new(&missing).is_err());
+        let err = format!("{:#}", Output::new(&dir).unwrap_err());
+        assert_eq!(err, format!("cannot write {}: it is a directory", dir.display()));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_are_followed_and_stay_links() {
+        let dir = scratch("links");
+        let (link, target) = (dir.join("link"), dir.join("target"));
+        // Dangling first: the target is created where the link points (a relative link).
+        symlink("target", &link).unwrap();
+        write(&link, b"one").unwrap();
+        write(&link, b"two").unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        // A chain of links, and a loop.
+        let chain = dir.join("chain");
+        symlink(&link, &chain).unwrap();
+        write(&chain, b"three").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"three");
+        symlink("loop", dir.join("loop")).unwrap();
+        assert!(Output::new(&dir.join("loop")).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn devices_and_fifos_are_written_through_sockets_refused() {
+        let null = Output::new(Path::new("/dev/null")).unwrap();
+        assert!(!null.replaceable());
+        null.write(b"nothing").unwrap();
+        assert!(fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+        let full = Output::new(Path::new("/dev/full")).unwrap();
+        let err = format!("{:#}", full.write(b"x").unwrap_err());
+        assert!(err.starts_with("cannot write /dev/full: No space left on device"), "{err}");
+
+        let dir = scratch("fifo");
+        let fifo = dir.join("fifo");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path string.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let output = Output::new(&fifo).expect("no reader yet is fine");
+        let reader = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || fs::read(fifo).unwrap()
+        });
+        output.write(b"through").unwrap();
+        assert_eq!(reader.join().unwrap(), b"through");
+        assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+        let socket = dir.join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let err = format!("{:#}", Output::new(&socket).unwrap_err());
+        assert!(err.ends_with("it is a socket"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

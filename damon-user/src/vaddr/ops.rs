@@ -36,6 +36,7 @@ use crate::{
         pidfd::PidFd,
         pressure,
         proc_maps::{self, Mapping},
+        process,
     },
 };
 
@@ -322,11 +323,26 @@ fn walk_and_clear(
     walker.clear(&process.pidfd, pages, refused)
 }
 
+/// Refuses what a pid cannot be monitored as, before trying: none the kernel gives out (0,
+/// beyond pid_max), udamon itself, or a thread rather than a process.
+fn identify(pid: u32) -> Result<(), TargetError> {
+    if !process::possible(pid) {
+        return Err(TargetError::NoSuchProcess(pid));
+    }
+    match process::thread_group(pid) {
+        Some(group) if group == std::process::id() => Err(TargetError::Itself(pid)),
+        Some(group) if group != pid => Err(TargetError::Thread(pid, group)),
+        _ => Ok(()),
+    }
+}
+
 impl Source for VaddrOps {
     fn open(&mut self, pid: u32) -> Result<Target, TargetError> {
+        identify(pid)?;
         let pidfd = PidFd::open(pid).map_err(|err| match err.raw_os_error() {
             Some(libc::ESRCH) => TargetError::NoSuchProcess(pid),
-            _ => TargetError::Denied(pid, err),
+            Some(libc::EPERM | libc::EACCES) => TargetError::Denied(pid, err),
+            _ => TargetError::Other(pid, err.into()),
         })?;
         let denied_or = |err: anyhow::Error, other: fn(u32, anyhow::Error) -> TargetError| match err
             .downcast_ref::<std::io::Error>()
@@ -459,5 +475,35 @@ impl Operations for VaddrOps {
             p.exited |= p.pidfd.exited();
             !p.exited
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_that_cannot_be_monitored_are_named() {
+        let me = std::process::id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid cannot fail.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = wait.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let message = |pid| identify(pid).unwrap_err().to_string();
+        assert_eq!(message(me), format!("pid {me} is udamon itself"));
+        assert_eq!(message(tid), format!("pid {tid} is udamon itself"));
+        drop(done);
+        thread.join().unwrap();
+        for pid in [0, u32::MAX] {
+            assert_eq!(message(pid), format!("no process with pid {pid}"));
+        }
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        assert!(identify(child.id()).is_ok());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -1,21 +1,34 @@
 //! The `/metrics` endpoint: a small HTTP/1 server on the command's tokio runtime. It only reads
 //! the shared metrics (a short lock to encode them); the sampler thread never waits for it.
+//!
+//! It is exposed (the packaged unit binds every interface), so it must not be a way to starve
+//! udamon of descriptors or CPU: at most `MAX_CONNECTIONS` at once (more are accepted and closed
+//! at once), a client has `HEADER_TIMEOUT` to send a request's head and a connection lives at
+//! most `CONNECTION_TIMEOUT`, and a failing accept (EMFILE) backs off instead of spinning.
 
 use std::{
     convert::Infallible,
     net::{SocketAddr, ToSocketAddrs as _},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, anyhow};
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, header, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{CONTENT_TYPE, Metrics};
 
 pub type Shared = Arc<Mutex<Metrics>>;
+
+/// Far more than the scrapers of one host; each costs a descriptor.
+pub const MAX_CONNECTIONS: usize = 64;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a failing accept waits before trying again, at first and at most.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 /// `PORT`, `:PORT`, `HOST:PORT` or `[V6]:PORT`; without a host, loopback only.
 pub fn parse_addr(text: &str) -> Result<SocketAddr> {
@@ -32,19 +45,43 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr> {
 pub async fn serve(addr: SocketAddr, metrics: Shared) -> Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("--metrics {addr}"))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| respond(request, metrics.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(accept(listener, metrics));
     Ok(bound)
+}
+
+async fn accept(listener: TcpListener, metrics: Shared) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Failures come in spells while descriptors are short, each freed one ending a spell: said
+    // once in all, and the wait doubles while a spell lasts.
+    let mut said = false;
+    let mut backoff: Option<Duration> = None;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                if !std::mem::replace(&mut said, true) {
+                    say!("udamon: metrics: cannot accept a connection: {err}; retrying");
+                }
+                let wait = backoff.map_or(BACKOFF.0, |wait| (wait * 2).min(BACKOFF.1));
+                backoff = Some(wait);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        backoff = None;
+        // Over the cap: closed at once (dropped), which frees its descriptor.
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| respond(request, metrics.clone()));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            drop(slot);
+        });
+    }
 }
 
 async fn respond<B>(
@@ -58,7 +95,12 @@ async fn respond<B>(
             .body(Full::new(Bytes::from(body)))
             .expect("a valid response")
     };
-    Ok(match (request.method(), request.uri().path()) {
+    // HEAD gets GET's headers; hyper leaves the body out.
+    let method = match request.method() {
+        &Method::HEAD => &Method::GET,
+        method => method,
+    };
+    Ok(match (method, request.uri().path()) {
         (&Method::GET, "/metrics") => {
             let text = metrics.lock().map(|m| m.encode()).unwrap_or_default();
             response(StatusCode::OK, CONTENT_TYPE, text)

@@ -88,15 +88,32 @@ pub fn to_vec(record: &[TargetRecord]) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec_pretty(&targets)?)
 }
 
-pub fn from_slice(bytes: &[u8]) -> Result<Vec<TargetRecord>> {
-    let targets: Vec<JsonTarget> = serde_json::from_slice(bytes).map_err(|err| {
+/// The targets, and a warning for each target whose counts had to be mended.
+pub fn from_reader(reader: impl std::io::Read) -> Result<(Vec<TargetRecord>, Vec<String>)> {
+    let targets: Vec<JsonTarget> = serde_json::from_reader(reader).map_err(|err| {
         if err.is_eof() {
             anyhow::anyhow!("the JSON ends early: the file is truncated")
+        } else if err.is_io() {
+            anyhow::anyhow!("corrupt or truncated compressed data: {err}")
         } else {
             anyhow::anyhow!("not damo's record JSON: {err}")
         }
     })?;
-    targets.into_iter().map(from_json).collect()
+    let mut warnings = Vec::new();
+    let targets = targets
+        .into_iter()
+        .map(|t| {
+            let (target, clamped) = from_json(t)?;
+            if let (Some(max), true) = (target.intervals.map(|i| i.max_accesses()), clamped > 0) {
+                warnings.push(format!(
+                    "target {}: {clamped} region(s) had more accesses than the {max} samples per aggregation of the record's intervals; read as {max}",
+                    target.target_id
+                ));
+            }
+            Ok(target)
+        })
+        .collect::<Result<_>>()?;
+    Ok((targets, warnings))
 }
 
 fn to_json(target: &TargetRecord) -> JsonTarget {
@@ -142,31 +159,44 @@ fn to_json(target: &TargetRecord) -> JsonTarget {
     }
 }
 
-fn from_json(target: JsonTarget) -> Result<TargetRecord> {
+/// A target, and how many of its regions had their access counts clamped.
+fn from_json(target: JsonTarget) -> Result<(TargetRecord, u64)> {
     let target_id = target.target_id.unsigned("target_id")?;
     let intervals = target
         .intervals
         .map(|i| -> Result<Intervals> {
+            let positive = |n: Number<MICROS>, what: &str| match n.unsigned(what)? {
+                0 => bail!("{what} is 0: an interval must be positive"),
+                us => Ok(us),
+            };
             Ok(Intervals {
-                sample_us: i.sample_us.unsigned("sample_us")?,
-                aggr_us: i.aggr_us.unsigned("aggr_us")?,
+                sample_us: positive(i.sample_us, "sample_us")?,
+                aggr_us: positive(i.aggr_us, "aggr_us")?,
                 ops_update_us: i.ops_update_us.unsigned("ops_update_us")?,
             })
         })
-        .transpose()?;
+        .transpose()
+        .with_context(|| format!("target {target_id}, intervals"))?;
     let mut snapshots = Vec::with_capacity(target.snapshots.len());
+    let mut clamped = 0;
     for (i, s) in target.snapshots.into_iter().enumerate() {
         let context = || format!("target {target_id}, snapshot {i}");
-        let snapshot = snapshot(s, intervals.as_ref()).with_context(context)?;
+        let snapshot = snapshot(s, intervals.as_ref(), &mut clamped).with_context(context)?;
         // damo pads single-snapshot records with a fake one (-1 accesses); it is not data.
         if let Some(snapshot) = snapshot {
             snapshots.push(snapshot);
         }
     }
-    Ok(TargetRecord { target_id, intervals, snapshots })
+    Ok((TargetRecord { target_id, intervals, snapshots }, clamped))
 }
 
-fn snapshot(s: JsonSnapshot, intervals: Option<&Intervals>) -> Result<Option<RecordedSnapshot>> {
+/// A snapshot; accesses beyond the samples an aggregation has (by the intervals) are clamped to
+/// them and counted in `clamped`, so no report shows a rate above 100 %.
+fn snapshot(
+    s: JsonSnapshot,
+    intervals: Option<&Intervals>,
+    clamped: &mut u64,
+) -> Result<Option<RecordedSnapshot>> {
     let end_ns = s.end_time.unsigned("end_time")?;
     let mut regions = Vec::with_capacity(s.regions.len());
     for r in s.regions {
@@ -186,6 +216,13 @@ fn snapshot(s: JsonSnapshot, intervals: Option<&Intervals>) -> Result<Option<Rec
                 (percent * max.max_accesses() as f64 / 100.0) as i128
             }
             (None, None) => 0,
+        };
+        let nr_accesses = match intervals.map(|i| i128::from(i.max_accesses())) {
+            Some(max) if nr_accesses > max => {
+                *clamped += 1;
+                max
+            }
+            _ => nr_accesses,
         };
         let age = match r.age {
             Some(Age { aggr_intervals: Some(n), .. }) => n.unsigned("age")?,
@@ -323,6 +360,10 @@ fn scale(unit: &str, kind: u8) -> Option<f64> {
 mod tests {
     use super::*;
 
+    fn from_slice(bytes: &[u8]) -> Result<Vec<TargetRecord>> {
+        from_reader(bytes).map(|(targets, _)| targets)
+    }
+
     #[test]
     fn damo_human_numbers_read() {
         assert_eq!(parse_text("4,096", BYTES).unwrap(), 4096);
@@ -368,6 +409,30 @@ mod tests {
         let record = from_slice(text.as_bytes()).unwrap();
         assert_eq!(record[0].snapshots[0].regions[0].nr_accesses, 10);
         assert_eq!(record[0].snapshots[0].regions[0].age, 3);
+    }
+
+    #[test]
+    fn counts_beyond_the_samples_are_clamped_with_a_warning_and_zero_intervals_refused() {
+        let record = |sample_us: &str, accesses: u64| {
+            format!(
+                r#"[{{"target_id": 3, "intervals": {{"sample_us": {sample_us}, "aggr_us": 100000,
+                "ops_update_us": 1000000}}, "snapshots": [{{"start_time": 0, "end_time": 100000000,
+                "regions": [{{"start": 0, "end": 4096, "nr_accesses": {{"samples": {accesses}}}}},
+                {{"start": 4096, "end": 8192, "nr_accesses": {{"samples": 99999}}}}]}}]}}]"#
+            )
+        };
+        let (targets, warnings) = from_reader(record("5000", 20).as_bytes()).unwrap();
+        let counts: Vec<u32> =
+            targets[0].snapshots[0].regions.iter().map(|r| r.nr_accesses).collect();
+        assert_eq!(counts, [20, 20]);
+        assert_eq!(
+            warnings,
+            [
+                "target 3: 1 region(s) had more accesses than the 20 samples per aggregation of the record's intervals; read as 20"
+            ]
+        );
+        let err = format!("{:#}", from_reader(record("0", 1).as_bytes()).unwrap_err());
+        assert_eq!(err, "target 3, intervals: sample_us is 0: an interval must be positive");
     }
 
     #[test]

@@ -7,14 +7,19 @@ mod damo_json;
 mod perf_script;
 pub mod writer;
 
-use std::{fmt, path::Path};
+use std::{
+    cell::Cell,
+    fmt,
+    io::{self, BufRead, BufReader, Read},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
-use damon_engine::Attrs;
+use damon_engine::{Attrs, units::Size};
 
 pub use crate::snapshot::Region;
-use crate::{snapshot::Snapshot, util::atomic_file};
+use crate::{snapshot::Snapshot, util::atomic_file::Output};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordedSnapshot {
@@ -124,50 +129,140 @@ pub fn encode(record: &[TargetRecord], format: Format) -> Result<Vec<u8>> {
     })
 }
 
-/// Writes `record` to `path` atomically: a reader (or a crash) sees the old file or the new one.
-pub fn save(path: &Path, record: &[TargetRecord], format: Format) -> Result<()> {
-    atomic_file::write(path, &encode(record, format)?)
+/// Writes `record` to `output`; a file is replaced atomically: a reader (or a crash) sees the old
+/// file or the new one.
+pub fn save(output: &Output, record: &[TargetRecord], format: Format) -> Result<()> {
+    output.write(&encode(record, format)?)
 }
 
-/// Reads a record file of any of the formats.
-pub fn load(path: &Path) -> Result<Record> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    decode(&bytes).with_context(|| format!("{} is not a usable record", path.display()))
+/// How much record `report` and `convert` read by default (after inflating a compressed one):
+/// far beyond any real record, and a stop for a decompression bomb.
+pub const DEFAULT_MAX_INPUT: u64 = 1 << 30;
+
+/// A record as read, and what was wrong with it but mended (one line each, for the user).
+#[derive(Debug)]
+pub struct Loaded {
+    pub record: Record,
+    pub warnings: Vec<String>,
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Record> {
-    if bytes.starts_with(b"PERFILE2") {
+/// Reads a record file of any of the formats, at most `max_input` bytes of it once inflated.
+pub fn load(path: &Path, max_input: u64) -> Result<Loaded> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    decode(BufReader::new(file), max_input)
+        .with_context(|| format!("{} is not a usable record", path.display()))
+}
+
+pub fn decode(mut input: impl BufRead, max_input: u64) -> Result<Loaded> {
+    let mut skipped = 0;
+    // The format is told by the first bytes that are not white space.
+    let head = loop {
+        let head = input.fill_buf().context("cannot read it")?;
+        let (blank, rest) =
+            (head.iter().take_while(|b| b.is_ascii_whitespace()).count(), head.len());
+        input.consume(blank);
+        skipped += blank;
+        if blank < rest || rest == 0 {
+            break input.fill_buf()?;
+        }
+    };
+    if head.starts_with(b"PERFILE2") {
         bail!("a perf.data file: convert it with `perf script -i FILE > FILE.txt` and read that");
     }
-    let record = match sniff(bytes) {
-        Some(Format::JsonCompressed) => damo_json::from_slice(&unzlib(bytes)?)?,
-        Some(Format::Json) => damo_json::from_slice(bytes)?,
+    let limit = Limit::new(max_input.saturating_sub(skipped as u64));
+    let (record, warnings) = match sniff(head, skipped) {
+        Some(Format::JsonCompressed) => {
+            let inflated = flate2::bufread::ZlibDecoder::new(input);
+            limit.check(damo_json::from_reader(BufReader::new(limit.reader(inflated))))?
+        }
+        Some(Format::Json) => limit.check(damo_json::from_reader(limit.reader(input)))?,
         Some(Format::PerfScript) => {
-            let text = std::str::from_utf8(bytes).context("not UTF-8 text")?;
+            let mut text = Vec::new();
+            limit.check(limit.reader(input).read_to_end(&mut text).map_err(anyhow::Error::from))?;
+            let text = std::str::from_utf8(&text).map_err(|_| not_a_record())?;
             let record = perf_script::parse(text)?;
             if record.is_empty() {
                 bail!("neither damo JSON (plain or compressed) nor damon_aggregated trace text");
             }
-            record
+            (record, Vec::new())
         }
-        None => bail!("not a record: neither damo JSON (plain or compressed) nor trace text"),
+        None => return Err(not_a_record()),
     };
     if record.iter().all(|t| t.snapshots.is_empty()) {
         bail!("it holds no snapshots");
     }
-    Ok(record)
+    Ok(Loaded { record, warnings })
 }
 
-/// The format of `bytes` by content, not by name.
-fn sniff(bytes: &[u8]) -> Option<Format> {
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
-    match bytes[start..] {
-        // zlib: CMF 0x78 and a header checksum that is a multiple of 31.
-        [0x78, flg, ..] if (0x7800 | flg as u16).is_multiple_of(31) && start == 0 => {
+fn not_a_record() -> anyhow::Error {
+    anyhow::anyhow!("not a record: neither damo JSON (plain or compressed) nor trace text")
+}
+
+/// At most so many bytes of input, and whether reading went beyond them.
+struct Limit {
+    max: u64,
+    exceeded: Cell<bool>,
+}
+
+impl Limit {
+    fn new(max: u64) -> Self {
+        Self { max, exceeded: Cell::new(false) }
+    }
+
+    fn reader<R: Read>(&self, inner: R) -> Limited<'_, R> {
+        Limited { inner, left: self.max, exceeded: &self.exceeded }
+    }
+
+    /// `result`, or the limit if it was reached (whatever failed after it is a consequence).
+    fn check<T>(&self, result: Result<T>) -> Result<T> {
+        if self.exceeded.get() {
+            bail!(
+                "it holds more than {} of record (inflated): raise --max-input to read it",
+                Size(self.max)
+            );
+        }
+        result
+    }
+}
+
+/// A reader that fails past its limit instead of ending, so a parser cannot take the cut for a
+/// truncated file.
+struct Limited<'a, R> {
+    inner: R,
+    left: u64,
+    exceeded: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for Limited<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte beyond the limit tells a file of exactly the limit from a longer one.
+        let want =
+            buf.len().min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            self.exceeded.set(true);
+            return Err(io::Error::other("the input limit was reached"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The format by content, not by name: from the first bytes that are not white space (`head`),
+/// after `skipped` that are.
+fn sniff(head: &[u8], skipped: usize) -> Option<Format> {
+    match head {
+        // zlib: CMF 0x78, a header checksum that is a multiple of 31, and no preset dictionary
+        // (text such as `x 1 ...` passes the checksum, but sets that bit).
+        [0x78, flg, ..]
+            if (0x7800 | *flg as u16).is_multiple_of(31) && flg & 0x20 == 0 && skipped == 0 =>
+        {
             Some(Format::JsonCompressed)
         }
         [b'[' | b'{', ..] => Some(Format::Json),
-        _ if std::str::from_utf8(bytes).is_ok() => Some(Format::PerfScript),
+        // Text (UTF-8 is checked once it is read whole); a NUL is never in trace text.
+        [first, ..] if *first != 0 => Some(Format::PerfScript),
         _ => None,
     }
 }
@@ -179,18 +274,13 @@ fn zlib(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(encoder.finish()?)
 }
 
-fn unzlib(bytes: &[u8]) -> Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut out = Vec::new();
-    flate2::read::ZlibDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .context("corrupt or truncated compressed data")?;
-    Ok(out)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    fn decode(bytes: &[u8]) -> Result<Record> {
+        super::decode(bytes, DEFAULT_MAX_INPUT).map(|loaded| loaded.record)
+    }
 
     pub fn sample() -> Record {
         let region = Region::new;
@@ -241,12 +331,12 @@ pub(crate) mod tests {
     fn every_format_round_trips_and_is_recognised_by_content() {
         for format in [Format::Json, Format::JsonCompressed] {
             let bytes = encode(&sample(), format).unwrap();
-            assert_eq!(sniff(&bytes), Some(format));
+            assert_eq!(sniff(&bytes, 0), Some(format));
             assert_eq!(decode(&bytes).unwrap(), sample(), "{format}");
         }
         // Trace text carries no intervals.
         let bytes = encode(&sample(), Format::PerfScript).unwrap();
-        assert_eq!(sniff(&bytes), Some(Format::PerfScript));
+        assert_eq!(sniff(&bytes, 0), Some(Format::PerfScript));
         let mut expected = sample();
         expected.iter_mut().for_each(|t| t.intervals = None);
         assert_eq!(decode(&bytes).unwrap(), expected);
@@ -262,6 +352,30 @@ pub(crate) mod tests {
         assert!(format!("{:#}", decode(b"PERFILE2\0\0\x01").unwrap_err()).contains("perf script"));
         assert!(format!("{:#}", decode(b"hello\n").unwrap_err()).contains("neither damo JSON"));
         assert!(decode(&[0xff, 0xfe, 0x00, 0x81]).is_err());
+        // `x ` passes zlib's header checksum: a trace of a command named x is still text.
+        let trace =
+            b"x 1 [000] 1.0: damon:damon_aggregated: target_id=1 nr_regions=1 0-4096: 1 0\n";
+        assert_eq!(decode(trace).unwrap()[0].snapshots.len(), 1);
+    }
+
+    #[test]
+    fn inflating_stops_at_the_limit() {
+        let bytes = encode(&sample(), Format::JsonCompressed).unwrap();
+        let json_len = encode(&sample(), Format::Json).unwrap().len() as u64;
+        let read = |max| super::decode(&bytes[..], max).map(|loaded| loaded.record);
+        assert_eq!(read(json_len).unwrap(), sample(), "exactly the limit reads");
+        let err = format!("{:#}", read(json_len - 1).unwrap_err());
+        assert_eq!(
+            err,
+            format!(
+                "it holds more than {} of record (inflated): raise --max-input to read it",
+                json_len - 1
+            )
+        );
+        // Leading white space counts, and does not hide the format.
+        let plain = [&b"  \n"[..], &encode(&sample(), Format::Json).unwrap()].concat();
+        assert_eq!(super::decode(&plain[..], json_len + 3).unwrap().record, sample());
+        assert!(super::decode(&plain[..], json_len + 2).is_err());
     }
 
     #[test]

@@ -44,57 +44,84 @@ pub fn to_string(record: &[TargetRecord]) -> String {
 
 pub fn parse(text: &str) -> Result<Vec<TargetRecord>> {
     let mut targets: Vec<TargetRecord> = Vec::new();
-    // Per target: the snapshot being filled and how many regions it should get.
-    let mut open: Vec<(u64, RecordedSnapshot, usize)> = Vec::new();
-    for (number, line) in text.lines().enumerate() {
+    // Per target: the snapshot being filled, how many regions it should get, and its first line.
+    let mut open: Vec<Open> = Vec::new();
+    for (number, line) in (1..).zip(text.lines()) {
         let Some(event) = line.split_whitespace().position(|f| f.ends_with(EVENT)) else {
             continue;
         };
-        let parsed = parse_line(line, event).with_context(|| format!("line {}", number + 1))?;
-        let (end_ns, target_id, nr_regions, region) = match parsed {
-            Line::Region { end_ns, target_id, nr_regions, region } => {
-                (end_ns, target_id, nr_regions, region)
-            }
-            Line::Padding { end_ns, target_id } => {
-                if let Some(t) = targets.iter_mut().find(|t| t.target_id == target_id)
-                    && let [only] = &mut t.snapshots[..]
-                {
-                    only.start_ns = (2 * only.end_ns).saturating_sub(end_ns);
+        let at = || format!("line {number}");
+        let (end_ns, target_id, nr_regions, region) =
+            match parse_line(line, event).with_context(at)? {
+                Line::Region { end_ns, target_id, nr_regions, region } => {
+                    (end_ns, target_id, nr_regions, region)
                 }
-                continue;
-            }
-        };
-        let slot = match open.iter().position(|(id, ..)| *id == target_id) {
+                Line::Padding { end_ns, target_id } => {
+                    if let Some(open) = open.iter().find(|o| o.target_id == target_id) {
+                        bail!("line {number}: damo's padding inside {}", open.describe());
+                    }
+                    if let Some(t) = targets.iter_mut().find(|t| t.target_id == target_id)
+                        && let [only] = &mut t.snapshots[..]
+                    {
+                        only.start_ns = (2 * only.end_ns).saturating_sub(end_ns);
+                    }
+                    continue;
+                }
+            };
+        let slot = match open.iter().position(|o| o.target_id == target_id) {
             Some(slot) => slot,
             None => {
-                open.push((
+                open.push(Open {
                     target_id,
-                    RecordedSnapshot { start_ns: 0, end_ns, regions: vec![] },
-                    nr_regions,
-                ));
+                    snapshot: RecordedSnapshot { start_ns: 0, end_ns, regions: vec![] },
+                    expected: nr_regions,
+                    line: number,
+                });
                 open.len() - 1
             }
         };
-        let (_, snapshot, expected) = &mut open[slot];
-        if snapshot.regions.is_empty() {
-            (snapshot.end_ns, *expected) = (end_ns, nr_regions);
+        let o = &mut open[slot];
+        // Every line of a snapshot has its count (times differ: one event per region); a new
+        // count, or a region that does not follow the last, means lines are missing.
+        if o.expected != nr_regions {
+            bail!(
+                "line {number}: a new snapshot of target {target_id} begins inside {}",
+                o.describe()
+            );
         }
-        if snapshot.regions.last().is_some_and(|last| region.start < last.end) {
-            bail!("line {}: regions overlap or are out of order", number + 1);
+        if o.snapshot.regions.last().is_some_and(|last| region.start < last.end) {
+            bail!("line {number}: regions overlap or are out of order in {}", o.describe());
         }
-        snapshot.regions.push(region);
-        if snapshot.regions.len() == *expected {
-            let (id, done, _) = open.swap_remove(slot);
-            finish(&mut targets, id, done)?;
+        o.snapshot.regions.push(region);
+        if o.snapshot.regions.len() == o.expected {
+            let done = open.swap_remove(slot);
+            finish(&mut targets, target_id, done.snapshot).with_context(at)?;
         }
     }
-    if let Some((id, s, expected)) = open.first() {
-        bail!(
-            "the trace ends inside a snapshot of target {id}: {} of {expected} regions (truncated?)",
-            s.regions.len()
-        );
+    if let Some(o) = open.first() {
+        bail!("the trace ends inside {} (truncated?)", o.describe());
     }
     Ok(targets)
+}
+
+/// A snapshot still being read.
+struct Open {
+    target_id: u64,
+    snapshot: RecordedSnapshot,
+    expected: usize,
+    line: usize,
+}
+
+impl Open {
+    fn describe(&self) -> String {
+        format!(
+            "the snapshot of target {} begun at line {}: {} of {} regions",
+            self.target_id,
+            self.line,
+            self.snapshot.regions.len(),
+            self.expected
+        )
+    }
 }
 
 /// Adds a complete snapshot; damo's single-snapshot padding (-1 accesses) is dropped on parse.
@@ -154,7 +181,8 @@ fn parse_line(line: &str, event: usize) -> Result<Line> {
         .split_once('-')
         .and_then(|(s, e)| Some((s.parse::<u64>().ok()?, e.parse::<u64>().ok()?)))
         .with_context(|| format!("bad address range `{range}`"))?;
-    if accesses.starts_with('-') {
+    // Exactly damo's padding; any other negative count is an error of its own line.
+    if (start, end, *accesses, *age) == (0, 0, "-1", "-1") {
         return Ok(Line::Padding { end_ns, target_id });
     }
     let nr_accesses = accesses.parse().with_context(|| format!("bad access count `{accesses}`"))?;
@@ -206,9 +234,47 @@ some unrelated line
     fn a_trace_cut_inside_a_snapshot_is_refused() {
         let text = "x 1 [0] 1.0: damon:damon_aggregated: target_id=1 nr_regions=3 0-4096: 0 0\n";
         let err = parse(text).unwrap_err().to_string();
-        assert!(err.contains("1 of 3 regions"), "{err}");
+        assert_eq!(
+            err,
+            "the trace ends inside the snapshot of target 1 begun at line 1: 1 of 3 regions (truncated?)"
+        );
         let text = "x 1 [0] 1.0: damon:damon_aggregated: target_id=1 nr_regions=x 0-4096: 0 0\n";
         assert!(format!("{:#}", parse(text).unwrap_err()).contains("line 1"));
+    }
+
+    /// A line skipped (not an event) or wrongly taken as padding must not shift the blame.
+    #[test]
+    fn errors_name_the_line_at_fault() {
+        let line = |time: &str, nr: u32, range: &str, accesses: &str| {
+            format!(
+                "k 1 [0] {time}: damon:damon_aggregated: target_id=1 nr_regions={nr} {range}: {accesses} 0\n"
+            )
+        };
+        let error = |lines: &[String]| format!("{:#}", parse(&lines.concat()).unwrap_err());
+        let skipped = "unrelated\n".to_owned();
+        assert_eq!(
+            error(&[line("1.0", 1, "0-4096", "0"), skipped.clone(), line("2.0", 1, "0-4096", "x")]),
+            "line 3: bad access count `x`: invalid digit found in string"
+        );
+        assert_eq!(
+            error(&[
+                line("1.0", 2, "0-4096", "5"),
+                line("1.0", 2, "4096-8192", "-5"),
+                line("2.0", 2, "0-4096", "0")
+            ]),
+            "line 2: bad access count `-5`: invalid digit found in string"
+        );
+        // A region line lost (here: mangled into a skipped one) is found where the next
+        // snapshot begins, naming where the incomplete one did.
+        let incomplete = "the snapshot of target 1 begun at line 1: 1 of 2 regions";
+        assert_eq!(
+            error(&[line("1.0", 2, "0-4096", "5"), skipped.clone(), line("2.0", 2, "0-4096", "0")]),
+            format!("line 3: regions overlap or are out of order in {incomplete}")
+        );
+        assert_eq!(
+            error(&[line("1.0", 2, "0-4096", "5"), skipped, line("2.0", 1, "0-4096", "0")]),
+            format!("line 3: a new snapshot of target 1 begins inside {incomplete}")
+        );
     }
 
     #[test]

@@ -1,18 +1,17 @@
 //! Recording while monitoring: snapshots accumulate in memory and the file is rewritten
 //! atomically every `flush_every` and at the end, so a crash loses at most the last interval.
+//! A device or FIFO cannot be rewritten (a reader would get the record many times over): it
+//! gets the record once, at the end.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use super::{Format, Intervals, TargetRecord, save};
-use crate::snapshot::Snapshot;
+use crate::{snapshot::Snapshot, util::atomic_file::Output};
 
 pub struct RecordWriter {
-    path: PathBuf,
+    output: Output,
     format: Format,
     intervals: Intervals,
     /// In the order targets first appeared (they may come and go).
@@ -25,9 +24,14 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    pub fn new(path: PathBuf, format: Format, intervals: Intervals, flush_every: Duration) -> Self {
+    pub fn new(
+        output: Output,
+        format: Format,
+        intervals: Intervals,
+        flush_every: Duration,
+    ) -> Self {
         Self {
-            path,
+            output,
             format,
             intervals,
             targets: Vec::new(),
@@ -52,18 +56,23 @@ impl RecordWriter {
         self.targets.iter_mut().for_each(|t| t.push(snapshot));
         self.taken += 1;
         if self.flushed.elapsed() >= self.flush_every {
-            self.flush()?;
+            self.checkpoint()?;
         }
         Ok(())
     }
 
-    /// Writes what is new, if anything. Targets without snapshots are left out.
-    pub fn flush(&mut self) -> Result<()> {
+    /// Writes what is new to a file; a device or FIFO waits for `finish`.
+    pub fn checkpoint(&mut self) -> Result<()> {
         self.flushed = Instant::now();
+        if self.output.replaceable() { self.finish() } else { Ok(()) }
+    }
+
+    /// Writes what is new, if anything. Targets without snapshots are left out.
+    pub fn finish(&mut self) -> Result<()> {
         if self.saved == self.taken {
             return Ok(());
         }
-        save(&self.path, &self.targets, self.format)?;
+        save(&self.output, &self.targets, self.format)?;
         self.saved = self.taken;
         Ok(())
     }
