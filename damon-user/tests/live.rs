@@ -316,8 +316,8 @@ fn monitor_json_lines_describe_each_target() {
     }
 }
 
-/// Sample ticks that start late make a window run long: the JSON says how many were late and
-/// its times are the real ones; the text view says so. At 20 us ticks this machine is late.
+/// Sample ticks that start late: the JSON says how many were late, and window times are the
+/// real ones, window after window; the text view says so. At 20 us ticks this machine is late.
 #[test]
 fn late_ticks_are_reported_with_real_window_times() {
     if !privileged("late_ticks_are_reported_with_real_window_times") {
@@ -328,18 +328,21 @@ fn late_ticks_are_reported_with_real_window_times() {
     let out = udamon().args(["monitor", "--json"]).args(args).arg(target.pid()).output();
     let text = succeed(out.unwrap());
     let snapshots: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let mut late = 0;
-    let mut late_windows = 0;
+    let (mut late, mut late_windows, mut previous_end) = (0, 0, None);
+    let ns = |s: &Value, key: &str| s[key].as_u64().unwrap();
     for s in &snapshots {
         let now = s["late_ticks"].as_u64().expect("late_ticks in every snapshot");
-        let window = s["end_ns"].as_u64().unwrap() - s["start_ns"].as_u64().unwrap();
-        assert!(window >= 10_000_000, "a window shorter than the interval: {window} ns");
-        if now > late {
-            late_windows += 1;
-            assert!(window > 10_000_000, "late ticks, yet a window of exactly 10 ms: {s}");
-        }
+        // Each window starts where the last ended, when its aggregation was done (a late one
+        // makes it longer, and the next shorter).
+        assert!(previous_end.is_none_or(|end| end == ns(s, "start_ns")), "a gap before {s}");
+        assert!(ns(s, "end_ns") > ns(s, "start_ns"));
+        previous_end = Some(ns(s, "end_ns"));
+        late_windows += (now > late) as u32;
         late = now;
     }
+    let span = ns(snapshots.last().unwrap(), "end_ns") - ns(&snapshots[0], "start_ns");
+    let mean = span / snapshots.len() as u64;
+    assert!((9_500_000..12_000_000).contains(&mean), "windows of {mean} ns on average");
     assert!(late_windows > 0, "no late ticks at 20 us here: nothing checked");
     let out = udamon().args(["monitor", "--every", "5"]).args(args).arg(target.pid()).output();
     let text = succeed(out.unwrap());
