@@ -77,10 +77,29 @@ const QUIET_RATE: f64 = 0.05;
 /// the evidence expects (plus half a sample for counts this small).
 const Z_SURPRISE: f64 = 2.5;
 
+/// Windows of a region's history that count as evidence beside its quarters.
+const HISTORY_WINDOWS: u32 = 4;
+
 /// The long-run rate, with half a sample of doubt each way (Jeffreys): no evidence reads ½.
-fn rate(q: &Quarters) -> f64 {
+fn rate((hits, samples): (f64, f64)) -> f64 {
+    (hits + 0.5) / (samples + 1.0)
+}
+
+/// What a region's rate rests on: its quarters' samples, and the windows its count has held
+/// (its age), each worth the last window's known samples at the last window's rate. A piece
+/// just split off keeps only its share of the quarters, but the whole history: without it, a
+/// piece of idle memory would be sampled every interval until its own evidence grew.
+fn evidence(r: &Region, window: u32, samples: u32) -> (f64, f64) {
+    let (hits, n) = quarters(&r.quarters);
+    let windows = r.age.min(HISTORY_WINDOWS) as f64;
+    let known = r.known(window) as f64 * windows;
+    let rate = r.nr_accesses.min(samples) as f64 / samples.max(1) as f64;
+    (hits + known * rate, n + known)
+}
+
+fn quarters(q: &Quarters) -> (f64, f64) {
     let (hits, samples) = tally(q, 0..4);
-    (hits as f64 + 0.5) / (samples as f64 + 1.0)
+    (hits as f64, samples as f64)
 }
 
 /// At the end of a window of `window` intervals (before the reset): forgets the region's
@@ -88,23 +107,25 @@ fn rate(q: &Quarters) -> f64 {
 /// none of whose samples could be read is sampled least: it will most likely stay unreadable.
 pub(crate) fn plan(r: &mut Region, window: u32, samples: u32) {
     let woke = r.plan & QUIET != 0 && r.nr_accesses > 0;
-    if woke || surprised(r, window, samples) {
+    let fresh = woke || surprised(r, window, samples);
+    if fresh {
         r.quarters = Quarters::default();
     }
     let unreadable = r.all_unknown(window);
-    let needed = if unreadable { 1.0 } else { samples_needed(&r.quarters, window) };
+    // After a surprise the history is what was contradicted.
+    let p = rate(if fresh { (0.0, 0.0) } else { evidence(r, window, samples) });
+    let needed = if unreadable { 1.0 } else { samples_needed(p, window) };
     let mut log = 0;
     while log < 15 && (window >> (log + 1)) as f64 >= needed {
         log += 1;
     }
-    let quiet = unreadable || rate(&r.quarters) < QUIET_RATE;
+    let quiet = unreadable || p < QUIET_RATE;
     r.plan = log | if quiet { QUIET } else { 0 };
 }
 
 /// Samples a window of `window` intervals needs for the kernel's worst-case precision, from the
 /// region's evidence.
-fn samples_needed(q: &Quarters, window: u32) -> f64 {
-    let p = rate(q);
+fn samples_needed(p: f64, window: u32) -> f64 {
     (4.0 * p * (1.0 - p) * window as f64).ceil().max(1.0)
 }
 
@@ -116,7 +137,7 @@ fn surprised(r: &Region, window: u32, samples: u32) -> bool {
         return false;
     }
     let hits = r.nr_accesses as f64 * known / samples.max(1) as f64;
-    let p = rate(&r.quarters);
+    let p = rate(quarters(&r.quarters));
     (hits - known * p).abs() > Z_SURPRISE * (known * p * (1.0 - p)).sqrt() + 0.5
 }
 
