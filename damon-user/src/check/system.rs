@@ -74,6 +74,7 @@ pub fn rows(facts: &Facts) -> Vec<Row> {
     rows.push(process_madvise());
     rows.push(memlock());
     rows.push(transparent_hugepages());
+    rows.push(memory_pressure());
     rows.push(kdamond());
     rows
 }
@@ -208,6 +209,19 @@ fn transparent_hugepages() -> Row {
             kernel::bracketed_choice(&text).unwrap_or("?")
         )),
         Err(_) => row.ok("not built in"),
+    }
+}
+
+/// Clears hurry pages towards reclaim; under memory pressure they back off, which needs PSI.
+fn memory_pressure() -> Row {
+    let row = Row::new("memory pressure (PSI)", false, "clears never back off under pressure");
+    let system = std::path::Path::new("/proc/pressure/memory");
+    match crate::sys::pressure::some_avg10(system) {
+        Some(now) => row.ok(format!(
+            "{now:.1} % now (system); clears back off from {} % (--reclaim-backoff)",
+            crate::monitor::DEFAULT_RECLAIM_BACKOFF
+        )),
+        None => row.missing("no /proc/pressure/memory (kernel without PSI, or psi=0)"),
     }
 }
 

@@ -28,8 +28,13 @@ struct Simulated {
 
 impl Simulated {
     fn new(alive: &[u32]) -> (Self, Arc<Mutex<HashSet<u32>>>) {
+        Self::with_hot(alive, SIZE / 4)
+    }
+
+    /// The same with the first `hot` bytes hot.
+    fn with_hot(alive: &[u32], hot: u64) -> (Self, Arc<Mutex<HashSet<u32>>>) {
         let mut truth = Truth::new(SIZE);
-        truth.set(0, SIZE / 4, 1.0);
+        truth.set(0, hot, 1.0);
         let alive = Arc::new(Mutex::new(alive.iter().copied().collect()));
         let ops = Self {
             ops: SimOps::new(truth, 1),
@@ -136,8 +141,21 @@ fn snapshots_come_on_the_ticks_schedule_with_real_window_times() {
         last.targets[0].regions.iter().filter(|r| r.nr_accesses > 10).map(|r| r.size()).sum();
     assert!(hot.abs_diff(SIZE / 4) <= SIZE / 16, "{hot} bytes hot");
     assert!(summary.counters.samples >= 200 && summary.counters.aggregations >= 10);
-    // Adaptive sampling sleeps through intervals with nothing due: fewer wake-ups than intervals.
-    assert!(summary.ticks < summary.counters.samples, "{summary:?}");
+    // Adaptive sampling checks each region as often as its rate needs: fewer checks than every
+    // region every interval. (The region across the hot edge needs every interval.)
+    let every = summary.counters.samples * config().attrs.min_nr_regions as u64;
+    assert!(summary.counters.checks < every, "{summary:?}");
+}
+
+#[test]
+fn idle_memory_is_slept_through() {
+    let (source, _) = Simulated::with_hot(&[7], 0);
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let monitor = Monitor::start(config(), source, &[7], tx, false).unwrap();
+    collect(&mut events, |e| snapshots(e).len() >= 10);
+    let summary = monitor.join().unwrap();
+    // After the first window every region is sampled quietly: a wake-up per 16 intervals.
+    assert!(summary.ticks * 4 < summary.counters.samples, "{summary:?}");
 }
 
 #[test]
