@@ -5,14 +5,16 @@
 //! with and without `udamon monitor` (default attributes), alternating, in one run. Anonymous
 //! memory swaps to a zram device the bench sets up and tears down. Needs root.
 
+mod support;
+
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
+
+use support::{Load, build_c};
 
 const UDAMON: &str = env!("CARGO_BIN_EXE_udamon");
 const LOAD_SOURCE: &str = include_str!("reclaim_load.c");
@@ -111,46 +113,6 @@ impl Drop for ZramSwap {
     }
 }
 
-/// The workload, compiled into `dir`.
-fn build_load(dir: &Path) -> Result<PathBuf, String> {
-    let (source, binary) = (dir.join("reclaim_load.c"), dir.join("reclaim_load"));
-    std::fs::write(&source, LOAD_SOURCE).map_err(|e| e.to_string())?;
-    let built = Command::new("cc").arg("-O2").arg("-o").arg(&binary).arg(&source).status();
-    built.is_ok_and(|s| s.success()).then_some(binary).ok_or_else(|| "cc failed".into())
-}
-
-/// A running load and its per-second access counts.
-struct Load {
-    child: Child,
-    counts: mpsc::Receiver<u64>,
-}
-
-impl Load {
-    fn start(binary: &Path, args: &[&str]) -> Self {
-        let mut child =
-            Command::new(binary).args(args).stdout(Stdio::piped()).spawn().expect("the load");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert!(
-            lines.next().is_some_and(|l| l.is_ok_and(|l| l == "ready")),
-            "the load did not start"
-        );
-        let (tx, counts) = mpsc::channel();
-        thread::spawn(move || {
-            for n in lines.map_while(Result::ok).filter_map(|l| l.parse().ok()) {
-                let _ = tx.send(n);
-            }
-        });
-        Self { child, counts }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// What one phase measured: accesses per second and the cgroup's counters per second.
 #[derive(Default, Clone, Copy)]
 struct Phase {
@@ -167,7 +129,7 @@ fn phase(binary: &Path, cgroup: &MemCgroup, args: &[&str], monitor: Option<&[&st
     let mut load_args = vec![args[0], args[1], procs];
     load_args.extend(&args[2..]);
     let load = Load::start(binary, &load_args);
-    let pid = load.child.id().to_string();
+    let pid = load.pid().to_string();
     let mut udamon = monitor.map(|extra| {
         Command::new(UDAMON)
             .args(["monitor", "--quiet"])
@@ -184,7 +146,7 @@ fn phase(binary: &Path, cgroup: &MemCgroup, args: &[&str], monitor: Option<&[&st
         .filter_map(|_| load.counts.recv_timeout(Duration::from_secs(5)).ok())
         .collect();
     let after = cgroup.stats();
-    let pressure = damon_user::sys::pressure::source(load.child.id())
+    let pressure = damon_user::sys::pressure::source(load.pid())
         .and_then(|source| damon_user::sys::pressure::some_avg10(&source))
         .unwrap_or(f64::NAN);
     if let Some(udamon) = &mut udamon {
@@ -257,7 +219,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("udamon-bench-reclaim-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     let result = (|| -> Result<(), String> {
-        let binary = build_load(&dir)?;
+        let binary = build_c(&dir, "reclaim_load", LOAD_SOURCE)?;
         let cgroup = MemCgroup::create(LIMIT_MIB << 20)?;
         let mib = WORKING_SET_MIB.to_string();
         // The data file on a disk-backed file system (not tmpfs, whose pages swap).

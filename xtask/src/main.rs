@@ -167,6 +167,7 @@ fn bench(tools: &setup::TestTools) -> Result<()> {
         ("damon-user", "records"),
         ("damon-user", "metrics"),
         ("damon-user", "reclaim"),
+        ("damon-user", "cost"),
     ] {
         run_command(with_tools(
             cargo().args(["bench", "--package", package, "--bench", bench]),

@@ -73,7 +73,7 @@ pub(super) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     }
     let targets = session::Targets::Pids(vec![layout.pid]);
     let run = session::run(config, &targets, Some(duration), None, |e| show(&args, &layout, e));
-    let (summary, _) = session::runtime()?.block_on(run)?;
+    let summary = session::runtime()?.block_on(run)?.summary;
     let text = if args.json {
         serde_json::json!({ "summary": summary }).to_string() + "\n"
     } else {

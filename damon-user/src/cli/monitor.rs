@@ -68,7 +68,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
         args.monitoring.resolve().and_then(|s| s.monitor_config()).map_err(Failure::Input)?;
     let duration = duration(args.duration.as_deref())?;
     let metrics = args.serve.addr()?;
-    let (targets, started) = args.targets.resolve()?;
+    let targets = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
     // CPU share since the previous shown snapshot; none for the first, which would mostly
     // measure loading the eBPF programs.
@@ -76,7 +76,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
     // Late ticks as of the last view shown.
     let mut late = 0;
     let mut seen = 0u64;
-    let (summary, ended) = session::runtime()?.block_on(session::run(
+    let session::Ran { summary, ended, command } = session::runtime()?.block_on(session::run(
         config,
         &targets,
         duration,
@@ -122,7 +122,7 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
     // Stopping early is the user's choice; no target left to show is not.
     let nothing = (seen == 0 && !matches!(ended, Ended::Duration | Ended::Signal))
         .then_some("nothing to show");
-    let code = args.targets.exit(ended, started, nothing)?;
+    let code = args.targets.exit(ended, command, nothing)?;
     if !args.json {
         emit(&format!(
             "{} aggregations; udamon CPU {:.2} s; late sample ticks {} of {}\n",

@@ -58,7 +58,7 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
         .map_err(Failure::Input)?;
     let output = Output::new(&args.output).map_err(Failure::Input)?;
     let metrics = args.serve.addr()?;
-    let (targets, started) = args.targets.resolve()?;
+    let targets = args.targets.resolve()?;
     let intervals = Intervals::from(&config.attrs);
     let mut writer = RecordWriter::new(output, args.format, intervals, flush_every);
     let progress =
@@ -94,10 +94,10 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
     }
     // Whatever ended the run, keep what was recorded.
     let flushed = writer.finish();
-    let (_, ended) = result?;
+    let session::Ran { ended, command, .. } = result?;
     flushed.map_err(Failure::Runtime)?;
     let nothing = (writer.snapshots() == 0).then_some("nothing recorded, no file written");
-    let code = args.targets.exit(ended, started, nothing);
+    let code = args.targets.exit(ended, command, nothing);
     if nothing.is_none() {
         say!(
             "udamon: {} snapshots written to {} ({})",

@@ -1,20 +1,19 @@
 //! What `monitor` and `record` watch: running processes by pid, or a command udamon starts
 //! and follows until it exits.
 
-use std::{
-    os::unix::process::ExitStatusExt as _,
-    process::{Child, Command, ExitCode},
-    time::{Duration, Instant},
-};
+use std::process::ExitCode;
 
 use anyhow::anyhow;
 use clap::Args;
 
 use super::Failure;
 use crate::{
-    monitor::session::{Ended, Targets},
+    monitor::{
+        command::Started,
+        session::{Ended, Targets},
+    },
     output::metrics::server,
-    sys::{cgroup::Cgroup, process},
+    sys::cgroup::Cgroup,
 };
 
 #[derive(Args)]
@@ -33,59 +32,15 @@ pub struct TargetArgs {
     command: Vec<String>,
 }
 
-/// A command udamon started: stopped (SIGTERM, then SIGKILL after 2 s) if it outlives the run,
-/// and killed by the kernel if udamon dies first (see `spawn`).
-pub struct Started {
-    child: Child,
-    program: String,
-}
-
-impl Started {
-    /// Starts `program`, to die with udamon (see `die_with_parent`): spawned from the main
-    /// thread, which lives as long as udamon does.
-    fn spawn(program: &str, args: &[String]) -> std::io::Result<Self> {
-        let mut command = Command::new(program);
-        process::die_with_parent(command.args(args));
-        Ok(Self { child: command.spawn()?, program: program.to_owned() })
-    }
-
-    /// Its exit status as the shell gives it: the exit code, or 128 + the ending signal.
-    fn status(&mut self) -> u8 {
-        match self.child.wait() {
-            Ok(status) => match (status.code(), status.signal()) {
-                (Some(code), _) => code as u8,
-                (None, Some(signal)) => 128 + signal as u8,
-                (None, None) => 1,
-            },
-            Err(_) => 1,
-        }
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child, which has not been reaped.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 impl TargetArgs {
-    /// What to monitor, and the command if we started one.
-    pub fn resolve(&self) -> Result<(Targets, Option<Started>), Failure> {
+    /// What to monitor.
+    pub fn resolve(&self) -> Result<Targets, Failure> {
         let given = [!self.pids.is_empty(), self.cgroup.is_some(), !self.command.is_empty()];
         if given.iter().filter(|&&g| g).count() > 1 {
             return Err(Failure::Input(anyhow!("give one of PIDs, --cgroup or -- CMD ARGS")));
         }
         if let Some(path) = &self.cgroup {
-            return Ok((Targets::Cgroup(Cgroup::open(path).map_err(Failure::Input)?), None));
+            return Ok(Targets::Cgroup(Cgroup::open(path).map_err(Failure::Input)?));
         }
         match (&self.pids[..], &self.command[..]) {
             ([], []) => Err(Failure::Input(anyhow!(
@@ -98,13 +53,9 @@ impl TargetArgs {
                 if unique.len() != pids.len() {
                     return Err(Failure::Input(anyhow!("a pid is given more than once")));
                 }
-                Ok((Targets::Pids(pids.to_vec()), None))
+                Ok(Targets::Pids(pids.to_vec()))
             }
-            ([], [program, args @ ..]) => {
-                let started = Started::spawn(program, args)
-                    .map_err(|err| Failure::Input(anyhow!("cannot run `{program}`: {err}")))?;
-                Ok((Targets::Pids(vec![started.child.id()]), Some(started)))
-            }
+            ([], command) => Ok(Targets::Command(command.to_vec())),
             ([_, ..], [_, ..]) => unreachable!("refused above"),
         }
     }
@@ -130,7 +81,7 @@ impl TargetArgs {
                 if nothing.is_none() {
                     return Ok(ExitCode::from(status));
                 }
-                let program = &command.program;
+                let program = command.program();
                 let err = anyhow!(
                     "`{program}` exited (status {status}) before the first aggregation{lost}"
                 );

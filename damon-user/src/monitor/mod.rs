@@ -3,6 +3,7 @@
 //! snapshots, target changes and problems coming back as events. `session` runs a whole
 //! monitoring command around it.
 
+pub mod command;
 pub mod session;
 mod source;
 mod ticker;

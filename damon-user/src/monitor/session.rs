@@ -18,7 +18,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{Control, Event, Monitor, MonitorConfig, Summary, TargetError};
+use super::{Control, Event, Monitor, MonitorConfig, Summary, TargetError, command::Started};
 use crate::{
     check,
     dataplane::{DataPlane, FaultStream},
@@ -61,17 +61,28 @@ pub enum Ended {
 pub enum Targets {
     Pids(Vec<u32>),
     Cgroup(Cgroup),
+    /// A command (program and arguments) to start once monitoring can begin, and follow.
+    Command(Vec<String>),
+}
+
+/// How a session ended: its summary, why, and the command it started (to read its status).
+pub struct Ran {
+    pub summary: Summary,
+    pub ended: Ended,
+    pub command: Option<Started>,
 }
 
 /// Monitors `targets` until the end, calling `on_event` for each snapshot, target change and
-/// problem (an error it returns ends the session); serves metrics on `metrics` if given.
+/// problem (an error it returns ends the session); serves metrics on `metrics` if given. A
+/// command is started after the data plane loads, so a short one is not gone before the
+/// sampler opens it.
 pub async fn run(
     config: MonitorConfig,
     targets: &Targets,
     duration: Option<Duration>,
     metrics: Option<SocketAddr>,
     mut on_event: impl FnMut(Event) -> anyhow::Result<()>,
-) -> Result<(Summary, Ended), SessionError> {
+) -> Result<Ran, SessionError> {
     // Caught from the start, but held back until the sampler runs (see `signals`): one during
     // start-up is handled once the run begins.
     let signal =
@@ -86,9 +97,9 @@ pub async fn run(
     check::require_monitoring().map_err(SessionError::Runtime)?;
     // A cgroup's members join through the first membership check, one by one: one that exits
     // meanwhile (or cannot be monitored) is refused alone instead of failing the start.
-    let (pids, cgroup) = match targets {
-        Targets::Pids(pids) => (pids.clone(), None),
-        Targets::Cgroup(cgroup) => (Vec::new(), Some(cgroup)),
+    let cgroup = match targets {
+        Targets::Cgroup(cgroup) => Some(cgroup),
+        Targets::Pids(_) | Targets::Command(_) => None,
     };
     let shared = match metrics {
         Some(addr) => {
@@ -101,6 +112,18 @@ pub async fn run(
     };
     let (walker, faults) =
         DataPlane::load().and_then(|plane| plane.start(true)).map_err(SessionError::Runtime)?;
+    let (pids, command) = match targets {
+        Targets::Pids(pids) => (pids.clone(), None),
+        Targets::Cgroup(_) => (Vec::new(), None),
+        Targets::Command(command) => {
+            let [program, args @ ..] = &command[..] else {
+                return Err(SessionError::Input(anyhow!("an empty command")));
+            };
+            let started = Started::spawn(program, args)
+                .map_err(|err| SessionError::Input(anyhow!("cannot run `{program}`: {err}")))?;
+            (vec![started.pid()], Some(started))
+        }
+    };
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let ops = VaddrOps::new(walker).with_backoff(config.reclaim_backoff);
     let monitor =
@@ -177,7 +200,7 @@ pub async fn run(
     }
     let summary = monitor.join().map_err(SessionError::Runtime)?;
     output.map_err(SessionError::Runtime)?;
-    Ok((summary, ended))
+    Ok(Ran { summary, ended, command })
 }
 
 /// Whether a failed read of a group's members says the group is gone.

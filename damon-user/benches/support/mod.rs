@@ -1,0 +1,56 @@
+//! What the root benches share: C workloads compiled at run time, and their processes.
+// Each bench is its own crate and uses a part of this.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+};
+
+/// `source` compiled into `dir` as `name`.
+pub fn build_c(dir: &Path, name: &str, source: &str) -> Result<PathBuf, String> {
+    let (file, binary) = (dir.join(format!("{name}.c")), dir.join(name));
+    std::fs::write(&file, source).map_err(|e| e.to_string())?;
+    let built = Command::new("cc").arg("-O2").arg("-o").arg(&binary).arg(&file).status();
+    built.is_ok_and(|s| s.success()).then_some(binary).ok_or_else(|| format!("cc {name}.c failed"))
+}
+
+/// A running workload that says `ready` once set up, then (optionally) a count per line; killed
+/// on drop.
+pub struct Load {
+    child: Child,
+    pub counts: mpsc::Receiver<u64>,
+}
+
+impl Load {
+    pub fn start(binary: &Path, args: &[&str]) -> Self {
+        let mut child =
+            Command::new(binary).args(args).stdout(Stdio::piped()).spawn().expect("the load");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(
+            lines.next().is_some_and(|l| l.is_ok_and(|l| l == "ready")),
+            "the load did not start"
+        );
+        let (tx, counts) = mpsc::channel();
+        thread::spawn(move || {
+            for n in lines.map_while(Result::ok).filter_map(|l| l.parse().ok()) {
+                let _ = tx.send(n);
+            }
+        });
+        Self { child, counts }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
