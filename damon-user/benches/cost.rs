@@ -150,7 +150,7 @@ fn run(case: &Case, load: &Path, binaries: &[(&str, PathBuf)]) -> Result<(), Str
     for (label, binary) in binaries {
         let (share, regions) = measure(binary, case.options, &targets);
         let ratio =
-            first.map_or_else(String::new, |f: f64| format!(" ({:.2}× the first)", share / f));
+            first.map_or_else(String::new, |f: f64| format!(" ({:.2}× udamon's)", share / f));
         first.get_or_insert(share);
         let regions = regions.map_or_else(|| "?".into(), |n| n.to_string());
         println!(
