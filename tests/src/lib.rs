@@ -222,6 +222,8 @@ pub struct Odd {
     pub lock_hot_after: Option<Duration>,
     /// Then also `mlockall(MCL_CURRENT | MCL_FUTURE)` and map and write a fresh area.
     pub lock_all: bool,
+    /// A file on disk mapped read-only and read all the time: page cache the clear leaves alone.
+    pub read_only_file: bool,
 }
 
 /// A forked child with hot and cold anonymous memory and, as asked, memory the clear refuses.
@@ -236,6 +238,7 @@ pub struct OddChild {
     pub prot_none: Option<(u64, u64)>,
     /// Mapped by the child after `mlockall`, if asked.
     pub late: Option<(u64, u64)>,
+    pub read_only_file: Option<(u64, u64)>,
 }
 
 const AREA: usize = 4 << 20;
@@ -243,7 +246,7 @@ const AREA: usize = 4 << 20;
 impl OddChild {
     pub fn spawn(odd: Odd) -> Self {
         // One reservation, carved into areas with gaps, so each is its own mapping.
-        let len = 6 * 2 * AREA + HUGE;
+        let len = 7 * 2 * AREA + HUGE;
         let raw = map(len, libc::MAP_PRIVATE);
         let base = raw.next_multiple_of(HUGE);
         // SAFETY: unmapping our own fresh reservation: only its addresses are wanted.
@@ -271,6 +274,7 @@ impl OddChild {
         let hugetlb = odd.hugetlb.then(|| area(3));
         let prot_none = odd.prot_none.then(|| fixed(4, 0).expect("the PROT_NONE area"));
         let late = odd.lock_all.then(|| area(5));
+        let read_only_file = odd.read_only_file.then(|| map_read_only_file(area(6)));
         for a in [hot, cold] {
             // Small pages: a THP would make a hot area's cold pages read hot (see `Child`).
             // SAFETY: advising our own mapping.
@@ -281,7 +285,7 @@ impl OddChild {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
-            let areas = OddAreas { hot, cold, locked, hugetlb, prot_none, late };
+            let areas = OddAreas { hot, cold, locked, hugetlb, prot_none, late, read_only_file };
             // SAFETY: the child's own mappings.
             unsafe { run_odd_child(areas, odd, &*control) }
         }
@@ -300,8 +304,33 @@ impl OddChild {
             hugetlb: hugetlb.map(range),
             prot_none: prot_none.map(range),
             late: late.map(range),
+            read_only_file: read_only_file.map(range),
         }
     }
+}
+
+/// A fresh file of `AREA` bytes on disk (/var/tmp: not tmpfs), mapped read-only at `at`, and
+/// unlinked: the mapping keeps it.
+fn map_read_only_file(at: usize) -> usize {
+    let dir = Some(std::path::PathBuf::from("/var/tmp")).filter(|d| d.is_dir());
+    let dir = dir.unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("udamon-odd-{}-{at:x}", std::process::id()));
+    std::fs::write(&path, vec![1u8; AREA]).expect("the read-only file");
+    let file = std::fs::File::open(&path).expect("the read-only file");
+    let _ = std::fs::remove_file(&path);
+    // SAFETY: mapping a file over our own unmapped reservation.
+    let p = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            AREA,
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED, "cannot map the read-only file");
+    p as usize
 }
 
 impl Drop for OddChild {
@@ -321,6 +350,7 @@ struct OddAreas {
     hugetlb: Option<usize>,
     prot_none: Option<usize>,
     late: Option<usize>,
+    read_only_file: Option<usize>,
 }
 
 unsafe fn run_odd_child(a: OddAreas, odd: Odd, control: &AtomicU32) -> ! {
@@ -362,10 +392,18 @@ unsafe fn run_odd_child(a: OddAreas, odd: Odd, control: &AtomicU32) -> ! {
             libc::mprotect(p as *mut libc::c_void, AREA, libc::PROT_NONE);
         }
     }
+    let read = |area: usize| {
+        for off in (0..AREA).step_by(PAGE) {
+            // SAFETY: within the child's readable file mapping.
+            unsafe { ((area + off) as *const u8).read_volatile() };
+        }
+    };
+    a.read_only_file.into_iter().for_each(read);
     control.store(READY, Ordering::Release);
     let (mut locked_hot, mut late) = (false, None);
     loop {
         always.iter().for_each(|&area| write(area));
+        a.read_only_file.into_iter().for_each(read);
         late.into_iter().for_each(write);
         if !locked_hot && odd.lock_hot_after.is_some_and(|after| started.elapsed() >= after) {
             locked_hot = true;

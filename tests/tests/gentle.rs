@@ -164,12 +164,20 @@ fn memory_the_clear_refuses_reads_unknown_beside_classified_memory() {
         assert!(!damon_user::test_support::in_ci(), "no huge pages for the hugetlb area under CI");
         eprintln!("note: no free huge pages here: testing without a hugetlb area");
     }
-    let odd = Odd { locked: true, hugetlb: pages.is_some(), prot_none: true, ..Odd::default() };
+    let odd = Odd {
+        locked: true,
+        hugetlb: pages.is_some(),
+        prot_none: true,
+        read_only_file: true,
+        ..Odd::default()
+    };
     let child = OddChild::spawn(odd);
     let mut expect: Vec<Expect> = vec![
         ("hot", child.hot, hot),
         ("cold", child.cold, idle),
         ("locked", child.locked.unwrap(), unknown),
+        // Page cache read all the time, never cleared: its set bits say nothing.
+        ("read-only file", child.read_only_file.unwrap(), unknown),
         // Nothing can touch it: truly idle, and the clear works there.
         ("PROT_NONE", child.prot_none.unwrap(), idle),
     ];

@@ -49,7 +49,8 @@ struct Process {
     pagemap: Pagemap,
     /// With their flags (from smaps), re-read when the layout changes or a clear is refused.
     mappings: Vec<Mapping>,
-    /// Sampling addresses prepared without a clear (their accessed bit stays set).
+    /// Sampling addresses prepared without a clear (their accessed bit stays set), until their
+    /// check.
     uncleared: HashSet<u64>,
     exited: bool,
     /// Where its memory pressure is read, whether it is above the threshold, and the clears
@@ -92,6 +93,8 @@ pub struct VaddrOps {
     leaves: Vec<Leaf>,
     pages: Vec<(u64, u64)>,
     refused: Vec<Refusal>,
+    /// Per checked address of the target being sampled: whether it was left uncleared.
+    uncleared: Vec<bool>,
     /// Memory pressure (PSI "some", %) from which clears back off; `None`: never.
     backoff: Option<f64>,
     /// Clears withheld for targets since closed.
@@ -110,6 +113,7 @@ impl VaddrOps {
             leaves: Vec::new(),
             pages: Vec::new(),
             refused: Vec::new(),
+            uncleared: Vec::new(),
         }
     }
 
@@ -175,12 +179,12 @@ impl VaddrOps {
     /// What a walked leaf says about an access. A set accessed bit is trusted only on a page the
     /// clears can reset: a private writable page is the process's own; anything else is asked
     /// of pagemap.
-    fn classify(process: &Process, addr: u64, leaf: Leaf) -> Access {
+    fn classify(process: &Process, addr: u64, leaf: Leaf, uncleared: bool) -> Access {
         match leaf {
             Leaf::Missing | Leaf::Fault => Access::Unknown,
             _ if !leaf.accessed() => Access::Idle,
             // Set, and nothing reset it: it says nothing about this interval.
-            _ if process.uncleared.contains(&addr) || !process.clearable(addr) => Access::Unknown,
+            _ if uncleared || !process.clearable(addr) => Access::Unknown,
             _ => {
                 let shared = process.mapping(addr).is_none_or(|m| m.shared);
                 if (leaf.writable() && !shared) || process.pagemap.exclusive(addr).unwrap_or(false)
@@ -234,6 +238,10 @@ impl VaddrOps {
                 }
                 continue;
             }
+            // Whether each checked page was left uncleared when prepared: taken now, before
+            // this walk prepares (and may leave uncleared) the next ones.
+            self.uncleared.clear();
+            self.uncleared.extend(self.addrs[..checks].iter().map(|a| process.uncleared.remove(a)));
             self.refused.clear();
             let outcome = walk_and_clear(
                 &mut self.walker,
@@ -243,10 +251,11 @@ impl VaddrOps {
                 (&mut self.leaves, &mut self.pages, &mut self.refused),
             );
             if let Some(out) = results.as_deref_mut() {
-                for (slot, (&addr, &leaf)) in
-                    checked_slots(&mut out[range.clone()]).zip(self.addrs.iter().zip(&self.leaves))
+                let checked = self.addrs.iter().zip(&self.leaves).zip(&self.uncleared);
+                for (slot, ((&addr, &leaf), &uncleared)) in
+                    checked_slots(&mut out[range.clone()]).zip(checked)
                 {
-                    *slot = Self::classify(process, addr, leaf);
+                    *slot = Self::classify(process, addr, leaf, uncleared);
                 }
             }
             let unread = |kind| self.leaves.iter().filter(|&&l| l == kind).count();
@@ -426,6 +435,11 @@ impl Operations for VaddrOps {
         for target in targets {
             let Some(process) = self.processes.get_mut(&target.id) else { continue };
             let pid = target.id as u32;
+            // Entries wait for their check; those of samples dropped unchecked (their regions
+            // merged) go, so the set stays as small as the target's regions.
+            let mut pending: Vec<u64> = target.regions.iter().map(|r| r.sampling_addr).collect();
+            pending.sort_unstable();
+            process.uncleared.retain(|addr| pending.binary_search(addr).is_ok());
             // Flags are read again only when the layout changed: smaps costs a page walk.
             let read = proc_maps::read(pid).and_then(|m| {
                 if proc_maps::same_layout(&m, &process.mappings) {
