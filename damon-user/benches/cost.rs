@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Load, build_c};
+use support::{Load, build_c, remove_cgroup};
 
 const UDAMON: &str = env!("CARGO_BIN_EXE_udamon");
 const LOAD_SOURCE: &str = include_str!("cost_load.c");
@@ -75,14 +75,8 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        // The loads are killed (and reaped) before: the group is empty.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("note: cannot remove {}", self.0.display());
+        // The loads were killed and reaped before.
+        remove_cgroup(&self.0);
     }
 }
 

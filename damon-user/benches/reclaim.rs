@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use support::{Load, build_c};
+use support::{Load, build_c, remove_cgroup};
 
 const UDAMON: &str = env!("CARGO_BIN_EXE_udamon");
 const LOAD_SOURCE: &str = include_str!("reclaim_load.c");
@@ -66,14 +66,8 @@ impl MemCgroup {
 
 impl Drop for MemCgroup {
     fn drop(&mut self) {
-        // The loads were killed and reaped; the group empties as their memory is uncharged.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("note: cannot remove {}", self.0.display());
+        // The loads were killed and reaped before.
+        remove_cgroup(&self.0);
     }
 }
 

@@ -8,6 +8,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
+    time::Duration,
 };
 
 /// `source` compiled into `dir` as `name`.
@@ -53,4 +54,16 @@ impl Drop for Load {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Removes a cgroup of ours whose processes were killed and reaped: it empties as their memory
+/// is uncharged, which may take a moment.
+pub fn remove_cgroup(dir: &Path) {
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("note: cannot remove {}", dir.display());
 }
