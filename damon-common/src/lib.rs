@@ -4,6 +4,8 @@
 //! with explicit padding, and the userspace side marks them `aya::Pod` (feature `user`).
 #![no_std]
 
+pub mod kdamond;
+
 /// Names of the object's maps and programs, as both sides spell them: the eBPF side names its
 /// statics after these (aya takes a static's name as the map's), userspace looks them up by
 /// them, and a test checks the built object against this list.
@@ -17,7 +19,12 @@ pub mod names {
     pub const FAULT_LOST: &str = "FAULT_LOST";
     pub const PEEK_OUT: &str = "PEEK_OUT";
     pub const PROBE_FIRED: &str = "PROBE_FIRED";
-    pub const MAPS: [&str; 9] = [
+    pub const KDAMOND_CONFIG: &str = "KDAMOND_CONFIG";
+    pub const KDAMOND_TARGETS: &str = "KDAMOND_TARGETS";
+    pub const KDAMOND_ZERO: &str = "KDAMOND_ZERO";
+    pub const KDAMOND_REGIONS: &str = "KDAMOND_REGIONS";
+    pub const KDAMOND_LOST: &str = "KDAMOND_LOST";
+    pub const MAPS: [&str; 14] = [
         WALK_CONFIG,
         WALK_RESULTS,
         WALK_STATS,
@@ -27,6 +34,11 @@ pub mod names {
         FAULT_LOST,
         PEEK_OUT,
         PROBE_FIRED,
+        KDAMOND_CONFIG,
+        KDAMOND_TARGETS,
+        KDAMOND_ZERO,
+        KDAMOND_REGIONS,
+        KDAMOND_LOST,
     ];
 
     pub const WALK_ON_LOCK: &str = "walk_on_lock";
@@ -38,7 +50,8 @@ pub mod names {
     pub const PROBE_PERF_EVENT: &str = "probe_perf_event";
     pub const PROBE_KPROBE: &str = "probe_kprobe";
     pub const PROBE_FENTRY: &str = "probe_fentry";
-    pub const PROGRAMS: [&str; 9] = [
+    pub const DAMON_AGGREGATED: &str = "damon_aggregated";
+    pub const PROGRAMS: [&str; 10] = [
         WALK_ON_LOCK,
         PAGE_FAULT_USER,
         PEEK,
@@ -48,6 +61,7 @@ pub mod names {
         PROBE_PERF_EVENT,
         PROBE_KPROBE,
         PROBE_FENTRY,
+        DAMON_AGGREGATED,
     ];
 
     /// The global the loader sets to its own process id, so probes ignore other processes.
@@ -255,4 +269,8 @@ mod pod {
     unsafe impl aya::Pod for super::WalkResult {}
     unsafe impl aya::Pod for super::WalkStats {}
     unsafe impl aya::Pod for super::PeekResult {}
+    unsafe impl aya::Pod for super::kdamond::KdamondConfig {}
+    unsafe impl aya::Pod for super::kdamond::KdamondKey {}
+    unsafe impl aya::Pod for super::kdamond::KdamondTarget {}
+    unsafe impl aya::Pod for super::kdamond::KdamondRegion {}
 }

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod faults;
+mod kdamond;
 mod peek;
 mod probes;
 mod walk;

@@ -34,6 +34,7 @@ macro_rules! say {
 pub mod check;
 pub mod cli;
 pub mod dataplane;
+pub mod kdamond;
 pub mod monitor;
 pub mod output;
 pub mod snapshot;

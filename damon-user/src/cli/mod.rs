@@ -4,6 +4,7 @@
 
 mod convert;
 mod demo;
+mod kdamond;
 mod monitor;
 mod options;
 mod record;
@@ -42,6 +43,7 @@ enum Command {
     Convert(convert::ConvertArgs),
     Sim(sim::SimArgs),
     Demo(demo::DemoArgs),
+    Kdamond(kdamond::KdamondArgs),
     /// Print a shell completion script (e.g. `udamon completions bash > /etc/bash_completion.d/udamon`).
     Completions {
         #[arg(value_enum)]
@@ -96,6 +98,7 @@ pub fn main() -> ExitCode {
             emit(&String::from_utf8_lossy(&script)).map(|()| ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::run(args),
+        Command::Kdamond(args) => kdamond::run(args),
         Command::Workload { phase_change, memory_loop } => {
             run_workload(&phase_change, memory_loop.as_deref())
         }

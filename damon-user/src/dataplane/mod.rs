@@ -3,6 +3,7 @@
 
 mod error;
 pub mod faults;
+pub mod kdamond;
 pub mod layout;
 pub mod leaf;
 pub mod object;

@@ -20,6 +20,9 @@ pub struct Offsets {
     pub task_mm: u64,
     /// `struct page` and `struct folio`, to find a page's folio; `Err`: why not.
     pub folio: Result<FolioOffsets, &'static str>,
+    /// `task_struct.worker_private`, `kthread.data` and `damon_ctx.kdamond`: from a kdamond's
+    /// task to its DAMON context; `None` where the kernel's BTF lacks one.
+    pub kdamond_ctx: Option<[u64; 3]>,
 }
 
 /// Where a page's folio is told, from BTF (member names changed over the versions).
@@ -79,6 +82,15 @@ impl KernelTypes {
             mm_pgd: ours.member_offset("mm_struct", "pgd")? as u64,
             task_mm: ours.member_offset("task_struct", "mm")? as u64,
             folio: FolioOffsets::read(&ours),
+            kdamond_ctx: [
+                ("task_struct", "worker_private"),
+                ("kthread", "data"),
+                ("damon_ctx", "kdamond"),
+            ]
+            .map(|(s, m)| ours.member_offset(s, m).ok().map(|o| o as u64))
+            .into_iter()
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|v| v.try_into().ok()),
         };
         let btf = aya::Btf::parse(&data, Endianness::default())
             .with_context(|| format!("cannot parse {path}"))?;
@@ -95,13 +107,20 @@ pub struct Object {
 
 impl Object {
     pub fn load(types: KernelTypes) -> Result<Self> {
+        Self::load_sized(types, &[])
+    }
+
+    /// Loads with some maps resized (`max_entries`; bytes for a ring buffer): the object's own
+    /// sizes suit monitoring, whose maps other uses enlarge.
+    pub fn load_sized(types: KernelTypes, sizes: &[(&str, u32)]) -> Result<Self> {
         ensure_memlock()?;
         let tgid = std::process::id();
-        let bpf = EbpfLoader::new()
-            .btf(Some(&types.btf))
-            .override_global(names::PROBE_TGID, &tgid, true)
-            .load(OBJECT)
-            .context("cannot load udamon's eBPF object")?;
+        let mut loader = EbpfLoader::new();
+        loader.btf(Some(&types.btf)).override_global(names::PROBE_TGID, &tgid, true);
+        for &(map, size) in sizes {
+            loader.map_max_entries(map, size);
+        }
+        let bpf = loader.load(OBJECT).context("cannot load udamon's eBPF object")?;
         Ok(Self { bpf, types })
     }
 
@@ -162,7 +181,7 @@ mod tests {
             eprintln!("skipping: no kernel BTF");
             return;
         }
-        let Offsets { mm_pgd, task_mm, folio } = KernelTypes::read().unwrap().offsets;
+        let Offsets { mm_pgd, task_mm, folio, .. } = KernelTypes::read().unwrap().offsets;
         assert!(mm_pgd > 0 && mm_pgd % 8 == 0 && task_mm > 0 && task_mm % 8 == 0);
         let folio = folio.unwrap();
         assert_eq!((folio.page_size, folio.compound), (64, 8), "{folio:?}");

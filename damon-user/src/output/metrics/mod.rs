@@ -19,7 +19,7 @@ use crate::{
 
 /// Byte-weighted percentiles of idle time exported per target (a `percentile` label: the
 /// `quantile` label is reserved for summaries).
-const IDLE_QUANTILES: [(f64, &str); 3] = [(0.5, "50"), (0.9, "90"), (0.99, "99")];
+pub(crate) const IDLE_QUANTILES: [(f64, &str); 3] = [(0.5, "50"), (0.9, "90"), (0.99, "99")];
 
 /// The Prometheus text format (0.0.4): what every scraper and promtool read.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -23,6 +23,17 @@ use super::{CONTENT_TYPE, Metrics};
 
 pub type Shared = Arc<Mutex<Metrics>>;
 
+/// What the endpoint serves: a text exposition of the metrics now.
+pub trait Exposition: Send + 'static {
+    fn encode(&self) -> String;
+}
+
+impl Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+}
+
 /// Far more than the scrapers of one host; each costs a descriptor.
 pub const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,14 +53,14 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr> {
 
 /// Binds `addr` now (so a taken port is an error before monitoring starts) and serves
 /// `/metrics` from `metrics` on the current runtime until the runtime ends.
-pub async fn serve(addr: SocketAddr, metrics: Shared) -> Result<SocketAddr> {
+pub async fn serve<M: Exposition>(addr: SocketAddr, metrics: Arc<Mutex<M>>) -> Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("--metrics {addr}"))?;
     let bound = listener.local_addr()?;
     tokio::spawn(accept(listener, metrics));
     Ok(bound)
 }
 
-async fn accept(listener: TcpListener, metrics: Shared) {
+async fn accept<M: Exposition>(listener: TcpListener, metrics: Arc<Mutex<M>>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // Failures come in spells while descriptors are short, each freed one ending a spell: said
     // once in all, and the wait doubles while a spell lasts.
@@ -84,9 +95,9 @@ async fn accept(listener: TcpListener, metrics: Shared) {
     }
 }
 
-async fn respond<B>(
+async fn respond<B, M: Exposition>(
     request: Request<B>,
-    metrics: Shared,
+    metrics: Arc<Mutex<M>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = |status, content_type, body: String| {
         Response::builder()

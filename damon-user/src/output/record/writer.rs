@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{Format, Intervals, TargetRecord, save};
+use super::{Format, Intervals, RecordedSnapshot, TargetRecord, save};
 use crate::{snapshot::Snapshot, util::atomic_file::Output};
 
 pub struct RecordWriter {
@@ -45,20 +45,37 @@ impl RecordWriter {
     /// Adds a snapshot; rewrites the file when the last write is `flush_every` old.
     pub fn push(&mut self, snapshot: &Snapshot) -> Result<()> {
         for t in &snapshot.targets {
-            if !self.targets.iter().any(|r| r.target_id == t.pid as u64) {
-                self.targets.push(TargetRecord {
-                    target_id: t.pid as u64,
-                    intervals: Some(self.intervals),
-                    snapshots: Vec::new(),
-                });
-            }
+            self.target(t.pid as u64);
         }
         self.targets.iter_mut().for_each(|t| t.push(snapshot));
         self.taken += 1;
-        if self.flushed.elapsed() >= self.flush_every {
-            self.checkpoint()?;
-        }
-        Ok(())
+        self.flush_if_due()
+    }
+
+    /// Adds one target's snapshot (the kernel's DAMON: targets aggregate apart).
+    pub fn push_target(&mut self, target_id: u64, snapshot: RecordedSnapshot) -> Result<()> {
+        self.target(target_id).snapshots.push(snapshot);
+        self.taken += 1;
+        self.flush_if_due()
+    }
+
+    fn target(&mut self, target_id: u64) -> &mut TargetRecord {
+        let index = match self.targets.iter().position(|r| r.target_id == target_id) {
+            Some(index) => index,
+            None => {
+                self.targets.push(TargetRecord {
+                    target_id,
+                    intervals: Some(self.intervals),
+                    snapshots: Vec::new(),
+                });
+                self.targets.len() - 1
+            }
+        };
+        &mut self.targets[index]
+    }
+
+    fn flush_if_due(&mut self) -> Result<()> {
+        if self.flushed.elapsed() >= self.flush_every { self.checkpoint() } else { Ok(()) }
     }
 
     /// Writes what is new to a file; a device or FIFO waits for `finish`.

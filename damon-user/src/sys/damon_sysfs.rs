@@ -1,0 +1,84 @@
+//! The kernel's DAMON sysfs interface, read only: which kdamonds run, with what operations and
+//! intervals. Reads are rare on purpose: `state` and `pid` take the interface's lock with a
+//! trylock, so a read racing its owner's write makes that write fail with EBUSY.
+
+use std::{fs, io, path::Path};
+
+pub const ADMIN: &str = "/sys/kernel/mm/damon/admin";
+
+/// One kdamond of `ADMIN/kdamonds`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kdamond {
+    /// Its directory's number.
+    pub index: u32,
+    /// The thread, when it runs.
+    pub pid: Option<u32>,
+    /// Its first context (kernels have at most one per kdamond).
+    pub context: Option<Context>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Context {
+    /// `vaddr`, `fvaddr` or `paddr`.
+    pub ops: String,
+    /// As written by the owner (auto-tuning changes the live ones; the observer reads those).
+    pub sample_us: u64,
+    pub aggr_us: u64,
+    pub update_us: u64,
+    pub min_nr_regions: u64,
+    pub max_nr_regions: u64,
+    pub nr_targets: u64,
+}
+
+fn read(path: &Path) -> io::Result<String> {
+    fs::read_to_string(path).map(|s| s.trim().to_owned())
+}
+
+fn number(path: &Path) -> Option<u64> {
+    read(path).ok()?.parse().ok()
+}
+
+/// Whether this kernel has DAMON's sysfs interface.
+pub fn present() -> bool {
+    Path::new(ADMIN).is_dir()
+}
+
+/// The kdamonds, in index order; empty without the interface.
+pub fn kdamonds() -> Vec<Kdamond> {
+    let dir = Path::new(ADMIN).join("kdamonds");
+    let count = number(&dir.join("nr_kdamonds")).unwrap_or(0);
+    (0..count as u32)
+        .map(|index| {
+            let k = dir.join(index.to_string());
+            let pid = number(&k.join("pid")).filter(|&p| p > 0).map(|p| p as u32);
+            let c = k.join("contexts/0");
+            let context = c.is_dir().then(|| {
+                let attrs = c.join("monitoring_attrs");
+                let n = |p: &str| number(&attrs.join(p)).unwrap_or(0);
+                Context {
+                    ops: read(&c.join("operations")).unwrap_or_default(),
+                    sample_us: n("intervals/sample_us"),
+                    aggr_us: n("intervals/aggr_us"),
+                    update_us: n("intervals/update_us"),
+                    min_nr_regions: n("nr_regions/min"),
+                    max_nr_regions: n("nr_regions/max"),
+                    nr_targets: number(&c.join("targets/nr_targets")).unwrap_or(0),
+                }
+            });
+            Kdamond { index, pid, context }
+        })
+        .collect()
+}
+
+/// The DAMON tracepoints this kernel has (tracefs mounted at `tracefs`).
+pub fn tracepoints(tracefs: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(format!("{tracefs}/events/damon"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}
