@@ -213,7 +213,7 @@ mod tests {
             format!("udamon_working_set_bytes{{{l}}} 1048576"),
             format!("udamon_accessed_bytes_total{{{l}}} 10485760"),
             format!("udamon_aggregations_total{{{l}}} 3"),
-            format!(r#"udamon_idle_seconds{{{l},percentile="90"}} 120"#),
+            r#"udamon_idle_seconds{context="0",kdamond="0",ops="paddr",percentile="90",target="0"} 120"#.into(),
             format!("udamon_aggregation_interval_seconds{{{l}}} 5"),
             "udamon_targets 1".into(),
         ] {
