@@ -1,6 +1,9 @@
 //! udamon's integration tests: the real eBPF object in the running kernel. The tests live in
 //! `tests/`; privileged ones call `damon_user::test_support::privileged` first. This library
-//! holds what they share: a child process with a known memory layout.
+//! holds what they share: a child process with a known memory layout, and kernel DAMON's sysfs
+//! for the guest programs.
+
+pub mod damon_admin;
 
 use std::{
     sync::atomic::{AtomicU32, AtomicU64, Ordering},

@@ -76,6 +76,7 @@ pub fn rows(facts: &Facts) -> Vec<Row> {
     rows.push(transparent_hugepages());
     rows.push(memory_pressure());
     rows.push(kdamond());
+    rows.push(kernel_damon());
     rows
 }
 
@@ -243,4 +244,27 @@ fn kdamond() -> Row {
     } else {
         row.warn(format!("{}: clears accessed bits too; rare false idles", running.join(", ")))
     }
+}
+
+/// What `udamon kdamond` can observe: DAMON's sysfs, its tracepoints, and the kdamonds there.
+fn kernel_damon() -> Row {
+    use crate::sys::{damon_sysfs, tracefs};
+    let row = Row::new("kernel DAMON to observe", false, "`udamon kdamond` cannot run");
+    if !damon_sysfs::present() {
+        return row
+            .missing(format!("no {} (kernel without CONFIG_DAMON_SYSFS)", damon_sysfs::ADMIN));
+    }
+    let events = tracefs::find().map(damon_sysfs::tracepoints).unwrap_or_default();
+    if !events.iter().any(|e| e == "damon_aggregated") {
+        return row.missing("no damon:damon_aggregated tracepoint");
+    }
+    let kdamonds: Vec<String> = damon_sysfs::kdamonds()
+        .into_iter()
+        .filter_map(|k| {
+            let ops = k.context.map(|c| c.ops).unwrap_or_default();
+            Some(format!("kdamond {} {ops} (pid {})", k.index, k.pid?))
+        })
+        .collect();
+    let running = if kdamonds.is_empty() { "none running".to_owned() } else { kdamonds.join(", ") };
+    row.ok(format!("{running}; tracepoints: {}", events.join(", ")))
 }

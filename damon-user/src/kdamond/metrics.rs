@@ -2,13 +2,10 @@
 //! meaning is the same, labelled by kdamond (sysfs number), context, target (DAMON's index)
 //! and ops (paddr, vaddr, fvaddr).
 
-use prometheus::{
-    Encoder as _, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, core::Collector,
-};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::{Aggregation, Identity};
-use crate::output::metrics::{IDLE_QUANTILES, server::Exposition};
+use crate::output::metrics::{IDLE_QUANTILES, add, encode, registry, server::Exposition};
 
 const TARGET: [&str; 4] = ["kdamond", "context", "target", "ops"];
 
@@ -28,28 +25,14 @@ pub struct KdamondMetrics {
     series: Vec<[String; 4]>,
 }
 
-fn add<M: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
-    let metric = metric.expect("a valid metric");
-    registry.register(Box::new(metric.clone())).expect("a unique metric name");
-    metric
-}
-
 fn labels(who: &Identity, target: u32) -> [String; 4] {
     [who.label(), "0".into(), target.to_string(), who.ops.clone().unwrap_or_default()]
 }
 
 impl Default for KdamondMetrics {
     fn default() -> Self {
-        let r = Registry::new();
+        let r = registry();
         let gauges = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &TARGET);
-        let build = add(
-            &r,
-            IntGaugeVec::new(
-                Opts::new("udamon_build_info", "udamon's version, as a label"),
-                &["version"],
-            ),
-        );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let mut with_percentile = TARGET.to_vec();
         with_percentile.push("percentile");
         Self {
@@ -173,9 +156,7 @@ impl KdamondMetrics {
 
 impl Exposition for KdamondMetrics {
     fn encode(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("writing to memory");
-        String::from_utf8(out).expect("the text format is UTF-8")
+        encode(&self.registry)
     }
 }
 

@@ -6,17 +6,15 @@
 
 use std::{
     fs,
-    io::BufRead as _,
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use damon_user::workload::Layout;
 use serde_json::Value;
+use tests::damon_admin::{self, ADMIN, read, write};
 
-const ADMIN: &str = "/sys/kernel/mm/damon/admin";
 const SAMPLE_US: u64 = 5000;
 const AGGR_US: u64 = 100_000;
 
@@ -29,16 +27,6 @@ struct Run {
     hot: Vec<(u64, u64)>,
 }
 
-fn write(path: &str, value: &str) -> Result<()> {
-    let path = format!("{ADMIN}/{path}");
-    fs::write(&path, value).with_context(|| format!("cannot write {value} to {path}"))
-}
-
-fn read(path: &str) -> Result<String> {
-    let path = format!("{ADMIN}/{path}");
-    Ok(fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?.trim().to_owned())
-}
-
 /// CPU time of a thread or process so far, from schedstat (nanoseconds on a CPU).
 fn cpu_of(pid: &str) -> Result<Duration> {
     let text = fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
@@ -46,46 +34,12 @@ fn cpu_of(pid: &str) -> Result<Duration> {
     Ok(Duration::from_nanos(ns))
 }
 
-/// The regions kernel DAMON holds now, through a `stat` scheme's tried regions.
-fn kernel_regions() -> Result<Vec<(u64, u64, u64)>> {
-    write("kdamonds/0/state", "update_schemes_tried_regions")?;
-    let dir = format!("{ADMIN}/kdamonds/0/contexts/0/schemes/0/tried_regions");
-    let mut regions = Vec::new();
-    for entry in fs::read_dir(&dir)?.flatten() {
-        let p = entry.path();
-        if !p.is_dir() {
-            continue;
-        }
-        let field =
-            |name: &str| -> Result<u64> { Ok(fs::read_to_string(p.join(name))?.trim().parse()?) };
-        regions.push((field("start")?, field("end")?, field("nr_accesses")?));
-    }
-    regions.sort_unstable();
-    Ok(regions)
-}
-
 fn kernel_damon(pid: u32, seconds: u64) -> Result<Run> {
     if !Path::new(ADMIN).exists() {
         bail!("no DAMON sysfs interface in this kernel");
     }
     write("kdamonds/nr_kdamonds", "1")?;
-    write("kdamonds/0/contexts/nr_contexts", "1")?;
-    let ctx = "kdamonds/0/contexts/0";
-    write(&format!("{ctx}/operations"), "vaddr")?;
-    write(&format!("{ctx}/monitoring_attrs/intervals/sample_us"), &SAMPLE_US.to_string())?;
-    write(&format!("{ctx}/monitoring_attrs/intervals/aggr_us"), &AGGR_US.to_string())?;
-    write(&format!("{ctx}/monitoring_attrs/intervals/update_us"), "1000000")?;
-    write(&format!("{ctx}/monitoring_attrs/nr_regions/min"), "10")?;
-    write(&format!("{ctx}/monitoring_attrs/nr_regions/max"), "1000")?;
-    write(&format!("{ctx}/targets/nr_targets"), "1")?;
-    write(&format!("{ctx}/targets/0/pid_target"), &pid.to_string())?;
-    write(&format!("{ctx}/schemes/nr_schemes"), "1")?;
-    write(&format!("{ctx}/schemes/0/action"), "stat")?;
-    // The pattern's ranges start at 0..0: widen them so every region is a "tried" one.
-    let pattern = format!("{ctx}/schemes/0/access_pattern");
-    write(&format!("{pattern}/sz/max"), &u64::MAX.to_string())?;
-    write(&format!("{pattern}/nr_accesses/max"), &u32::MAX.to_string())?;
-    write(&format!("{pattern}/age/max"), &u32::MAX.to_string())?;
+    damon_admin::setup(0, "vaddr", SAMPLE_US, AGGR_US, Some(pid))?;
     write("kdamonds/0/state", "on")?;
     let kdamond = read("kdamonds/0/pid")?;
     let cpu_before = cpu_of(&kdamond)?;
@@ -95,7 +49,7 @@ fn kernel_damon(pid: u32, seconds: u64) -> Result<Run> {
     let mut last = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         std::thread::sleep(Duration::from_secs(1));
-        last = kernel_regions()?;
+        last = damon_admin::tried_regions(0)?;
         counts.push(last.len() as f64);
     }
     let cpu = cpu_of(&kdamond)? - cpu_before;
@@ -167,13 +121,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, udamon_path, seconds] = &args[..] else { bail!("usage: side_by_side UDAMON SECONDS") };
     let seconds: u64 = seconds.parse()?;
-    let mut workload = Command::new(udamon_path)
-        .args(["workload", "--phase-change", "1h"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufReader::new(workload.stdout.take().context("no pipe")?).read_line(&mut line)?;
-    let layout: Layout = serde_json::from_str(&line)?;
+    let (mut workload, layout) = damon_admin::spawn_workload(udamon_path)?;
     let result = (|| -> Result<(String, f64)> {
         let kernel = kernel_damon(layout.pid, seconds)?;
         let ours = udamon(udamon_path, layout.pid, seconds)?;

@@ -35,6 +35,7 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// How long each of kernel DAMON and udamon watches the workload, one after the other.
 const SIDE_BY_SIDE_SECONDS: u32 = 10;
 const SIDE: &str = "UDAMON-VM-SIDE-BY-SIDE:";
+const KDAMOND: &str = "UDAMON-VM-KDAMOND:";
 
 pub fn run(names: &[String], inject_failure: bool) -> Result<()> {
     let kernels = if names.is_empty() {
@@ -65,14 +66,16 @@ pub fn run(names: &[String], inject_failure: bool) -> Result<()> {
         );
         let console = std::fs::read_to_string(&log).unwrap_or_default();
         let side = console.lines().find_map(|l| l.strip_prefix(SIDE)).map(|r| r.trim().to_owned());
-        results.push((kernel.name, verdict, side.unwrap_or_default()));
+        let observed: Vec<&str> =
+            console.lines().filter_map(|l| l.strip_prefix(KDAMOND)).map(str::trim).collect();
+        results.push((kernel.name, verdict, side.unwrap_or_default(), observed.join("; ")));
     }
-    println!("kernel  verdict  beside kernel DAMON");
-    for (name, verdict, side) in &results {
-        println!("{name:<7} {verdict:?}  {side}");
+    println!("kernel  verdict  beside kernel DAMON | kernel DAMON observed");
+    for (name, verdict, side, observed) in &results {
+        println!("{name:<7} {verdict:?}  {side} | {observed}");
     }
     let failed: Vec<_> =
-        results.iter().filter(|(_, v, _)| *v != Verdict::Pass).map(|(n, ..)| *n).collect();
+        results.iter().filter(|(_, v, ..)| *v != Verdict::Pass).map(|(n, ..)| *n).collect();
     if !failed.is_empty() {
         bail!("vm-test failed on kernel(s) {}", failed.join(", "));
     }
@@ -132,11 +135,14 @@ fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
                 "tests",
                 "--bin",
                 "side_by_side",
+                "--bin",
+                "kdamond_check",
             ])
             .env(flags.0, flags.1),
     )?;
     let udamon = std::path::absolute(format!("target/{TARGET}/release/udamon"))?;
     let side_by_side = std::path::absolute(format!("target/{TARGET}/release/side_by_side"))?;
+    let kdamond_check = std::path::absolute(format!("target/{TARGET}/release/kdamond_check"))?;
     let mut archive = Archive::new();
     archive.copy("/bin/busybox", busybox)?;
     for dir in [
@@ -178,6 +184,11 @@ fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
     archive.copy("/side_by_side", &side_by_side)?;
     steps.push(format!(
         "if [ -d /sys/kernel/mm/damon/admin ]; then /side_by_side {udamon_path} {SIDE_BY_SIDE_SECONDS}; else echo '{SIDE} no kernel DAMON here'; fi"
+    ));
+    // udamon kdamond against the kernel's own view of a vaddr and a paddr context.
+    archive.copy("/kdamond_check", &kdamond_check)?;
+    steps.push(format!(
+        "if [ -d /sys/kernel/mm/damon/admin ]; then /kdamond_check {udamon_path}; else echo '{KDAMOND} no kernel DAMON here'; fi"
     ));
     if inject_failure {
         steps.push("false".to_owned());

@@ -52,7 +52,10 @@ pub struct Metrics {
 }
 
 /// Creates a metric and registers it; the names are fixed, so failing is a bug.
-fn add<M: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+pub(crate) fn add<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
     let metric = metric.expect("a valid metric");
     registry.register(Box::new(metric.clone())).expect("a unique metric name");
     metric
@@ -61,16 +64,8 @@ fn add<M: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::
 impl Metrics {
     /// Metrics for targets found in `cgroup` (empty: targets given by pid).
     pub fn new(cgroup: &str) -> Self {
-        let r = Registry::new();
+        let r = registry();
         let target = ["pid", "cgroup"];
-        let build = add(
-            &r,
-            IntGaugeVec::new(
-                Opts::new("udamon_build_info", "udamon's version, as a label"),
-                &["version"],
-            ),
-        );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let m = Self {
             targets: add(&r, IntGauge::new("udamon_targets", "Processes being monitored")),
             regions: add(
@@ -258,10 +253,29 @@ impl Metrics {
 
     /// The text exposition.
     pub fn encode(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("writing to memory");
-        String::from_utf8(out).expect("the text format is UTF-8")
+        encode(&self.registry)
     }
+}
+
+/// A registry with `udamon_build_info`, which every exposition has.
+pub(crate) fn registry() -> Registry {
+    let r = Registry::new();
+    let build = add(
+        &r,
+        IntGaugeVec::new(
+            Opts::new("udamon_build_info", "udamon's version, as a label"),
+            &["version"],
+        ),
+    );
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    r
+}
+
+/// A registry's text exposition.
+pub(crate) fn encode(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut out).expect("writing to memory");
+    String::from_utf8(out).expect("the text format is UTF-8")
 }
 
 /// The `IDLE_QUANTILES` of idle seconds over `(bytes, idle seconds)` pairs, weighted by bytes.

@@ -1,0 +1,100 @@
+//! `udamon kdamond` against the kernel's own view, in a guest whose kernel has DAMON: a vaddr
+//! kdamond on a workload and a paddr kdamond, started through sysfs with a `stat` scheme; while
+//! udamon observes (and records) each, the kernel's regions are read through the scheme's tried
+//! regions. The recorded aggregation with exactly those regions must exist, and the sums udamon
+//! made in the kernel for it must agree with the kernel's. Prints one `UDAMON-VM-KDAMOND:` line
+//! per context. Usage: kdamond_check UDAMON
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use damon_user::output::record::{self, DEFAULT_MAX_INPUT};
+use serde_json::Value;
+use tests::damon_admin::{self, write};
+
+const SAMPLE_US: u64 = 5000;
+const AGGR_US: u64 = 100_000;
+const LINE: &str = "UDAMON-VM-KDAMOND:";
+
+fn check(udamon: &str, k: u32, ops: &str) -> Result<()> {
+    let file = format!("/tmp/kdamond-{k}.data");
+    let observer = Command::new(udamon)
+        .args(["kdamond", "--json", "--duration", "4s", "--kdamond", &k.to_string()])
+        .args(["--record", &file])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let kernel = damon_admin::tried_regions(k)?;
+    let out = observer.wait_with_output()?;
+    if !out.status.success() {
+        bail!("udamon kdamond --kdamond {k} failed");
+    }
+    let sums: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|l| l["aggregation"].clone())
+        .collect();
+    let recorded = record::load(file.as_ref(), DEFAULT_MAX_INPUT)?.record;
+    let snapshots = &recorded.first().context("an empty record")?.snapshots;
+    let ranges = |r: &[(u64, u64, u64)]| r.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>();
+    let wanted = ranges(&kernel);
+    let same = snapshots
+        .iter()
+        .find(|s| s.regions.iter().map(|r| (r.start, r.end)).collect::<Vec<_>>() == wanted)
+        .with_context(|| {
+            format!(
+                "none of {} recorded aggregations has the kernel's {} regions",
+                snapshots.len(),
+                kernel.len()
+            )
+        })?;
+    let kernel_wss: u64 = kernel.iter().filter(|r| r.2 > 0).map(|r| r.1 - r.0).sum();
+    let total: u64 = kernel.iter().map(|r| r.1 - r.0).sum();
+    // The summed aggregation of the same regions (same count and bytes, same working set).
+    let ours = sums
+        .iter()
+        .find(|a| {
+            a["nr_regions"].as_u64() == Some(kernel.len() as u64)
+                && a["total_bytes"].as_u64() == Some(total)
+                && a["working_set_bytes"].as_u64() == Some(same.working_set(1))
+        })
+        .context("no summed aggregation matches the recorded one")?;
+    let ours_wss = ours["working_set_bytes"].as_u64().unwrap_or(0);
+    println!(
+        "{LINE} ops={ops} nr_regions={}/{} wss={ours_wss}/{kernel_wss} recorded={}",
+        ours["nr_regions"],
+        kernel.len(),
+        snapshots.len()
+    );
+    let off = ours_wss.abs_diff(kernel_wss) as f64 / kernel_wss.max(1) as f64;
+    if off > 0.01 && ours_wss.abs_diff(kernel_wss) > 4096 {
+        bail!("{ops}: working set {ours_wss} against the kernel's {kernel_wss}");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, udamon] = &args[..] else { bail!("usage: kdamond_check UDAMON") };
+    let (mut workload, layout) = damon_admin::spawn_workload(udamon)?;
+    let result = (|| -> Result<()> {
+        write("kdamonds/nr_kdamonds", "2")?;
+        damon_admin::setup(0, "vaddr", SAMPLE_US, AGGR_US, Some(layout.pid))?;
+        damon_admin::setup(1, "paddr", SAMPLE_US, AGGR_US, None)?;
+        for k in 0..2 {
+            write(&format!("kdamonds/{k}/state"), "on")?;
+        }
+        check(udamon, 0, "vaddr")?;
+        check(udamon, 1, "paddr")
+    })();
+    for k in 0..2 {
+        let _ = write(&format!("kdamonds/{k}/state"), "off");
+    }
+    let _ = workload.kill();
+    let _ = workload.wait();
+    result
+}
