@@ -67,6 +67,7 @@ fn check_json_is_one_json_document_whose_verdict_matches_the_exit_code() {
         "fentry",
         "transparent huge pages",
         "kernel DAMON (kdamond)",
+        "kernel DAMON to observe",
         "RLIMIT_MEMLOCK",
         "page-table layout",
     ] {
