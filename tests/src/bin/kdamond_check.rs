@@ -6,8 +6,8 @@
 //! per context. Usage: kdamond_check UDAMON
 
 use std::{
+    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -21,20 +21,24 @@ const LINE: &str = "UDAMON-VM-KDAMOND:";
 
 fn check(udamon: &str, k: u32, ops: &str) -> Result<()> {
     let file = format!("/tmp/kdamond-{k}.data");
-    let observer = Command::new(udamon)
-        .args(["kdamond", "--json", "--duration", "4s", "--kdamond", &k.to_string()])
+    let mut observer = Command::new(udamon)
+        .args(["kdamond", "--json", "--duration", "6s", "--kdamond", &k.to_string()])
         .args(["--record", &file])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-    std::thread::sleep(Duration::from_secs(2));
+    // The kernel's view is taken once udamon reports (start-up is slow under TCG): the
+    // aggregations around it are then recorded.
+    let mut lines = BufReader::new(observer.stdout.take().context("no pipe")?).lines();
+    let first = lines.next().context("udamon kdamond printed nothing")??;
     let kernel = damon_admin::tried_regions(k)?;
-    let out = observer.wait_with_output()?;
-    if !out.status.success() {
+    let mut printed = vec![first];
+    printed.extend(lines.map_while(Result::ok));
+    if !observer.wait()?.success() {
         bail!("udamon kdamond --kdamond {k} failed");
     }
-    let sums: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let sums: Vec<Value> = printed
+        .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .map(|l| l["aggregation"].clone())
         .collect();
