@@ -45,6 +45,44 @@ pub mod damon_aggregated {
     ];
 }
 
+/// `damon:damos_before_apply` (6.7+): a region handed to a scheme's action. The record is the same
+/// in every version that has it (7.3 changed the arguments, not the record).
+pub mod damos_before_apply {
+    pub const NAME: &str = "damos_before_apply";
+    pub const SCHEME_OFFSET: usize = 12;
+    pub const START_OFFSET: usize = 24;
+    pub const END_OFFSET: usize = 32;
+    pub const FIELDS: [(&str, usize); 3] =
+        [("scheme_idx", SCHEME_OFFSET), ("start", START_OFFSET), ("end", END_OFFSET)];
+}
+
+/// `damon:damos_esz` (6.17+): a scheme's effective size quota changed.
+pub mod damos_esz {
+    pub const NAME: &str = "damos_esz";
+    pub const SCHEME_OFFSET: usize = 12;
+    pub const ESZ_OFFSET: usize = 16;
+    pub const FIELDS: [(&str, usize); 2] = [("scheme_idx", SCHEME_OFFSET), ("esz", ESZ_OFFSET)];
+}
+
+/// A scheme of a kdamond: its thread id and the scheme's index in the context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SchemeKey {
+    pub pid: u32,
+    pub scheme: u32,
+}
+
+/// What a scheme was tried on so far (DAMOS's `nr_tried`, `sz_tried`), and its effective quota.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchemeSums {
+    pub tried_regions: u64,
+    pub tried_bytes: u64,
+    /// The last effective size quota in bytes; valid when `esz_seen` is 1.
+    pub esz: u64,
+    pub esz_seen: u64,
+}
+
 /// Set by userspace before attaching.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -24,7 +24,8 @@ pub mod names {
     pub const KDAMOND_ZERO: &str = "KDAMOND_ZERO";
     pub const KDAMOND_REGIONS: &str = "KDAMOND_REGIONS";
     pub const KDAMOND_LOST: &str = "KDAMOND_LOST";
-    pub const MAPS: [&str; 14] = [
+    pub const KDAMOND_SCHEMES: &str = "KDAMOND_SCHEMES";
+    pub const MAPS: [&str; 15] = [
         WALK_CONFIG,
         WALK_RESULTS,
         WALK_STATS,
@@ -39,6 +40,7 @@ pub mod names {
         KDAMOND_ZERO,
         KDAMOND_REGIONS,
         KDAMOND_LOST,
+        KDAMOND_SCHEMES,
     ];
 
     pub const WALK_ON_LOCK: &str = "walk_on_lock";
@@ -51,7 +53,9 @@ pub mod names {
     pub const PROBE_KPROBE: &str = "probe_kprobe";
     pub const PROBE_FENTRY: &str = "probe_fentry";
     pub const DAMON_AGGREGATED: &str = "damon_aggregated";
-    pub const PROGRAMS: [&str; 10] = [
+    pub const DAMOS_BEFORE_APPLY: &str = "damos_before_apply";
+    pub const DAMOS_ESZ: &str = "damos_esz";
+    pub const PROGRAMS: [&str; 12] = [
         WALK_ON_LOCK,
         PAGE_FAULT_USER,
         PEEK,
@@ -62,6 +66,8 @@ pub mod names {
         PROBE_KPROBE,
         PROBE_FENTRY,
         DAMON_AGGREGATED,
+        DAMOS_BEFORE_APPLY,
+        DAMOS_ESZ,
     ];
 
     /// The global the loader sets to its own process id, so probes ignore other processes.
@@ -273,4 +279,6 @@ mod pod {
     unsafe impl aya::Pod for super::kdamond::KdamondKey {}
     unsafe impl aya::Pod for super::kdamond::KdamondTarget {}
     unsafe impl aya::Pod for super::kdamond::KdamondRegion {}
+    unsafe impl aya::Pod for super::kdamond::SchemeKey {}
+    unsafe impl aya::Pod for super::kdamond::SchemeSums {}
 }

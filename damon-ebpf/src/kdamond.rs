@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use damon_common::kdamond::{
-    AGE_BUCKETS, Aggregate, KdamondConfig, KdamondKey, KdamondRegion, KdamondTarget, age_bucket,
-    damon_aggregated as tp,
+    AGE_BUCKETS, Aggregate, KdamondConfig, KdamondKey, KdamondRegion, KdamondTarget, SchemeKey,
+    SchemeSums, age_bucket, damon_aggregated as tp, damos_before_apply, damos_esz,
 };
 
 #[map]
@@ -33,6 +33,10 @@ static KDAMOND_REGIONS: RingBuf = RingBuf::with_byte_size(4096, 0);
 /// Region records dropped because the ring buffer was full.
 #[map]
 static KDAMOND_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per scheme: what it was tried on, its effective quota. Sized by the loader.
+#[map]
+static KDAMOND_SCHEMES: HashMap<SchemeKey, SchemeSums> = HashMap::with_max_entries(1, 0);
 
 #[tracepoint(category = "damon", name = "damon_aggregated")]
 pub fn damon_aggregated(ctx: TracePointContext) -> u32 {
@@ -145,4 +149,47 @@ fn intervals(config: &KdamondConfig) -> Option<[u64; 3]> {
         return None;
     }
     Some([read(ctx)?, read(ctx + 8)?, read(ctx + 16)?])
+}
+
+/// This kdamond's sums for the scheme the record names, created at its first event.
+fn scheme(ctx: &TracePointContext, offset: usize) -> Option<&'static mut SchemeSums> {
+    let config = KDAMOND_CONFIG.get(0)?;
+    let pid = crate::current_tid();
+    if config.pid != 0 && config.pid != pid {
+        return None;
+    }
+    // SAFETY: a field at an offset the loader checked against tracefs.
+    let scheme = unsafe { ctx.read_at::<u32>(offset) }.ok()?;
+    let key = SchemeKey { pid, scheme };
+    if KDAMOND_SCHEMES.get_ptr_mut(&key).is_none() {
+        KDAMOND_SCHEMES.insert(&key, &SchemeSums::default(), BPF_NOEXIST as u64).ok()?;
+    }
+    // SAFETY: a map value; a kdamond is one thread, so its schemes' values have one writer.
+    Some(unsafe { &mut *KDAMOND_SCHEMES.get_ptr_mut(&key)? })
+}
+
+#[tracepoint(category = "damon", name = "damos_before_apply")]
+pub fn damos_before_apply(ctx: TracePointContext) -> u32 {
+    let Some(sums) = scheme(&ctx, damos_before_apply::SCHEME_OFFSET) else { return 0 };
+    // SAFETY: fields at offsets the loader checked against tracefs.
+    let (start, end) = unsafe {
+        (
+            ctx.read_at::<u64>(damos_before_apply::START_OFFSET),
+            ctx.read_at::<u64>(damos_before_apply::END_OFFSET),
+        )
+    };
+    let (Ok(start), Ok(end)) = (start, end) else { return 0 };
+    sums.tried_regions += 1;
+    sums.tried_bytes += end.saturating_sub(start);
+    0
+}
+
+#[tracepoint(category = "damon", name = "damos_esz")]
+pub fn damos_esz(ctx: TracePointContext) -> u32 {
+    let Some(sums) = scheme(&ctx, damos_esz::SCHEME_OFFSET) else { return 0 };
+    // SAFETY: a field at an offset the loader checked against tracefs.
+    if let Ok(esz) = unsafe { ctx.read_at::<u64>(damos_esz::ESZ_OFFSET) } {
+        (sums.esz, sums.esz_seen) = (esz, 1);
+    }
+    0
 }

@@ -15,7 +15,7 @@ use tokio::signal::unix::SignalKind;
 use super::{Failure, emit, monitor::duration, options, targets::ServeArgs};
 use crate::{
     dataplane::kdamond::KdamondProbe,
-    kdamond::{self, Aggregation, Observer, metrics::KdamondMetrics, recorder::Recorder},
+    kdamond::{self, Aggregation, Observer, Scheme, metrics::KdamondMetrics, recorder::Recorder},
     output::{
         metrics::server,
         record::{Format, Intervals, writer::RecordWriter},
@@ -114,6 +114,9 @@ pub(super) fn run(args: KdamondArgs) -> Result<ExitCode, Failure> {
         };
         let probe = KdamondProbe::attach(pid, writer.is_some()).map_err(Failure::Runtime)?;
         drop(held);
+        if probe.scheme_events.is_empty() {
+            say!("udamon: this kernel has no DAMOS tracepoints (before 6.7): schemes are not followed");
+        }
         if !probe.live_intervals {
             say!("udamon: this kernel's BTF does not lead to a kdamond's context: intervals are sysfs's");
         }
@@ -137,26 +140,34 @@ pub(super) fn run(args: KdamondArgs) -> Result<ExitCode, Failure> {
                     writer.push_target(key.target.into(), snapshot).map_err(Failure::Runtime)?;
                 }
             }
-            let (new, gone) = observer.poll();
+            let polled = observer.poll();
             if let Some(shared) = &shared {
                 let mut m = shared.lock().expect("metrics lock");
-                new.iter().for_each(|a| m.update(a));
-                gone.iter().for_each(|(who, target)| m.remove(who, *target));
+                polled.aggregations.iter().for_each(|a| m.update(a));
+                polled.schemes.iter().for_each(|s| m.update_scheme(s));
+                for (who, targets, schemes) in &polled.gone {
+                    targets.iter().for_each(|&t| m.remove(who, t));
+                    schemes.iter().for_each(|&s| m.remove_scheme(who, s));
+                }
                 m.set_lost(observer.probe_mut().lost());
             }
-            observed += new.len() as u64;
+            observed += polled.aggregations.len() as u64;
             if args.quiet {
                 continue;
             }
             let mut text = String::new();
-            for a in &new {
-                text += &if args.json { json_line(a) } else { line(a) };
+            for a in &polled.aggregations {
+                text += &if args.json { json_line("aggregation", a) } else { line(a) };
             }
-            for (who, target) in &gone {
+            for s in &polled.schemes {
+                text += &if args.json { json_line("scheme", s) } else { scheme_line(s) };
+            }
+            for (who, targets, schemes) in &polled.gone {
                 text += &if args.json {
-                    format!("{}\n", serde_json::json!({"gone": {"kdamond": who.label(), "target": target}}))
+                    let gone = serde_json::json!({"kdamond": who.label(), "targets": targets, "schemes": schemes});
+                    format!("{}\n", serde_json::json!({ "gone": gone }))
                 } else {
-                    format!("kdamond {} target {target}: ended\n", who.label())
+                    format!("kdamond {}: ended\n", who.label())
                 };
             }
             emit(&text)?;
@@ -206,8 +217,20 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn json_line(a: &Aggregation) -> String {
-    format!("{}\n", serde_json::json!({ "aggregation": a }))
+fn json_line(kind: &str, value: &impl serde::Serialize) -> String {
+    format!("{}\n", serde_json::json!({ kind: value }))
+}
+
+fn scheme_line(s: &Scheme) -> String {
+    let quota =
+        s.quota_bytes.map(|q| format!(", effective quota {}", format_size(q))).unwrap_or_default();
+    format!(
+        "kdamond {} scheme {}: tried on {} regions, {} since attached{quota}\n",
+        s.who.label(),
+        s.scheme,
+        s.tried_regions,
+        format_size(s.tried_bytes),
+    )
 }
 
 fn line(a: &Aggregation) -> String {

@@ -4,10 +4,11 @@
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use super::{Aggregation, Identity};
+use super::{Aggregation, Identity, Scheme};
 use crate::output::metrics::{IDLE_QUANTILES, add, encode, registry, server::Exposition};
 
 const TARGET: [&str; 4] = ["kdamond", "context", "target", "ops"];
+const SCHEME: [&str; 4] = ["kdamond", "context", "scheme", "ops"];
 
 pub struct KdamondMetrics {
     registry: Registry,
@@ -21,12 +22,16 @@ pub struct KdamondMetrics {
     sample_interval: GaugeVec,
     aggregation_interval: GaugeVec,
     lost: IntCounter,
+    tried_regions: IntGaugeVec,
+    tried_bytes: IntGaugeVec,
+    quota: IntGaugeVec,
     /// Label values of the targets with series, to remove them with their kdamond.
     series: Vec<[String; 4]>,
 }
 
-fn labels(who: &Identity, target: u32) -> [String; 4] {
-    [who.label(), "0".into(), target.to_string(), who.ops.clone().unwrap_or_default()]
+/// Kdamond, context (kernels have one per kdamond), target or scheme index, ops.
+fn labels(who: &Identity, index: u32) -> [String; 4] {
+    [who.label(), "0".into(), index.to_string(), who.ops.clone().unwrap_or_default()]
 }
 
 impl Default for KdamondMetrics {
@@ -100,6 +105,37 @@ impl Default for KdamondMetrics {
                     "Regions the recording stream dropped because its ring buffer was full",
                 ),
             ),
+            // Gauges: they count from when udamon attached, which a restart resets.
+            tried_regions: add(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "udamon_damos_tried_regions",
+                        "Regions a DAMOS scheme's action was tried on since udamon attached (DAMOS nr_tried)",
+                    ),
+                    &SCHEME,
+                ),
+            ),
+            tried_bytes: add(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "udamon_damos_tried_bytes",
+                        "Bytes a DAMOS scheme's action was tried on since udamon attached (DAMOS sz_tried)",
+                    ),
+                    &SCHEME,
+                ),
+            ),
+            quota: add(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "udamon_damos_quota_effective_bytes",
+                        "A DAMOS scheme's effective size quota (kernels with damon:damos_esz, 6.17+)",
+                    ),
+                    &SCHEME,
+                ),
+            ),
             registry: r,
             series: Vec::new(),
         }
@@ -126,6 +162,25 @@ impl KdamondMetrics {
             self.series.push(values);
         }
         self.targets.set(self.series.len() as i64);
+    }
+
+    pub fn update_scheme(&mut self, s: &Scheme) {
+        let values = labels(&s.who, s.scheme);
+        let l: Vec<&str> = values.iter().map(String::as_str).collect();
+        self.tried_regions.with_label_values(&l).set(s.tried_regions as i64);
+        self.tried_bytes.with_label_values(&l).set(s.tried_bytes as i64);
+        if let Some(quota) = s.quota_bytes {
+            self.quota.with_label_values(&l).set(quota as i64);
+        }
+    }
+
+    /// Drops a scheme's series: its kdamond ended.
+    pub fn remove_scheme(&mut self, who: &Identity, scheme: u32) {
+        let values = labels(who, scheme);
+        let l: Vec<&str> = values.iter().map(String::as_str).collect();
+        for gauge in [&self.tried_regions, &self.tried_bytes, &self.quota] {
+            let _ = gauge.remove_label_values(&l);
+        }
     }
 
     /// Drops a target's series: its kdamond ended.
@@ -200,7 +255,25 @@ mod tests {
         ] {
             assert!(text.contains(&line), "no `{line}` in\n{text}");
         }
+        let scheme = Scheme {
+            who: who.clone(),
+            scheme: 1,
+            tried_regions: 40,
+            tried_bytes: 1 << 20,
+            quota_bytes: Some(4096),
+        };
+        m.update_scheme(&scheme);
+        let text = m.encode();
+        let l = r#"context="0",kdamond="0",ops="paddr",scheme="1""#;
+        for line in [
+            format!("udamon_damos_tried_regions{{{l}}} 40"),
+            format!("udamon_damos_tried_bytes{{{l}}} 1048576"),
+            format!("udamon_damos_quota_effective_bytes{{{l}}} 4096"),
+        ] {
+            assert!(text.contains(&line), "no `{line}` in\n{text}");
+        }
         m.remove(&who, 0);
+        m.remove_scheme(&who, 1);
         assert!(!m.encode().contains("kdamond=\"0\""));
     }
 }

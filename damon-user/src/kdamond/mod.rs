@@ -12,7 +12,9 @@ use std::{
 };
 
 use anyhow::Result;
-use damon_common::kdamond::{AGE_BUCKETS, Aggregate, KdamondKey, bucket_floor};
+use damon_common::kdamond::{
+    AGE_BUCKETS, Aggregate, KdamondKey, SchemeKey, SchemeSums, bucket_floor,
+};
 use serde::Serialize;
 
 use crate::{
@@ -68,10 +70,33 @@ pub struct Aggregation {
     pub idle_seconds: [f64; 3],
 }
 
+/// A DAMOS scheme of a kdamond: what it was tried on so far (DAMOS's `nr_tried` and `sz_tried`,
+/// counted from when udamon attached), and its effective size quota where the kernel traces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Scheme {
+    #[serde(flatten)]
+    pub who: Identity,
+    pub scheme: u32,
+    pub tried_regions: u64,
+    pub tried_bytes: u64,
+    pub quota_bytes: Option<u64>,
+}
+
+/// What one poll found.
+#[derive(Default)]
+pub struct Polled {
+    pub aggregations: Vec<Aggregation>,
+    /// Schemes whose sums changed.
+    pub schemes: Vec<Scheme>,
+    /// Kdamonds whose thread ended: their targets and schemes.
+    pub gone: Vec<(Identity, Vec<u32>, Vec<u32>)>,
+}
+
 pub struct Observer {
     probe: KdamondProbe,
     /// Complete aggregations already reported, per target.
     seen: BTreeMap<KdamondKey, u64>,
+    schemes: BTreeMap<SchemeKey, SchemeSums>,
     sysfs: Vec<Kdamond>,
     read_at: Instant,
 }
@@ -81,6 +106,7 @@ impl Observer {
         Self {
             probe,
             seen: BTreeMap::new(),
+            schemes: BTreeMap::new(),
             sysfs: damon_sysfs::kdamonds(),
             read_at: Instant::now(),
         }
@@ -90,17 +116,29 @@ impl Observer {
         &mut self.probe
     }
 
-    /// The aggregations completed since the last poll, and the targets whose kdamond ended.
-    pub fn poll(&mut self) -> (Vec<Aggregation>, Vec<(Identity, u32)>) {
-        let (mut new, mut gone) = (Vec::new(), Vec::new());
-        for (key, t) in self.probe.targets() {
-            if !alive(key.pid) {
-                self.probe.forget(&key);
-                if self.seen.remove(&key).is_some() {
-                    gone.push((self.identity(key.pid), key.target));
-                }
-                continue;
+    /// The aggregations completed since the last poll, schemes that changed, kdamonds gone.
+    pub fn poll(&mut self) -> Polled {
+        let mut polled = Polled::default();
+        let targets = self.probe.targets();
+        let schemes = self.probe.schemes();
+        let mut ended: Vec<u32> = targets.iter().map(|(k, _)| k.pid).collect();
+        ended.extend(schemes.iter().map(|(k, _)| k.pid));
+        ended.sort_unstable();
+        ended.dedup();
+        ended.retain(|&pid| !alive(pid));
+        for &pid in &ended {
+            self.probe.forget(pid);
+            let targets: Vec<u32> =
+                self.seen.keys().filter(|k| k.pid == pid).map(|k| k.target).collect();
+            let schemes: Vec<u32> =
+                self.schemes.keys().filter(|k| k.pid == pid).map(|k| k.scheme).collect();
+            self.seen.retain(|k, _| k.pid != pid);
+            self.schemes.retain(|k, _| k.pid != pid);
+            if !targets.is_empty() || !schemes.is_empty() {
+                polled.gone.push((self.identity(pid), targets, schemes));
             }
+        }
+        for (key, t) in targets.into_iter().filter(|(k, _)| !ended.contains(&k.pid)) {
             let seen = self.seen.get(&key).copied().unwrap_or(0);
             if t.complete == seen {
                 continue;
@@ -108,9 +146,22 @@ impl Observer {
             self.seen.insert(key, t.complete);
             let last = &t.slots[((t.complete - 1) & 1) as usize];
             let who = self.identity(key.pid);
-            new.push(self.aggregation(who, key.target, t.complete, t.complete - seen - 1, last));
+            let missed = t.complete - seen - 1;
+            polled.aggregations.push(self.aggregation(who, key.target, t.complete, missed, last));
         }
-        (new, gone)
+        for (key, sums) in schemes.into_iter().filter(|(k, _)| !ended.contains(&k.pid)) {
+            if self.schemes.insert(key, sums) == Some(sums) {
+                continue;
+            }
+            polled.schemes.push(Scheme {
+                who: self.identity(key.pid),
+                scheme: key.scheme,
+                tried_regions: sums.tried_regions,
+                tried_bytes: sums.tried_bytes,
+                quota_bytes: (sums.esz_seen != 0).then_some(sums.esz),
+            });
+        }
+        polled
     }
 
     fn aggregation(

@@ -46,16 +46,22 @@ fn check(udamon: &str, k: u32, ops: &str) -> Result<()> {
     let snapshots = &recorded.first().context("an empty record")?.snapshots;
     let ranges = |r: &[(u64, u64, u64)]| r.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>();
     let wanted = ranges(&kernel);
-    let same = snapshots
+    let Some(same) = snapshots
         .iter()
         .find(|s| s.regions.iter().map(|r| (r.start, r.end)).collect::<Vec<_>>() == wanted)
-        .with_context(|| {
-            format!(
-                "none of {} recorded aggregations has the kernel's {} regions",
-                snapshots.len(),
-                kernel.len()
-            )
-        })?;
+    else {
+        // Into the console log, to see how they differ.
+        eprintln!("kernel's regions: {wanted:x?}");
+        for s in snapshots {
+            let got: Vec<_> = s.regions.iter().map(|r| (r.start, r.end)).collect();
+            eprintln!("recorded at {} ns: {got:x?}", s.end_ns);
+        }
+        bail!(
+            "none of {} recorded aggregations has the kernel's {} regions",
+            snapshots.len(),
+            kernel.len()
+        );
+    };
     let kernel_wss: u64 = kernel.iter().filter(|r| r.2 > 0).map(|r| r.1 - r.0).sum();
     let total: u64 = kernel.iter().map(|r| r.1 - r.0).sum();
     // The summed aggregation of the same regions (same count and bytes, same working set).
