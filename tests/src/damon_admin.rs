@@ -36,8 +36,16 @@ pub fn setup(k: u32, ops: &str, sample_us: u64, aggr_us: u64, pid: Option<u32>) 
     write(&format!("{ctx}/monitoring_attrs/nr_regions/max"), "1000")?;
     // paddr has one target too, without a pid (its region: the largest System RAM block).
     write(&format!("{ctx}/targets/nr_targets"), "1")?;
-    if let Some(pid) = pid {
-        write(&format!("{ctx}/targets/0/pid_target"), &pid.to_string())?;
+    match pid {
+        Some(pid) => write(&format!("{ctx}/targets/0/pid_target"), &pid.to_string())?,
+        // Sysfs gives paddr no default region (damo writes one): the largest System RAM block.
+        None => {
+            let (start, end) = biggest_system_ram()?;
+            let regions = format!("{ctx}/targets/0/regions");
+            write(&format!("{regions}/nr_regions"), "1")?;
+            write(&format!("{regions}/0/start"), &start.to_string())?;
+            write(&format!("{regions}/0/end"), &end.to_string())?;
+        }
     }
     write(&format!("{ctx}/schemes/nr_schemes"), "1")?;
     write(&format!("{ctx}/schemes/0/action"), "stat")?;
@@ -45,6 +53,20 @@ pub fn setup(k: u32, ops: &str, sample_us: u64, aggr_us: u64, pid: Option<u32>) 
     write(&format!("{pattern}/sz/max"), &u64::MAX.to_string())?;
     write(&format!("{pattern}/nr_accesses/max"), &u32::MAX.to_string())?;
     write(&format!("{pattern}/age/max"), &u32::MAX.to_string())
+}
+
+/// The largest top-level `System RAM` range of /proc/iomem, end exclusive.
+fn biggest_system_ram() -> Result<(u64, u64)> {
+    let iomem = fs::read_to_string("/proc/iomem")?;
+    iomem
+        .lines()
+        .filter(|l| !l.starts_with(' ') && l.ends_with(": System RAM"))
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            Some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()? + 1))
+        })
+        .max_by_key(|(start, end)| end - start)
+        .context("no System RAM in /proc/iomem")
 }
 
 /// The regions kdamond `k` holds now, `(start, end, nr_accesses)` in address order, through

@@ -174,7 +174,7 @@ fn bench(tools: &setup::TestTools) -> Result<()> {
             tools,
         ))?;
     }
-    Ok(())
+    vm::bench()
 }
 
 /// The cargo that runs xtask (stable), for the workspace's host crates.

@@ -10,7 +10,7 @@ use clap::{
     builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _},
 };
 use damon_engine::{
-    Attrs, CoreVersion, Sampling, SplitPolicy,
+    Attrs, CoreVersion, IntervalsGoal, Sampling, SplitPolicy,
     units::{Micros, parse_duration_us},
 };
 use serde::Deserialize;
@@ -60,9 +60,15 @@ pub struct MonitoringArgs {
     /// hurries its page towards reclaim; the others read unknown; `off`: never [default: 10].
     #[arg(long, value_name = "PERCENT|off")]
     pub reclaim_backoff: Option<String>,
+    /// DAMON's intervals auto-tuning, as damo takes it: aim for ACCESS_BP of the accesses an
+    /// aggregation could observe (basis points, or a percentage like 4%), retuning the sample
+    /// interval within [MIN_SAMPLE, MAX_SAMPLE] every AGGRS aggregations (the aggregation interval
+    /// keeps its number of samples). E.g. `4% 3 5ms 10s`; off by default.
+    #[arg(long = "monitoring_intervals_goal", alias = "monitoring-intervals-goal", num_args = 4, value_names = ["ACCESS_BP", "AGGRS", "MIN_SAMPLE", "MAX_SAMPLE"])]
+    pub intervals_goal: Option<Vec<String>>,
     /// A TOML file with any of the options above (sample, aggr, updr, minr, maxr, split-policy,
-    /// sampling, seed, core-version, reclaim-backoff); options given on the command line
-    /// override it.
+    /// sampling, seed, core-version, reclaim-backoff, and monitoring-intervals-goal as one
+    /// string, e.g. "4% 3 5ms 10s"); options given on the command line override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -86,6 +92,7 @@ struct ConfigFile {
     seed: Option<u64>,
     core_version: Option<CoreVersion>,
     reclaim_backoff: Option<BackoffValue>,
+    monitoring_intervals_goal: Option<String>,
 }
 
 /// `reclaim-backoff` in the file: a percentage, or "off".
@@ -110,6 +117,7 @@ pub struct Settings {
     pub seed: Option<u64>,
     /// `Some(None)`: backoff off.
     pub reclaim_backoff: Option<Option<f64>>,
+    pub intervals_goal: Option<IntervalsGoal>,
 }
 
 impl MonitoringArgs {
@@ -138,6 +146,17 @@ impl MonitoringArgs {
             sampling: self.sampling.or(file.sampling),
             version: self.core_version.or(file.core_version),
             seed: self.seed.or(file.seed),
+            intervals_goal: match (&self.intervals_goal, &file.monitoring_intervals_goal) {
+                (Some(words), _) => Some(
+                    intervals_goal(&words.iter().map(String::as_str).collect::<Vec<_>>())
+                        .context("--monitoring_intervals_goal")?,
+                ),
+                (None, Some(text)) => Some(
+                    intervals_goal(&text.split_whitespace().collect::<Vec<_>>())
+                        .context("--config: monitoring-intervals-goal")?,
+                ),
+                (None, None) => None,
+            },
             reclaim_backoff: match (&self.reclaim_backoff, file.reclaim_backoff) {
                 (Some(text), _) => Some(backoff(text).context("--reclaim-backoff")?),
                 (None, Some(BackoffValue::Percent(p))) => {
@@ -183,6 +202,7 @@ impl Settings {
         set(&mut attrs.ops_update_us, self.updr_us);
         attrs.min_nr_regions = self.minr.unwrap_or(attrs.min_nr_regions);
         attrs.max_nr_regions = self.maxr.unwrap_or(attrs.max_nr_regions);
+        attrs.intervals_goal = self.intervals_goal.unwrap_or(attrs.intervals_goal);
     }
 
     /// Validated attributes (udamon's defaults under the options) and the rest of a monitoring
@@ -200,6 +220,32 @@ impl Settings {
             reclaim_backoff: self.reclaim_backoff.unwrap_or(Some(DEFAULT_RECLAIM_BACKOFF)),
         })
     }
+}
+
+/// `ACCESS_BP AGGRS MIN_SAMPLE MAX_SAMPLE`, damo's order and units (a bare interval is in µs).
+fn intervals_goal(words: &[&str]) -> Result<IntervalsGoal> {
+    let [bp, aggrs, min, max] = words else {
+        bail!("expected ACCESS_BP AGGRS MIN_SAMPLE MAX_SAMPLE, e.g. `4% 3 5ms 10s`");
+    };
+    let access_bp = match bp.strip_suffix('%') {
+        Some(percent) => percent.parse::<f64>().ok().map(|p| (p * 100.0).round()),
+        None => bp.parse::<u32>().ok().map(f64::from),
+    };
+    let access_bp = match access_bp {
+        Some(bp) if bp >= 1.0 && bp <= 10_000.0 => bp as u32,
+        _ => bail!("access goal `{bp}`: give 1 to 10000 basis points, or a percentage up to 100%"),
+    };
+    let Ok(aggrs @ 1..) = aggrs.parse::<u32>() else {
+        bail!("`{aggrs}`: give the aggregations between tunings, at least 1");
+    };
+    let (min_sample_us, max_sample_us) = (
+        positive_interval(min, "monitoring_intervals_goal")?,
+        positive_interval(max, "monitoring_intervals_goal")?,
+    );
+    if min_sample_us > max_sample_us {
+        bail!("the sample interval's range {min}..{max} is empty");
+    }
+    Ok(IntervalsGoal { access_bp, aggrs, min_sample_us, max_sample_us })
 }
 
 /// A backoff threshold: "off", or a percentage above 0 and at most 100.

@@ -82,15 +82,52 @@ pub fn run(names: &[String], inject_failure: bool) -> Result<()> {
     Ok(())
 }
 
-/// Static binaries (glibc with crt-static), and the guest's steps over them.
-fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
-    let flags =
-        ("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static");
+const STATIC: (&str, &str) =
+    ("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static");
+
+/// Builds udamon and the `tests` crate's `programs` static (glibc with crt-static), and starts
+/// an archive with busybox, the mount points and udamon at its host path (where the tests look:
+/// CARGO_BIN_EXE_udamon); the programs go to `/NAME`. Returns udamon's path.
+fn base_archive(busybox: &Path, programs: &[&str]) -> Result<(Archive, String)> {
     crate::run_command(
         crate::cargo()
             .args(["build", "--release", "--target", TARGET, "-p", "damon-user", "--bin", "udamon"])
-            .env(flags.0, flags.1),
+            .env(STATIC.0, STATIC.1),
     )?;
+    let mut build = crate::cargo();
+    build.args(["build", "--release", "--target", TARGET, "-p", "tests"]);
+    for program in programs {
+        build.args(["--bin", program]);
+    }
+    crate::run_command(build.env(STATIC.0, STATIC.1))?;
+    let mut archive = Archive::new();
+    archive.copy("/bin/busybox", busybox)?;
+    for dir in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+        "/sys/kernel/tracing",
+        "/sys/fs/bpf",
+        "/sys/fs/cgroup",
+        "/etc",
+    ] {
+        archive.dir(dir);
+    }
+    let udamon = std::path::absolute(format!("target/{TARGET}/release/udamon"))?;
+    let udamon_path = udamon.to_str().context("a UTF-8 path")?.to_owned();
+    archive.copy(&udamon_path, &udamon)?;
+    for program in programs {
+        let built = std::path::absolute(format!("target/{TARGET}/release/{program}"))?;
+        archive.copy(&format!("/{program}"), &built)?;
+    }
+    Ok((archive, udamon_path))
+}
+
+/// Static binaries, and the guest's steps over them.
+fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
+    let (mut archive, udamon_path) = base_archive(busybox, &["side_by_side", "kdamond_check"])?;
+    let udamon_path = udamon_path.as_str();
     let mut build = crate::cargo();
     build.args([
         "test",
@@ -108,7 +145,7 @@ fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
         build.args(["--test", test]);
     }
     let out = build
-        .env(flags.0, flags.1)
+        .env(STATIC.0, STATIC.1)
         .stderr(Stdio::inherit())
         .output()
         .context("cannot run cargo")?;
@@ -124,42 +161,6 @@ fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
     if tests.len() != GUEST_TESTS.len() {
         bail!("expected {} test binaries, cargo built {tests:?}", GUEST_TESTS.len());
     }
-    crate::run_command(
-        crate::cargo()
-            .args([
-                "build",
-                "--release",
-                "--target",
-                TARGET,
-                "-p",
-                "tests",
-                "--bin",
-                "side_by_side",
-                "--bin",
-                "kdamond_check",
-            ])
-            .env(flags.0, flags.1),
-    )?;
-    let udamon = std::path::absolute(format!("target/{TARGET}/release/udamon"))?;
-    let side_by_side = std::path::absolute(format!("target/{TARGET}/release/side_by_side"))?;
-    let kdamond_check = std::path::absolute(format!("target/{TARGET}/release/kdamond_check"))?;
-    let mut archive = Archive::new();
-    archive.copy("/bin/busybox", busybox)?;
-    for dir in [
-        "/proc",
-        "/sys",
-        "/dev",
-        "/tmp",
-        "/sys/kernel/tracing",
-        "/sys/fs/bpf",
-        "/sys/fs/cgroup",
-        "/etc",
-    ] {
-        archive.dir(dir);
-    }
-    // The tests find udamon where cargo put it (CARGO_BIN_EXE_udamon): the same path inside.
-    let udamon_path = udamon.to_str().context("a UTF-8 path")?;
-    archive.copy(udamon_path, &udamon)?;
     for program in HOST_PROGRAMS {
         copy_dynamic(&mut archive, Path::new(program))?;
     }
@@ -181,12 +182,10 @@ fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
     }
     steps.push(format!("{udamon_path} demo --duration 8s --every 20"));
     // Beside the kernel's own DAMON, where the kernel has it (6.12, 7.2).
-    archive.copy("/side_by_side", &side_by_side)?;
     steps.push(format!(
         "if [ -d /sys/kernel/mm/damon/admin ]; then /side_by_side {udamon_path} {SIDE_BY_SIDE_SECONDS}; else echo '{SIDE} no kernel DAMON here'; fi"
     ));
     // udamon kdamond against the kernel's own view of a vaddr and a paddr context.
-    archive.copy("/kdamond_check", &kdamond_check)?;
     steps.push(format!(
         "if [ -d /sys/kernel/mm/damon/admin ]; then /kdamond_check {udamon_path}; else echo '{KDAMOND} no kernel DAMON here'; fi"
     ));
@@ -195,6 +194,38 @@ fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
     }
     archive.file("/init", &initramfs::init_script(&steps), 0o755);
     initramfs::write(initrd, archive)
+}
+
+/// The kernels with DAMON the bench boots.
+const BENCH_KERNELS: [&str; 2] = ["6.12", "7.2"];
+const KDAMOND_COST: &str = "UDAMON-VM-KDAMOND-COST:";
+/// Seconds per measured phase.
+const KDAMOND_COST_SECONDS: u32 = 10;
+
+/// `cargo xtask bench`'s guest part: what observing the kernel's DAMON costs a kdamond
+/// (`tests/src/bin/kdamond_cost.rs`), on each kernel with DAMON; prints its lines.
+pub fn bench() -> Result<()> {
+    let busybox = crate::setup::vm_tools()?;
+    let work = std::path::absolute("target/vm")?;
+    std::fs::create_dir_all(&work)?;
+    let initrd = work.join("initrd-bench.cpio");
+    let (mut archive, udamon) = base_archive(&busybox, &["kdamond_cost"])?;
+    let steps = [format!("/kdamond_cost {udamon} {KDAMOND_COST_SECONDS}")];
+    archive.file("/init", &initramfs::init_script(&steps), 0o755);
+    initramfs::write(&initrd, archive)?;
+    for name in BENCH_KERNELS {
+        let kernel = kernels::by_name(name)?;
+        let log = work.join(format!("console-bench-{name}.log"));
+        let verdict = boot(&kernel.vmlinuz(&work.join("kernels"))?, &initrd, &log)?;
+        let console = std::fs::read_to_string(&log).unwrap_or_default();
+        for line in console.lines().filter_map(|l| l.strip_prefix(KDAMOND_COST)) {
+            println!("kdamond cost, kernel {name}: {}", line.trim());
+        }
+        if verdict != Verdict::Pass {
+            bail!("the kdamond cost bench failed on kernel {name} (console: {})", log.display());
+        }
+    }
+    Ok(())
 }
 
 /// Packs a dynamically linked host program with the libraries `ldd` names, at their host paths.
