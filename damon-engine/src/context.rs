@@ -124,6 +124,9 @@ pub struct Context {
     sz_limit: u64,
     /// `passed` at the last aggregation: window ticks count from it.
     window_start: u64,
+    /// The attributes the last aggregation's window was sampled with (tuning may since have
+    /// changed the intervals, as the kernel does before it reports the aggregation).
+    window_attrs: Attrs,
     /// The `stride_log`s in use, as bits (see `note_strides`).
     strides: u32,
     /// Whether the operations or a dropped target changed the regions since the size limit was
@@ -155,6 +158,7 @@ impl Context {
             next_tune: 0,
             sz_limit: 0,
             window_start: 0,
+            window_attrs: config.attrs,
             strides: 1,
             regions_changed: true,
             policy: config.policy.build(),
@@ -168,6 +172,11 @@ impl Context {
 
     pub fn attrs(&self) -> &Attrs {
         &self.config.attrs
+    }
+
+    /// The attributes the last aggregation was sampled with: what its report is on.
+    pub fn window_attrs(&self) -> &Attrs {
+        &self.window_attrs
     }
 
     pub fn targets(&self) -> &[Target] {
@@ -312,6 +321,7 @@ impl Context {
         on_aggregated: impl FnOnce(&Self),
     ) {
         let attrs = self.config.attrs;
+        self.window_attrs = attrs;
         let aggregation = self.counters.aggregations as u32;
         let max_threshold = match self.config.version {
             CoreVersion::Newest => attrs.samples_per_aggr(),

@@ -72,7 +72,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The context's regions at an aggregation whose window ran from `started` to `elapsed`.
     pub fn of(ctx: &Context, started: Duration, elapsed: Duration, stats: SamplerStats) -> Self {
-        let attrs = ctx.attrs();
+        let attrs = ctx.window_attrs();
         let samples = attrs.samples_per_aggr();
         let region = |r: &damon_engine::Region| Region {
             start: r.start,

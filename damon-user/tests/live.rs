@@ -403,3 +403,49 @@ fn the_data_plane_is_loaded_once_per_process() {
         assert!(maps.iter().any(|m| m == name), "no {name}: {maps:?}");
     }
 }
+
+/// `--monitoring_intervals_goal`: an idle target observes far fewer accesses than the goal, so
+/// DAMON's tuner lengthens the sample interval up to the goal's maximum, the aggregation keeping
+/// its number of samples; the live view and the record carry each aggregation's intervals.
+#[test]
+fn intervals_auto_tuning_lengthens_an_idle_targets_intervals() {
+    if !privileged("intervals_auto_tuning_lengthens_an_idle_targets_intervals") {
+        return;
+    }
+    let target = Sleeper::new();
+    let goal = ["--monitoring_intervals_goal", "4%", "1", "5ms", "20ms"];
+    let out = udamon()
+        .args(["monitor", "--json", "--duration", "2s", &target.pid()])
+        .args(goal)
+        .output()
+        .unwrap();
+    let intervals: Vec<(u64, u64)> = succeed(out)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["sample_us"].as_u64().unwrap(), v["aggr_us"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(intervals.first(), Some(&(5000, 100_000)), "{intervals:?}");
+    assert!(intervals.iter().all(|&(s, a)| a == 20 * s && (5000..=20_000).contains(&s)));
+    assert!(
+        intervals.iter().any(|&(s, _)| s == 20_000),
+        "never reached the maximum: {intervals:?}"
+    );
+    let file = scratch("intervals_goal").join("damon.json");
+    let out = udamon()
+        .args(["record", "--format", "json", "--duration", "2s", "-o"])
+        .arg(&file)
+        .args(goal)
+        .arg(target.pid())
+        .output()
+        .unwrap();
+    succeed(out);
+    let record: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let recorded: Vec<&Value> = record[0]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["sample_interval_us"])
+        .collect();
+    assert!(recorded.iter().any(|s| s.as_u64() == Some(20_000)), "{recorded:?}");
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}

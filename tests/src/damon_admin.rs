@@ -6,6 +6,7 @@ use std::{
     fs,
     io::BufRead as _,
     process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -70,12 +71,27 @@ fn biggest_system_ram() -> Result<(u64, u64)> {
 }
 
 /// The regions kdamond `k` holds now, `(start, end, nr_accesses)` in address order, through
-/// its `stat` scheme's tried regions.
+/// its `stat` scheme's tried regions. Before damos_walk (6.14) the request returns once the
+/// kdamond took it and the regions fill, one by one, at its next scheme application: they are
+/// waited for until two reads agree.
 pub fn tried_regions(k: u32) -> Result<Vec<(u64, u64, u64)>> {
     write(&format!("kdamonds/{k}/state"), "update_schemes_tried_regions")?;
     let dir = format!("{ADMIN}/kdamonds/{k}/contexts/0/schemes/0/tried_regions");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = read_tried(&dir)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = read_tried(&dir)?;
+        if (!now.is_empty() && now == last) || Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+fn read_tried(dir: &str) -> Result<Vec<(u64, u64, u64)>> {
     let mut regions = Vec::new();
-    for entry in fs::read_dir(&dir)?.flatten() {
+    for entry in fs::read_dir(dir)?.flatten() {
         let p = entry.path();
         if !p.is_dir() {
             continue;
@@ -86,15 +102,4 @@ pub fn tried_regions(k: u32) -> Result<Vec<(u64, u64, u64)>> {
     }
     regions.sort_unstable();
     Ok(regions)
-}
-
-/// The demo's workload, started through `udamon workload`, and the layout it prints first.
-pub fn spawn_workload(udamon: &str) -> Result<(Child, Layout)> {
-    let mut workload = Command::new(udamon)
-        .args(["workload", "--phase-change", "1h"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufReader::new(workload.stdout.take().context("no pipe")?).read_line(&mut line)?;
-    Ok((workload, serde_json::from_str(&line)?))
 }

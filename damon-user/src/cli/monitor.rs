@@ -155,6 +155,8 @@ fn view(
     let mut out = String::new();
     for target in &s.targets {
         let Some(recorded) = RecordedSnapshot::of(s, target.pid as u64) else { continue };
+        // The intervals of this aggregation: auto-tuning changes them.
+        let intervals = &Intervals { sample_us: s.sample_us, aggr_us: s.aggr_us, ..*intervals };
         let report =
             access::report(target.pid as u64, s.aggregation as usize, &recorded, intervals);
         if args.json {
@@ -163,6 +165,8 @@ fn view(
             // Since monitoring began: a window with late ticks ran longer than the interval.
             value["ticks"] = s.stats.ticks.into();
             value["late_ticks"] = s.stats.late_ticks.into();
+            value["sample_us"] = s.sample_us.into();
+            value["aggr_us"] = s.aggr_us.into();
             out.push_str(&(value.to_string() + "\n"));
         } else {
             out.push_str(&access::render(

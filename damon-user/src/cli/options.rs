@@ -281,6 +281,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn intervals_goals_read_as_damo_writes_them() {
+        let goal = |text: &str| intervals_goal(&text.split_whitespace().collect::<Vec<_>>());
+        let want = IntervalsGoal {
+            access_bp: 400,
+            aggrs: 3,
+            min_sample_us: 5000,
+            max_sample_us: 10_000_000,
+        };
+        assert_eq!(goal("4% 3 5ms 10s").unwrap(), want);
+        assert_eq!(goal("400 3 5000 10000000").unwrap(), want);
+        for (bad, says) in [
+            ("4% 3 5ms", "expected ACCESS_BP AGGRS MIN_SAMPLE MAX_SAMPLE"),
+            ("0 3 5ms 10s", "access goal `0`"),
+            ("101% 3 5ms 10s", "access goal `101%`"),
+            ("4% 0 5ms 10s", "`0`: give the aggregations"),
+            ("4% 3 10s 5ms", "range 10s..5ms is empty"),
+            ("4% 3 0 5ms", "the interval must be positive"),
+        ] {
+            let err = format!("{:#}", goal(bad).unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn the_command_line_overrides_the_config_file() {
         let path = std::env::temp_dir().join(format!("udamon-config-{}.toml", std::process::id()));
         std::fs::write(&path, "sample = \"10ms\"\naggr = \"200ms\"\nmaxr = 500\nsplit-policy = \"fraction\"\nseed = 7\n").unwrap();

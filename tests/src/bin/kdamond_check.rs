@@ -22,7 +22,7 @@ const LINE: &str = "UDAMON-VM-KDAMOND:";
 fn check(udamon: &str, k: u32, ops: &str) -> Result<()> {
     let file = format!("/tmp/kdamond-{k}.data");
     let mut observer = Command::new(udamon)
-        .args(["kdamond", "--json", "--duration", "6s", "--kdamond", &k.to_string()])
+        .args(["kdamond", "--json", "--duration", "12s", "--kdamond", &k.to_string()])
         .args(["--record", &file])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -152,7 +152,7 @@ fn to_json(target: &TargetRecord) -> JsonTarget {
                     .collect(),
                 total_bytes: Some(Number(s.total_bytes() as i128)),
                 damos_stats: None,
-                sample_interval_us: None,
+                sample_interval_us: s.sample_us.map(|us| Number(us as i128)),
             })
             .collect(),
         data_source: Some("udamon".to_owned()),
@@ -249,7 +249,8 @@ fn snapshot(
         Some(t) => t.unsigned("start_time")?,
         None => end_ns.saturating_sub(intervals.map_or(0, |i| i.aggr_us * 1000)),
     };
-    Ok(Some(RecordedSnapshot { start_ns, end_ns, regions }))
+    let sample_us = s.sample_interval_us.map(|us| us.unsigned("sample_interval_us")).transpose()?;
+    Ok(Some(RecordedSnapshot { start_ns, end_ns, regions, sample_us }))
 }
 
 // What a number's text may carry as a unit.

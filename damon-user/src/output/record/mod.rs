@@ -27,6 +27,9 @@ pub struct RecordedSnapshot {
     pub start_ns: u64,
     pub end_ns: u64,
     pub regions: Vec<Region>,
+    /// The sample interval of this snapshot where it is known to vary (auto-tuned intervals),
+    /// in µs; `None`: the record's.
+    pub sample_us: Option<u64>,
 }
 
 impl RecordedSnapshot {
@@ -96,6 +99,7 @@ impl RecordedSnapshot {
             start_ns: snapshot.started.as_nanos() as u64,
             end_ns: snapshot.elapsed.as_nanos() as u64,
             regions: target.regions.clone(),
+            sample_us: Some(snapshot.sample_us),
         })
     }
 }
@@ -294,6 +298,7 @@ pub(crate) mod tests {
                 }),
                 snapshots: vec![
                     RecordedSnapshot {
+                        sample_us: None,
                         start_ns: 0,
                         end_ns: 100_000_000,
                         regions: vec![
@@ -302,6 +307,7 @@ pub(crate) mod tests {
                         ],
                     },
                     RecordedSnapshot {
+                        sample_us: None,
                         start_ns: 100_000_000,
                         end_ns: 200_000_000,
                         regions: vec![
@@ -319,6 +325,7 @@ pub(crate) mod tests {
                     ops_update_us: 1_000_000,
                 }),
                 snapshots: vec![RecordedSnapshot {
+                    sample_us: None,
                     start_ns: 0,
                     end_ns: 100_000_000,
                     regions: vec![region(0x7f00_0000_0000, 0x7f00_0020_0000, 7, 9)],

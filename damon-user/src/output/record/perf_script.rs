@@ -73,7 +73,12 @@ pub fn parse(text: &str) -> Result<Vec<TargetRecord>> {
             None => {
                 open.push(Open {
                     target_id,
-                    snapshot: RecordedSnapshot { start_ns: 0, end_ns, regions: vec![] },
+                    snapshot: RecordedSnapshot {
+                        start_ns: 0,
+                        end_ns,
+                        regions: vec![],
+                        sample_us: None,
+                    },
                     expected: nr_regions,
                     line: number,
                 });
