@@ -232,7 +232,7 @@ fn intervals_goal(words: &[&str]) -> Result<IntervalsGoal> {
         None => bp.parse::<u32>().ok().map(f64::from),
     };
     let access_bp = match access_bp {
-        Some(bp) if bp >= 1.0 && bp <= 10_000.0 => bp as u32,
+        Some(bp) if (1.0..=10_000.0).contains(&bp) => bp as u32,
         _ => bail!("access goal `{bp}`: give 1 to 10000 basis points, or a percentage up to 100%"),
     };
     let Ok(aggrs @ 1..) = aggrs.parse::<u32>() else {
