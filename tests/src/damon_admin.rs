@@ -103,3 +103,14 @@ fn read_tried(dir: &str) -> Result<Vec<(u64, u64, u64)>> {
     regions.sort_unstable();
     Ok(regions)
 }
+
+/// The demo's workload, started through `udamon workload`, and the layout it prints first.
+pub fn spawn_workload(udamon: &str) -> Result<(Child, Layout)> {
+    let mut workload = Command::new(udamon)
+        .args(["workload", "--phase-change", "1h"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(workload.stdout.take().context("no pipe")?).read_line(&mut line)?;
+    Ok((workload, serde_json::from_str(&line)?))
+}
