@@ -38,7 +38,7 @@ impl Folio {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Leaf {
-    /// No record came back (the walk did not run, or the ring buffer was full).
+    /// No result came back: the walk did not run.
     #[default]
     Missing,
     /// Not mapped: an entry on the way was not present.
