@@ -44,7 +44,10 @@ enum Cmd {
         inject_vm_failure: bool,
     },
     /// Run the benchmarks and print their figures.
-    Bench,
+    Bench {
+        /// Only these (engine, vaddr, records, metrics, reclaim, cost, kdamond); default: all.
+        names: Vec<String>,
+    },
     /// Boot Debian kernels under QEMU and run udamon's checks and privileged tests in each.
     VmTest {
         /// Kernels to test (6.1, 6.12, 7.2); default: all.
@@ -70,7 +73,9 @@ fn main() {
             Cmd::Test { inject_vm_failure } => setup::run()
                 .and_then(|()| test(&setup::test_tools()?))
                 .and_then(|()| vm::run(&[], inject_vm_failure)),
-            Cmd::Bench => setup::run().and_then(|()| bench(&setup::test_tools()?)),
+            Cmd::Bench { names } => {
+                setup::run().and_then(|()| bench(&setup::test_tools()?, &names))
+            }
             Cmd::VmTest { kernels, inject_failure } => {
                 setup::run().and_then(|()| vm::run(&kernels, inject_failure))
             }
@@ -160,7 +165,9 @@ fn with_tools<'a>(command: &'a mut Command, tools: &setup::TestTools) -> &'a mut
 }
 
 /// Every benchmark, each printing its figures; docs/benchmarks.md quotes them beside this command.
-fn bench(tools: &setup::TestTools) -> Result<()> {
+/// The host benches, then the guests' (`kdamond`), or only those named.
+fn bench(tools: &setup::TestTools, names: &[String]) -> Result<()> {
+    let wanted = |name: &str| names.is_empty() || names.iter().any(|n| n == name);
     for (package, bench) in [
         ("damon-engine", "engine"),
         ("damon-user", "vaddr"),
@@ -169,12 +176,14 @@ fn bench(tools: &setup::TestTools) -> Result<()> {
         ("damon-user", "reclaim"),
         ("damon-user", "cost"),
     ] {
-        run_command(with_tools(
-            cargo().args(["bench", "--package", package, "--bench", bench]),
-            tools,
-        ))?;
+        if wanted(bench) {
+            run_command(with_tools(
+                cargo().args(["bench", "--package", package, "--bench", bench]),
+                tools,
+            ))?;
+        }
     }
-    vm::bench()
+    if wanted("kdamond") { vm::bench() } else { Ok(()) }
 }
 
 /// The cargo that runs xtask (stable), for the workspace's host crates.
