@@ -11,8 +11,9 @@ pub mod kdamond;
 /// them, and a test checks the built object against this list.
 pub mod names {
     pub const WALK_CONFIG: &str = "WALK_CONFIG";
-    pub const WALK_OUT: &str = "WALK_OUT";
+    pub const WALK_RESULTS: &str = "WALK_RESULTS";
     pub const WALK_STATS: &str = "WALK_STATS";
+    pub const WALK_SCRATCH: &str = "WALK_SCRATCH";
     pub const FAULT_TARGETS: &str = "FAULT_TARGETS";
     pub const FAULT_EVENTS: &str = "FAULT_EVENTS";
     pub const FAULT_LOST: &str = "FAULT_LOST";
@@ -24,10 +25,11 @@ pub mod names {
     pub const KDAMOND_REGIONS: &str = "KDAMOND_REGIONS";
     pub const KDAMOND_LOST: &str = "KDAMOND_LOST";
     pub const KDAMOND_SCHEMES: &str = "KDAMOND_SCHEMES";
-    pub const MAPS: [&str; 14] = [
+    pub const MAPS: [&str; 15] = [
         WALK_CONFIG,
-        WALK_OUT,
+        WALK_RESULTS,
         WALK_STATS,
+        WALK_SCRATCH,
         FAULT_TARGETS,
         FAULT_EVENTS,
         FAULT_LOST,
@@ -219,14 +221,16 @@ pub struct WalkResult {
     pub entry: u64,
 }
 
-/// Where the walker leaves its results, in an mmap-able array map the sampler reads straight
-/// from its mapping once the call returns: no system call, no ring buffer to fill up or lock.
-/// `seq` is the request walked, written after the results.
+/// Results travel in batches: one ring-buffer record per `WALK_BATCH` addresses.
+pub const WALK_BATCH: usize = 16;
+
+/// The results for `addrs[first..first + count]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct WalkOut {
-    pub seq: u64,
-    pub results: [WalkResult; MAX_WALK],
+pub struct WalkRecord {
+    pub first: u32,
+    pub count: u32,
+    pub results: [WalkResult; WALK_BATCH],
 }
 
 /// No mapping: an entry on the way was not present.
@@ -246,6 +250,8 @@ pub struct WalkStats {
     pub walks: u64,
     pub addresses: u64,
     pub nanoseconds: u64,
+    /// Addresses whose results found the ring buffer full.
+    pub lost: u64,
 }
 
 /// `peek` test-run operations: arguments `[op, address]`; the answer lands in `PEEK_OUT`.
@@ -265,7 +271,7 @@ mod pod {
     // SAFETY: all `#[repr(C)]` plain integers without implicit padding.
     unsafe impl aya::Pod for super::FaultRecord {}
     unsafe impl aya::Pod for super::WalkConfig {}
-    unsafe impl aya::Pod for super::WalkOut {}
+    unsafe impl aya::Pod for super::WalkRecord {}
     unsafe impl aya::Pod for super::WalkResult {}
     unsafe impl aya::Pod for super::WalkStats {}
     unsafe impl aya::Pod for super::PeekResult {}

@@ -2,38 +2,44 @@
 //! takes the target's mmap lock in the sampler's context, before touching any page-table entry:
 //! this tp_btf program fires there, with the target's `mm`, and walks its page tables for the
 //! requested addresses, which it reads from the sampler's own memory. One result per address
-//! goes to an mmap-able array the sampler reads after its call; for a page about to be cleared
-//! it also looks up the page's folio, so that a clear of a large folio covers all of it (part of
-//! one would split it).
+//! goes to the ring buffer; for a page about to be cleared it also looks up the page's folio,
+//! so that a clear of a large folio covers all of it (part of one would split it).
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_F_MMAPABLE,
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::{
         bpf_get_current_task, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel,
         bpf_probe_read_user,
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, PerCpuArray},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use damon_common::{
     FOLIO_INDEX_MASK, FOLIO_INDEX_SHIFT, FOLIO_LOOKED_UP, FOLIO_ORDER_MASK, FOLIO_WHOLE_OK,
     FolioLayout, LEAF_FAULT, LEAF_NONE, LEAF_PMD, LEAF_PTE, LEAF_PUD, MAX_WALK, REQUEST_ADDRS,
-    REQUEST_COUNT, REQUEST_PREPARED_FROM, WalkConfig, WalkOut, WalkResult, WalkStats,
+    REQUEST_COUNT, REQUEST_PREPARED_FROM, WALK_BATCH, WalkConfig, WalkRecord, WalkResult,
+    WalkStats,
     x86::{ADDRESS, HUGE, LEVEL_BITS, PAGE_SHIFT, PRESENT},
 };
 
 #[map]
 static WALK_CONFIG: Array<WalkConfig> = Array::with_max_entries(1, 0);
 
+/// Two walks of a full request fit, with room to spare.
 #[map]
-static WALK_OUT: Array<WalkOut> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static WALK_RESULTS: RingBuf = RingBuf::with_byte_size(1 << 17, 0);
 
 #[map]
 static WALK_STATS: PerCpuArray<WalkStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// The batch being walked: off the stack, which 6.1's verifier allows 512 bytes for the program
+/// and its `bpf_loop` callbacks together.
+#[map]
+static WALK_SCRATCH: PerCpuArray<WalkRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[btf_tracepoint(function = "mmap_lock_acquire_returned")]
 pub fn walk_on_lock(ctx: BtfTracePointContext) -> i32 {
@@ -49,6 +55,7 @@ struct Walk {
     pgd: u64,
     page_offset_base: u64,
     levels: u32,
+    count: u32,
     /// Addresses from here on are cleared next: their folios are looked up.
     prepared_from: u32,
     /// `path[l]`: the address prefix served by the table at level `l` (1: a PTE table) and that
@@ -102,21 +109,17 @@ fn handle(ctx: &BtfTracePointContext) {
         pgd,
         page_offset_base: config.page_offset_base,
         levels: config.levels,
+        count,
         prepared_from: prepared_from.min(MAX_WALK as u64) as u32,
         path: [(u64::MAX, 0); 8],
     };
+    let batches = count.div_ceil(WALK_BATCH as u32);
     // SAFETY: a helper without arguments.
     let started = unsafe { bpf_ktime_get_ns() };
-    // Each address is walked by a `bpf_loop` callback rather than an inline loop, so the
-    // verifier checks the walk once instead of once per unrolled iteration (7.2's gives up at a
-    // million instructions on the inline form).
     // SAFETY: the callback matches bpf_loop's signature; `walk` outlives the call.
-    unsafe { bpf_loop(count, walk_one as *mut c_void, &mut walk as *mut Walk as *mut c_void, 0) };
-    // The results are in: the sampler trusts them once it reads this request's number.
-    if let Some(out) = WALK_OUT.get_ptr_mut(0) {
-        // SAFETY: the map's single value; only the sampler's own calls write it.
-        unsafe { (*out).seq = seq };
-    }
+    unsafe {
+        bpf_loop(batches, walk_batch as *mut c_void, &mut walk as *mut Walk as *mut c_void, 0)
+    };
     // SAFETY: as above.
     let took = unsafe { bpf_ktime_get_ns() } - started;
     if let Some(stats) = WALK_STATS.get_ptr_mut(0) {
@@ -128,14 +131,49 @@ fn handle(ctx: &BtfTracePointContext) {
     }
 }
 
-/// `bpf_loop` callback: walks address `j` of the request into its result slot.
+/// `bpf_loop` callback: walks the addresses of batch `batch` and reports them in one record.
+/// Each address is walked by another `bpf_loop` callback rather than an inline loop, so the
+/// verifier checks the walk once instead of once per unrolled iteration (7.2's gives up at a
+/// million instructions on the inline form).
+extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` on `handle`'s stack.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let first = batch as usize * WALK_BATCH;
+    let remaining = (walk.count as usize).saturating_sub(first);
+    let n = remaining.min(WALK_BATCH) as u32;
+    let Some(scratch) = WALK_SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: this CPU's slot; the program runs to completion on this CPU.
+    unsafe {
+        (*scratch).first = first as u32;
+        (*scratch).count = 0;
+    }
+    // SAFETY: the callback matches bpf_loop's signature; `walk` outlives the call.
+    unsafe { bpf_loop(n, walk_one as *mut c_void, ctx, 0) };
+    let Some(mut record) = WALK_RESULTS.reserve::<WalkRecord>(0) else {
+        if let Some(stats) = WALK_STATS.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot. The rest of the walk is lost with this batch.
+            unsafe { (*stats).lost += remaining as u64 };
+        }
+        return 1;
+    };
+    // SAFETY: as above; results past `count` are stale and ignored by the reader.
+    record.write(unsafe { *scratch });
+    // The sampler reads the results as soon as its syscall returns, never waiting on the ring:
+    // a wakeup would only cost an irq_work self-IPI (a VM exit on virtual machines).
+    record.submit(BPF_RB_NO_WAKEUP as u64);
+    0
+}
+
+/// `bpf_loop` callback: walks address `j` of the batch into its record.
 extern "C" fn walk_one(j: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Walk` on `handle`'s stack.
     let walk = unsafe { &mut *(ctx as *mut Walk) };
-    let (Some(config), Some(out)) = (WALK_CONFIG.get(0), WALK_OUT.get_ptr_mut(0)) else {
+    let (Some(config), Some(record)) = (WALK_CONFIG.get(0), WALK_SCRATCH.get_ptr_mut(0)) else {
         return 1;
     };
-    let index = j as usize & (MAX_WALK - 1);
+    // SAFETY: this CPU's slot, filled by `walk_batch` above us.
+    let record = unsafe { &mut *record };
+    let index = (record.first as usize + j as usize) & (MAX_WALK - 1);
     let Some(addr) = request_word(config, REQUEST_ADDRS + 8 * index as u64) else { return 1 };
     let found = translate(walk, addr);
     let folio = if found.leaf == LEAF_PTE && index as u32 >= walk.prepared_from {
@@ -143,8 +181,9 @@ extern "C" fn walk_one(j: u64, ctx: *mut c_void) -> i64 {
     } else {
         0
     };
-    // SAFETY: the map's single value, indexed within its array.
-    unsafe { (*out).results[index] = WalkResult { leaf: found.leaf, folio, entry: found.entry } };
+    record.results[j as usize & (WALK_BATCH - 1)] =
+        WalkResult { leaf: found.leaf, folio, entry: found.entry };
+    record.count += 1;
     0
 }
 

@@ -38,7 +38,7 @@ impl Folio {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Leaf {
-    /// No result came back: the walk did not run.
+    /// No record came back (the walk did not run, or the ring buffer was full).
     #[default]
     Missing,
     /// Not mapped: an entry on the way was not present.

@@ -1,5 +1,5 @@
 //! Drives the eBPF walker: fills a request, makes the sampler's `process_madvise` call that fires
-//! it, and reads the results from the mapped result array; and clears accessed bits.
+//! it, and reads the records back from the ring buffer; and clears accessed bits.
 
 use std::{
     cell::Cell,
@@ -10,10 +10,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, Map, MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
 };
-use damon_common::{MAX_WALK, WalkConfig, WalkOut, WalkRequest, WalkStats, names};
+use bytes::Buf as _;
+use damon_common::{MAX_WALK, WalkConfig, WalkRecord, WalkRequest, WalkResult, WalkStats, names};
 
 use super::{
     DataPlaneError,
@@ -61,10 +62,8 @@ impl From<Refusal> for DataPlaneError {
 pub struct Walker {
     times: CallTimes,
     config: Array<MapData, WalkConfig>,
-    out: Mapped,
+    results: RingBuf<MapData>,
     stats: PerCpuArray<MapData, WalkStats>,
-    /// Addresses whose walk did not run (their results never came).
-    missed: u64,
     current: WalkConfig,
     /// Read by the walker straight from our memory: it must not move (a box's contents do not).
     request: Box<WalkRequest>,
@@ -103,50 +102,15 @@ pub(crate) fn attach(bpf: &mut Ebpf, types: &KernelTypes) -> Result<()> {
 /// The walker's maps, taken from the object before it is shared.
 pub(crate) struct WalkMaps {
     config: Array<MapData, WalkConfig>,
-    out: Mapped,
+    results: RingBuf<MapData>,
     stats: PerCpuArray<MapData, WalkStats>,
-}
-
-/// `WALK_OUT` mapped read-only into our memory; the map lives as long as the mapping.
-struct Mapped {
-    addr: *const WalkOut,
-    len: usize,
-    _map: MapData,
-}
-
-// SAFETY: a read-only mapping of kernel memory, read only by the thread that owns the walker.
-unsafe impl Send for Mapped {}
-
-impl Mapped {
-    fn new(map: Map) -> Result<Self> {
-        let Map::Array(map) = map else { anyhow::bail!("{} is not an array", names::WALK_OUT) };
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let len = size_of::<WalkOut>().next_multiple_of(4096);
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping a BPF_F_MMAPABLE array of at least `len` bytes, shared, read only.
-        let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0)
-        };
-        if addr == libc::MAP_FAILED {
-            let err = std::io::Error::last_os_error();
-            anyhow::bail!("cannot map the walker's results ({}): {err}", names::WALK_OUT);
-        }
-        Ok(Self { addr: addr.cast(), len, _map: map })
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
-    }
 }
 
 impl WalkMaps {
     pub fn take(bpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             config: Array::try_from(take_map(bpf, names::WALK_CONFIG)?)?,
-            out: Mapped::new(take_map(bpf, names::WALK_OUT)?)?,
+            results: RingBuf::try_from(take_map(bpf, names::WALK_RESULTS)?)?,
             stats: PerCpuArray::try_from(take_map(bpf, names::WALK_STATS)?)?,
         })
     }
@@ -173,9 +137,8 @@ impl WalkMaps {
         Walker {
             times: CallTimes::default(),
             config: self.config,
-            out: self.out,
+            results: self.results,
             stats: self.stats,
-            missed: 0,
             current,
             request,
             iovecs: Iovecs(Vec::with_capacity(MAX_WALK)),
@@ -201,12 +164,8 @@ impl Walker {
             walks: a.walks + s.walks,
             addresses: a.addresses + s.addresses,
             nanoseconds: a.nanoseconds + s.nanoseconds,
+            lost: a.lost + s.lost,
         }))
-    }
-
-    /// Addresses whose walk did not run, since start.
-    pub fn missed(&self) -> u64 {
-        self.missed
     }
 
     /// Reads the page-table leaves of `addrs` in the target, into `out` (same order), changing
@@ -280,26 +239,35 @@ impl Walker {
         Ok(())
     }
 
-    /// The results of the request just made, if its walk ran; else the leaves stay `Missing`.
     fn collect(&mut self, leaves: &mut [Leaf]) {
-        let out = self.out.addr;
-        // SAFETY: the mapping holds a whole `WalkOut`; the walker wrote it during our system
-        // call, which has returned; volatile, as the kernel changes it behind the compiler.
-        let seq = unsafe { std::ptr::read_volatile(&raw const (*out).seq) };
-        if seq != self.request.seq {
-            self.missed += leaves.len() as u64;
-            return;
-        }
-        for (i, slot) in leaves.iter_mut().enumerate() {
-            // SAFETY: as above; `i` is below MAX_WALK (a chunk's length).
-            let result = unsafe { std::ptr::read_volatile(&raw const (*out).results[i]) };
-            *slot = Leaf::from_result(&result);
+        while let Some(item) = self.results.next() {
+            let Some(record) = parse_record(&item) else { continue };
+            let first = record.first as usize;
+            let count = (record.count as usize).min(record.results.len());
+            if let Some(slots) = leaves.get_mut(first..first + count) {
+                for (slot, result) in slots.iter_mut().zip(&record.results) {
+                    *slot = Leaf::from_result(result);
+                }
+            }
         }
     }
 }
 
 fn map_error(map: &'static str, err: aya::maps::MapError) -> DataPlaneError {
     DataPlaneError::Map { map, error: err.to_string() }
+}
+
+/// A `WalkRecord` from a ring item (native byte order, the eBPF side's layout); `None` if short.
+fn parse_record(mut bytes: &[u8]) -> Option<WalkRecord> {
+    if bytes.len() < size_of::<WalkRecord>() {
+        return None;
+    }
+    let (first, count) = (bytes.get_u32_ne(), bytes.get_u32_ne());
+    let results = std::array::from_fn(|_| {
+        let (leaf, folio) = (bytes.get_u32_ne(), bytes.get_u32_ne());
+        WalkResult { leaf, folio, entry: bytes.get_u64_ne() }
+    });
+    Some(WalkRecord { first, count, results })
 }
 
 /// `process_madvise(MADV_COLD)` over all of `iovecs`. A call stops at the first range it cannot
@@ -335,4 +303,24 @@ fn advise(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_parse_from_their_bytes() {
+        let results = [WalkResult::default(); damon_common::WALK_BATCH];
+        let mut record = WalkRecord { first: 32, count: 2, results };
+        record.results[1] = WalkResult { leaf: 2, folio: 1 << 31 | 4, entry: 0x1234_5067 };
+        // SAFETY: a plain-data record viewed as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<WalkRecord>())
+        };
+        let parsed = parse_record(bytes).unwrap();
+        assert_eq!((parsed.first, parsed.count), (32, 2));
+        assert_eq!(parsed.results[1], record.results[1]);
+        assert!(parse_record(&bytes[..20]).is_none());
+    }
 }

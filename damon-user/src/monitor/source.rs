@@ -43,7 +43,7 @@ pub struct OpsStats {
     /// The eBPF walker's own time, and on how many addresses.
     pub walk_time: Duration,
     pub walked_addresses: u64,
-    /// Addresses whose walk did not run (their results never came).
+    /// Walk results the eBPF side could not deliver (ring buffer full).
     pub walk_lost: u64,
     /// Filling walk requests and the walk-only calls (the kernel's walk included).
     pub walking: Duration,

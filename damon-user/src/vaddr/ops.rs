@@ -267,7 +267,7 @@ impl VaddrOps {
                     format!("{failed} page-table reads failed in one walk; their samples read unknown")
                 }),
                 Ok(()) if missing > 0 => self.note(target.id, "walk_lost", || {
-                    format!("the walk did not run for {missing} addresses (no mmap lock taken?); their samples read unknown")
+                    format!("{missing} walk results were lost (ring buffer full?); their samples read unknown")
                 }),
                 Ok(()) => {}
                 Err(DataPlaneError::Exited) => {
@@ -411,7 +411,7 @@ impl Source for VaddrOps {
         OpsStats {
             walk_time: std::time::Duration::from_nanos(walk.nanoseconds),
             walked_addresses: walk.addresses,
-            walk_lost: self.walker.missed(),
+            walk_lost: walk.lost,
             walking: calls.walking,
             clearing: calls.clearing,
             cleared_pages: calls.cleared_pages,
