@@ -40,7 +40,7 @@ fn check(udamon: &str, k: u32, ops: &str) -> Result<()> {
     let sums: Vec<Value> = printed
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|l| l["aggregation"].clone())
+        .filter_map(|l| l.get("aggregation").cloned())
         .collect();
     let recorded = record::load(file.as_ref(), DEFAULT_MAX_INPUT)?.record;
     let snapshots = &recorded.first().context("an empty record")?.snapshots;
