@@ -267,8 +267,9 @@ fn monitoring_errors_are_one_line_with_the_right_exit_code() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: {err}");
     }
-    // Gone before the first sample: its exit, then a runtime failure naming it; no file.
-    let out = udamon(&["record", "-o", record, "--", "true"]);
+    // Gone before the first aggregation (10 s away, so a loaded machine cannot make `true`
+    // outlive it): its exit, then a runtime failure naming it; no file.
+    let out = udamon(&["record", "-o", record, "--aggr", "10s", "--", "true"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).ends_with(
         "`true` exited (status 0) before the first aggregation: nothing recorded, no file written\n"
