@@ -241,9 +241,14 @@ mod tests {
         let mut m = KdamondMetrics::default();
         m.update(&a);
         m.update(&Aggregation { missed: 0, ..a });
-        let text = m.encode();
+        let has = |m: &KdamondMetrics, lines: &[String]| {
+            let text = m.encode();
+            for line in lines {
+                assert!(text.contains(line), "no `{line}` in\n{text}");
+            }
+        };
         let l = r#"context="0",kdamond="0",ops="paddr",target="0""#;
-        for line in [
+        has(&m, &[
             format!("udamon_regions{{{l}}} 1500"),
             format!("udamon_monitored_bytes{{{l}}} 1073741824"),
             format!("udamon_working_set_bytes{{{l}}} 1048576"),
@@ -252,9 +257,7 @@ mod tests {
             r#"udamon_idle_seconds{context="0",kdamond="0",ops="paddr",percentile="90",target="0"} 120"#.into(),
             format!("udamon_aggregation_interval_seconds{{{l}}} 5"),
             "udamon_targets 1".into(),
-        ] {
-            assert!(text.contains(&line), "no `{line}` in\n{text}");
-        }
+        ]);
         let scheme = Scheme {
             who: who.clone(),
             scheme: 1,
@@ -263,15 +266,15 @@ mod tests {
             quota_bytes: Some(4096),
         };
         m.update_scheme(&scheme);
-        let text = m.encode();
         let l = r#"context="0",kdamond="0",ops="paddr",scheme="1""#;
-        for line in [
-            format!("udamon_damos_tried_regions{{{l}}} 40"),
-            format!("udamon_damos_tried_bytes{{{l}}} 1048576"),
-            format!("udamon_damos_quota_effective_bytes{{{l}}} 4096"),
-        ] {
-            assert!(text.contains(&line), "no `{line}` in\n{text}");
-        }
+        has(
+            &m,
+            &[
+                format!("udamon_damos_tried_regions{{{l}}} 40"),
+                format!("udamon_damos_tried_bytes{{{l}}} 1048576"),
+                format!("udamon_damos_quota_effective_bytes{{{l}}} 4096"),
+            ],
+        );
         m.remove(&who, 0);
         m.remove_scheme(&who, 1);
         assert!(!m.encode().contains("kdamond=\"0\""));
