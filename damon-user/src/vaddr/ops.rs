@@ -312,6 +312,11 @@ fn walk_and_clear(
     let mut candidates = 0u64;
     for (&addr, leaf) in addrs[checked..].iter().zip(&leaves[checked..]) {
         process.uncleared.remove(&addr);
+        // Not read: its bit may be set and is not cleared, so its check must not trust it.
+        if matches!(leaf, Leaf::Missing | Leaf::Fault) {
+            process.uncleared.insert(addr);
+            continue;
+        }
         if !leaf.accessed() {
             continue;
         }
