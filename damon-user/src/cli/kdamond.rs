@@ -24,8 +24,10 @@ use crate::{
     util::atomic_file::Output,
 };
 
-/// How often the kernel maps are read: aggregations faster than this are counted, not shown.
-const POLL: Duration = Duration::from_millis(50);
+/// How often the kernel maps are read: a quarter of the fastest aggregation interval seen,
+/// within these bounds (aggregations faster than the least are counted, not shown); while
+/// recording, always the least, so the region stream's 4 MiB never fills between reads.
+const POLL: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
 /// Observe the kernel's own DAMON (kdamonds started through sysfs or damo, or by DAMON_RECLAIM
 /// and the like) through its damon:damon_aggregated tracepoint. Per target and aggregation: the
@@ -123,7 +125,8 @@ pub(super) fn run(args: KdamondArgs) -> Result<ExitCode, Failure> {
         let mut observer = Observer::new(probe);
         let end = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(end);
-        let mut tick = tokio::time::interval(POLL);
+        let mut poll = POLL.0;
+        let mut fastest_us = u64::MAX;
         let mut observed = 0u64;
         loop {
             tokio::select! {
@@ -131,7 +134,7 @@ pub(super) fn run(args: KdamondArgs) -> Result<ExitCode, Failure> {
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
                 _ = hangup.recv() => break,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(poll) => {}
             }
             if let Some((writer, recorder)) = writer.as_mut() {
                 let mut complete = Vec::new();
@@ -152,6 +155,10 @@ pub(super) fn run(args: KdamondArgs) -> Result<ExitCode, Failure> {
                 m.set_lost(observer.probe_mut().lost());
             }
             observed += polled.aggregations.len() as u64;
+            fastest_us = polled.aggregations.iter().map(|a| a.aggr_us).fold(fastest_us, u64::min);
+            if writer.is_none() && fastest_us != u64::MAX {
+                poll = Duration::from_micros(fastest_us / 4).clamp(POLL.0, POLL.1);
+            }
             if args.quiet {
                 continue;
             }
