@@ -62,12 +62,12 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         )
     };
     let key = KdamondKey { pid, target: target as u32 };
-    let target = match KDAMOND_TARGETS.get_ptr_mut(&key) {
+    let target = match KDAMOND_TARGETS.get_ptr_mut(key) {
         Some(t) => t,
         None => {
             let zero = KDAMOND_ZERO.get(0)?;
-            KDAMOND_TARGETS.insert(&key, zero, BPF_NOEXIST as u64).ok()?;
-            KDAMOND_TARGETS.get_ptr_mut(&key)?
+            KDAMOND_TARGETS.insert(key, zero, BPF_NOEXIST as u64).ok()?;
+            KDAMOND_TARGETS.get_ptr_mut(key)?
         }
     };
     // SAFETY: a map value; a kdamond is one thread, so its targets' values have one writer.
@@ -161,11 +161,11 @@ fn scheme(ctx: &TracePointContext, offset: usize) -> Option<&'static mut SchemeS
     // SAFETY: a field at an offset the loader checked against tracefs.
     let scheme = unsafe { ctx.read_at::<u32>(offset) }.ok()?;
     let key = SchemeKey { pid, scheme };
-    if KDAMOND_SCHEMES.get_ptr_mut(&key).is_none() {
-        KDAMOND_SCHEMES.insert(&key, &SchemeSums::default(), BPF_NOEXIST as u64).ok()?;
+    if KDAMOND_SCHEMES.get_ptr_mut(key).is_none() {
+        KDAMOND_SCHEMES.insert(key, SchemeSums::default(), BPF_NOEXIST as u64).ok()?;
     }
     // SAFETY: a map value; a kdamond is one thread, so its schemes' values have one writer.
-    Some(unsafe { &mut *KDAMOND_SCHEMES.get_ptr_mut(&key)? })
+    Some(unsafe { &mut *KDAMOND_SCHEMES.get_ptr_mut(key)? })
 }
 
 #[tracepoint(category = "damon", name = "damos_before_apply")]
