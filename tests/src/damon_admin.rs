@@ -71,21 +71,19 @@ fn biggest_system_ram() -> Result<(u64, u64)> {
 }
 
 /// The regions kdamond `k` holds now, `(start, end, nr_accesses)` in address order, through
-/// its `stat` scheme's tried regions. Before damos_walk (6.14) the request returns once the
-/// kdamond took it and the regions fill, one by one, at its next scheme application: they are
-/// waited for until two reads agree.
+/// its `stat` scheme's tried regions. The request returns once the regions are in on 6.12 for
+/// quick aggregations and on 7.x (damos_walk); a slow 6.12 kdamond fills them at its next scheme
+/// application, so an empty answer is read again, for up to 10 s.
 pub fn tried_regions(k: u32) -> Result<Vec<(u64, u64, u64)>> {
     write(&format!("kdamonds/{k}/state"), "update_schemes_tried_regions")?;
     let dir = format!("{ADMIN}/kdamonds/{k}/contexts/0/schemes/0/tried_regions");
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = read_tried(&dir)?;
     loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = read_tried(&dir)?;
-        if (!now.is_empty() && now == last) || Instant::now() > deadline {
-            return Ok(now);
+        let regions = read_tried(&dir)?;
+        if !regions.is_empty() || Instant::now() > deadline {
+            return Ok(regions);
         }
-        last = now;
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
