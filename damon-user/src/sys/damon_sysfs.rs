@@ -25,9 +25,7 @@ pub struct Context {
     pub sample_us: u64,
     pub aggr_us: u64,
     pub update_us: u64,
-    pub min_nr_regions: u64,
     pub max_nr_regions: u64,
-    pub nr_targets: u64,
 }
 
 fn read(path: &Path) -> io::Result<String> {
@@ -60,9 +58,7 @@ pub fn kdamonds() -> Vec<Kdamond> {
                     sample_us: n("intervals/sample_us"),
                     aggr_us: n("intervals/aggr_us"),
                     update_us: n("intervals/update_us"),
-                    min_nr_regions: n("nr_regions/min"),
                     max_nr_regions: n("nr_regions/max"),
-                    nr_targets: number(&c.join("targets/nr_targets")).unwrap_or(0),
                 }
             });
             Kdamond { index, pid, context }
