@@ -3,7 +3,7 @@
 use crate::{
     CoreVersion, Counters,
     region::{Quarters, Region, Target, align_up},
-    split::Policy,
+    split::{Policy, Verdict},
     waste::RecentSplits,
 };
 
@@ -95,10 +95,9 @@ fn merge_regions_of(
             let (done, rest) = regions.split_at_mut(i);
             let (prev, r) = (&mut done[kept - 1], &rest[0]);
             if prev.end == r.start
-                && prev.nr_accesses.abs_diff(r.nr_accesses) <= threshold
                 && prev.size() + r.size() <= p.sz_limit
                 && prev.all_unknown(p.samples) == r.all_unknown(p.samples)
-                && !(guard && p.policy.keeps_apart(prev, r))
+                && similar(prev, r, threshold, guard, p)
             {
                 if recent.merged(target.id, r.start, p.aggregation) {
                     counters.wasted_splits += 1;
@@ -115,6 +114,17 @@ fn merge_regions_of(
     }
     regions.truncate(kept);
     kept
+}
+
+/// Whether neighbours are alike enough to merge: the policy's verdict in a guarded pass, else
+/// (or when it leaves it to them) their window counts against the threshold.
+fn similar(prev: &Region, r: &Region, threshold: u32, guard: bool, p: &MergeParams) -> bool {
+    let verdict = if guard { p.policy.verdict(prev, r, p.samples) } else { Verdict::Counts };
+    match verdict {
+        Verdict::Counts => prev.nr_accesses.abs_diff(r.nr_accesses) <= threshold,
+        Verdict::KeepApart => false,
+        Verdict::Join => true,
+    }
 }
 
 fn update_age(r: &mut Region, threshold: u32) {

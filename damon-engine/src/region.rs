@@ -17,7 +17,9 @@ pub struct Region {
     /// reported by operations that can see faults), saturating.
     pub faults: u16,
     /// How the region is sampled in this aggregation (see `sampling`): every `1 << (plan &
-    /// STRIDE)` intervals (0: every interval, as the kernel), in long samples if `QUIET`.
+    /// STRIDE)` intervals (0: every interval, as the kernel), in long samples if `QUIET`; and
+    /// in `HOLD`, aggregations a split policy keeps the region apart from its neighbours (in
+    /// spare bits: memory per region is a budget).
     pub(crate) plan: u8,
     /// Samples of the current aggregation that could not tell accessed from idle
     /// (`Access::Unknown`), saturating at 255.
@@ -140,6 +142,17 @@ impl Region {
         }
     }
 
+    /// Aggregations the split policy still keeps this region apart.
+    pub(crate) fn hold(&self) -> u8 {
+        (self.plan & HOLD) >> HOLD.trailing_zeros()
+    }
+
+    /// Sets `hold`, saturating at what its bits can count.
+    pub(crate) fn set_hold(&mut self, aggregations: u8) {
+        let max = HOLD >> HOLD.trailing_zeros();
+        self.plan = self.plan & !HOLD | aggregations.min(max) << HOLD.trailing_zeros();
+    }
+
     /// Closes an aggregation window: its count becomes the last one and the counters restart.
     pub(crate) fn reset_window(&mut self) {
         self.last_nr_accesses = self.nr_accesses;
@@ -187,6 +200,8 @@ impl Target {
 /// idle: a clear accessed bit after many intervals proves them all idle).
 pub(crate) const STRIDE: u8 = 0x0f;
 pub(crate) const QUIET: u8 = 0x80;
+/// `Region::plan`'s bits that are not the sampling plan but `Region::hold`.
+pub(crate) const HOLD: u8 = 0x70;
 
 pub(crate) const fn align_down(x: u64, align: u64) -> u64 {
     x / align * align

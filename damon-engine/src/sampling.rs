@@ -20,7 +20,7 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    region::{QUIET, Quarters, Region},
+    region::{HOLD, QUIET, Quarters, Region},
     split::evidence::tally,
 };
 
@@ -120,7 +120,7 @@ pub(crate) fn plan(r: &mut Region, window: u32, samples: u32) {
         log += 1;
     }
     let quiet = unreadable || p < QUIET_RATE;
-    r.plan = log | if quiet { QUIET } else { 0 };
+    r.plan = r.plan & HOLD | log | if quiet { QUIET } else { 0 };
 }
 
 /// Samples a window of `window` intervals needs for the kernel's worst-case precision, from the

@@ -8,13 +8,17 @@ use crate::{
     units::{Micros, Size},
 };
 
-pub const NAMES: [&str; 3] = ["seed-corner", "seed-reproducer", "stairs"];
+pub const NAMES: [&str; 6] =
+    ["seed-corner", "seed-reproducer", "stairs", "flat", "sparse-spots", "needle"];
 
 pub fn get(name: &str) -> Option<Scenario> {
     match name {
         "seed-corner" => Some(seed_corner()),
         "seed-reproducer" => Some(seed_reproducer()),
         "stairs" => Some(stairs()),
+        "flat" => Some(flat()),
+        "sparse-spots" => Some(sparse_spots()),
+        "needle" => Some(needle()),
         _ => None,
     }
 }
@@ -155,6 +159,76 @@ fn stairs() -> Scenario {
         attrs: Attrs { max_nr_regions: 24, ..Attrs::default() },
         ranges: vec![range(0, BAND, 0.9)],
         events,
+    }
+}
+
+/// A scenario over `[0, size)` with default attributes but `max_nr_regions`, from the whole
+/// space as one region.
+fn plain(name: &str, description: &str, size: u64, seconds: u64, max: u32) -> Scenario {
+    Scenario {
+        name: name.into(),
+        description: description.into(),
+        size: Size(size),
+        duration: Micros(seconds * SECOND),
+        seed: 1,
+        initial_regions: InitialRegions::Whole,
+        attrs: Attrs { max_nr_regions: max, ..Attrs::default() },
+        ranges: Vec::new(),
+        events: Vec::new(),
+    }
+}
+
+/// Flat memory: any region describes it as well as any other; what a policy spends on it is
+/// waste.
+fn flat() -> Scenario {
+    Scenario {
+        ranges: vec![range(0, 8 * GIB, 0.5)],
+        ..plain("flat", "8 GiB accessed uniformly at 50 % (max 1000)", 8 * GIB, 60, 1000)
+    }
+}
+
+/// The "small hot set in a huge space": 300 hot 2 MiB spots at random places in 30 GiB.
+fn sparse_spots() -> Scenario {
+    const SLOT: u64 = 100 * MIB;
+    let mut layout = Rng::new(0x5907);
+    let ranges = (0..300)
+        .map(|i| {
+            let at = i * SLOT + layout.range(0, (SLOT - 2 * MIB) / MIB, RandVersion::Newest) * MIB;
+            range(at, at + 2 * MIB, 0.9)
+        })
+        .collect();
+    Scenario {
+        ranges,
+        ..plain(
+            "sparse-spots",
+            "300 spots of 2 MiB at 90 %, one at a random place in every 100 MiB of 30 GiB, the \
+             rest idle (max 1000)",
+            300 * SLOT,
+            180,
+            1000,
+        )
+    }
+}
+
+/// A needle: one 2 MiB spot appears in 64 GiB of idle memory.
+fn needle() -> Scenario {
+    let at = 40 * GIB + 6 * MIB;
+    Scenario {
+        events: vec![EventSpec {
+            at: Micros(20 * SECOND),
+            kind: EventKind::Change,
+            start: Size(at),
+            end: Size(at + 2 * MIB),
+            probability: Some(0.9),
+            to: None,
+        }],
+        ..plain(
+            "needle",
+            "64 GiB idle; at 20 s a 2 MiB spot at 90 % appears (max 1000)",
+            64 * GIB,
+            180,
+            1000,
+        )
     }
 }
 

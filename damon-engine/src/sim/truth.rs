@@ -78,30 +78,93 @@ impl Truth {
         })
     }
 
+    /// Where the truth's pieces and the regions intersect, in address order.
+    fn segments<'a>(&'a self, regions: &'a [Region]) -> Segments<'a> {
+        Segments { truth: self, regions, piece: 0, at: 0, region: 0 }
+    }
+
     /// Mean over bytes of |true probability - the region's estimate|, where a region's estimate
     /// is its `nr_accesses / samples`. Bytes outside every region count with an estimate of 0.
     pub fn error(&self, regions: &[Region], samples: u32) -> f64 {
-        let mut weighted = 0.0;
-        let mut next_region = 0;
-        for (start, end, probability) in self.pieces() {
-            let mut at = start;
-            while at < end {
-                while regions.get(next_region).is_some_and(|r| r.end <= at) {
-                    next_region += 1;
-                }
-                let (upto, estimate) = match regions.get(next_region) {
-                    Some(r) if r.start <= at => {
-                        (end.min(r.end), r.nr_accesses as f64 / samples as f64)
-                    }
-                    Some(r) => (end.min(r.start), 0.0),
-                    None => (end, 0.0),
-                };
-                weighted += (upto - at) as f64 * (probability - estimate).abs();
-                at = upto;
-            }
-        }
+        let weighted: f64 = self
+            .segments(regions)
+            .map(|(at, upto, p, r)| {
+                (upto - at) as f64 * (p - estimate(r.map(|i| &regions[i]), samples)).abs()
+            })
+            .sum();
         weighted / self.size as f64
     }
+
+    /// What the boundaries alone cost: the mean over bytes of |true probability - the true
+    /// mean of its region|, as if every region's estimate were exact. Bytes outside every region
+    /// count against a mean of 0.
+    pub fn resolution_error(&self, regions: &[Region]) -> f64 {
+        let mut means = vec![0.0; regions.len()];
+        for (at, upto, p, r) in self.segments(regions) {
+            if let Some(i) = r {
+                means[i] += (upto - at) as f64 * p / regions[i].size() as f64;
+            }
+        }
+        let weighted: f64 = self
+            .segments(regions)
+            .map(|(at, upto, p, r)| (upto - at) as f64 * (p - r.map_or(0.0, |i| means[i])).abs())
+            .sum();
+        weighted / self.size as f64
+    }
+
+    /// Of the bytes `wanted` picks (by address range and true probability), how many lie in
+    /// regions whose estimates are within `tolerance` of their truth: `(described, wanted)`.
+    pub fn coverage(
+        &self,
+        regions: &[Region],
+        samples: u32,
+        tolerance: f64,
+        wanted: impl Fn(u64, u64, f64) -> u64,
+    ) -> (u64, u64) {
+        self.segments(regions).fold((0, 0), |(described, total), (at, upto, p, r)| {
+            let bytes = wanted(at, upto, p);
+            let good = (p - estimate(r.map(|i| &regions[i]), samples)).abs() <= tolerance;
+            (described + if good { bytes } else { 0 }, total + bytes)
+        })
+    }
+}
+
+/// `(start, end, probability, the index of the region holding it)` of every intersection of the
+/// truth's pieces and the regions; bytes outside every region with `None`.
+struct Segments<'a> {
+    truth: &'a Truth,
+    regions: &'a [Region],
+    piece: usize,
+    at: u64,
+    region: usize,
+}
+
+impl Iterator for Segments<'_> {
+    type Item = (u64, u64, f64, Option<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let pieces = &self.truth.pieces;
+        let piece = pieces.get(self.piece)?;
+        let end = pieces.get(self.piece + 1).map_or(self.truth.size, |next| next.start);
+        let at = self.at;
+        while self.regions.get(self.region).is_some_and(|r| r.end <= at) {
+            self.region += 1;
+        }
+        let (upto, region) = match self.regions.get(self.region) {
+            Some(r) if r.start <= at => (end.min(r.end), Some(self.region)),
+            Some(r) => (end.min(r.start), None),
+            None => (end, None),
+        };
+        self.at = upto;
+        if upto == end {
+            self.piece += 1;
+        }
+        Some((at, upto, piece.probability, region))
+    }
+}
+
+fn estimate(r: Option<&Region>, samples: u32) -> f64 {
+    r.map_or(0.0, |r| r.nr_accesses as f64 / samples as f64)
 }
 
 /// Whether the regions describe `[start, end)` at `probability`: regions lying inside it whose

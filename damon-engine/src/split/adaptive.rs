@@ -14,11 +14,16 @@
 //! - forgets old evidence when a window contradicts it: halved on a hint, cleared on a clear
 //!   change, so stable regions remember long and changed ones adapt within a few windows.
 //!
-//! At or below `max / 2` it takes the kernel's classic path like every policy. The simulator's
-//! comparison (docs/design.md) is the reason for each of these choices.
+//! At or below `max / 2` too it cuts where the evidence says, and besides
+//! - joins neighbours whose long-run rates are the same whatever one window says, so flat
+//!   memory needs few regions;
+//! - zooms into the quarter holding a nearly idle region's hits, to find small hot spots;
+//! - explores at random only regions with long, uniform evidence, one aggregation in four.
+//!
+//! The simulator's comparison (docs/design.md) is the reason for each of these choices.
 
 use super::{
-    Policy, SplitEnv, cut,
+    Classic, Policy, SplitEnv, Verdict, cut,
     evidence::{MIN_SIDE_SAMPLES, counts_differ, differ, gap, rate, tally, z_squared},
 };
 use crate::region::{Quarters, Region, Target, align_down};
@@ -28,6 +33,25 @@ use crate::region::{Quarters, Region, Target, align_down};
 const Z_SPLIT_SQUARED: (u64, u64) = (81, 16);
 /// How sure a difference between neighbours must be to keep them from merging.
 const Z_KEEP: f64 = 2.5;
+/// Neighbours with at least this many samples of evidence each...
+const JOIN_SAMPLES: u32 = 32;
+/// ...whose long-run rates are less than this many standard errors apart, and whose windows
+/// less than `Z_WINDOWS`, merge whatever their window counts: their difference is noise.
+const Z_JOIN: f64 = 2.0;
+const Z_WINDOWS: f64 = 2.5;
+/// A region zooms into the quarter holding its hits while its long-run rate is at most this...
+const ZOOM_RATE: f64 = 0.05;
+/// ...and it is at least this many minimum regions; the piece is kept apart this many
+/// aggregations, to gather its own evidence.
+const ZOOM_MIN_SIZE: u64 = 16;
+const ZOOM_HOLD: u8 = 7;
+/// The rate difference a zoom is expected to reveal, to rank it among the evidence's cuts.
+const ZOOM_GAIN: f64 = 0.05;
+/// Below max/2, a region whose evidence is this long and shows no structure is split at random
+/// in one aggregation of `EXPLORE_EVERY`: exploration enough to notice new structure. Younger
+/// evidence is left to grow first (a fresh piece split again is a wasted split).
+const MATURE_SAMPLES: u32 = 64;
+const EXPLORE_EVERY: u64 = 4;
 /// A window this far from a region's evidence halves the evidence...
 const Z_HALVE: f64 = 2.0;
 /// ...and this far clears it.
@@ -121,14 +145,96 @@ fn neighbour_rate(regions: &[Region], i: usize, left: bool) -> Option<f64> {
     if adjacent { rate(&n.quarters) } else { None }
 }
 
-/// A region with convincing boundaries: its index in its target, among all regions, and them.
-type Found = (usize, usize, [Option<(usize, f64)>; 3]);
+/// A region worth cutting: its index in its target and among all regions, the boundaries its
+/// evidence shows, and the quarter to zoom into when it shows none.
+struct Found {
+    index: usize,
+    global: usize,
+    boundaries: [Option<(usize, f64)>; 3],
+    zoom: Option<usize>,
+}
+
+/// A cut worth making: the region's index among all regions, the offset, the error it is
+/// expected to remove, and whether the piece from it is a zoom to hold.
+struct Candidate {
+    global: usize,
+    cut: u64,
+    value: f64,
+    hold: bool,
+}
+
+/// The quarter of `r` (at the end of its window, before the reset) to cut out and watch: the
+/// window found an access in a region that is nearly idle in the long run, and every hit its
+/// evidence holds lies in that quarter. A random split almost never isolates a small hot spot
+/// in a large idle region; following its hits, a quarter at a time, does.
+fn zoom_quarter(r: &Region, min_region_sz: u64) -> Option<usize> {
+    if r.nr_accesses == 0 || r.size() < ZOOM_MIN_SIZE * min_region_sz {
+        return None;
+    }
+    let q = &r.quarters;
+    let (hits, samples) = tally(q, 0..4);
+    if hits as f64 > ZOOM_RATE * samples as f64 {
+        return None;
+    }
+    let mut hit = (0..4).filter(|&k| q.hits[k] > 0);
+    let k = hit.next()?;
+    hit.next().is_none().then_some(k)
+}
 
 #[derive(Default)]
 pub(crate) struct Adaptive {
-    /// Per target, the regions whose evidence shows boundaries, found during the reset (the same
-    /// pass over the regions) when the split will need them.
+    /// Per target, the regions worth cutting, found during the reset (the same pass over the
+    /// regions).
     found: Vec<Vec<Found>>,
+}
+
+impl Adaptive {
+    /// The cuts the evidence supports and the zooms, each valued by the error it is expected
+    /// to remove.
+    fn candidates(&mut self, targets: &[Target], min: u64) -> Vec<Candidate> {
+        let mut candidates = Vec::new();
+        for (target, found) in targets.iter().zip(self.found.drain(..)) {
+            let regions = &target.regions;
+            for Found { index, global, boundaries, zoom } in found {
+                let r = &regions[index];
+                let mut push = |cut: u64, value: f64, hold: bool| {
+                    if cut != 0 && cut < r.size() {
+                        candidates.push(Candidate { global, cut, value, hold });
+                    }
+                };
+                if let Some(k) = zoom {
+                    let quarter = r.size() / 4;
+                    let value = quarter as f64 * 0.75 * ZOOM_GAIN;
+                    let (start, end) = (quarter * k as u64, quarter * (k as u64 + 1));
+                    push(align_down(start, min), value, true);
+                    push(align_down(end, min), value, false);
+                    continue;
+                }
+                let mut push_cut = |cut: u64, diff: f64| {
+                    let (left, right) = (cut as f64, r.size().saturating_sub(cut) as f64);
+                    push(cut, left * right / r.size() as f64 * diff, false);
+                };
+                let first = boundaries[0].map_or(0, |b| b.0);
+                let neighbours =
+                    neighbour_rate(regions, index, true).zip(neighbour_rate(regions, index, false));
+                let edge = neighbours.and_then(|(left, right)| {
+                    Some((edge_between(&r.quarters, first, left, right)?, left, right))
+                });
+                match edge {
+                    Some((f, left, right)) => push_cut(
+                        align_down((r.size() as f64 * f) as u64, min),
+                        (left - right).abs(),
+                    ),
+                    None => {
+                        for (b, diff) in boundaries.into_iter().flatten() {
+                            push_cut(align_down(r.size() / 4 * b as u64, min), diff);
+                        }
+                    }
+                }
+            }
+        }
+        candidates
+    }
 }
 
 impl Policy for Adaptive {
@@ -136,28 +242,44 @@ impl Policy for Adaptive {
         true
     }
 
-    fn keeps_apart(&self, left: &Region, right: &Region) -> bool {
-        keep_apart(&left.quarters, &right.quarters)
+    /// Apart while held or surely different; joined when both have evidence enough and neither
+    /// the long run nor the window says they differ, so flat memory needs few regions.
+    fn verdict(&self, left: &Region, right: &Region, samples: u32) -> Verdict {
+        if left.hold() > 0 || right.hold() > 0 || keep_apart(&left.quarters, &right.quarters) {
+            return Verdict::KeepApart;
+        }
+        let (l, r) = (tally(&left.quarters, 0..4), tally(&right.quarters, 0..4));
+        let windows = ((left.nr_accesses, samples), (right.nr_accesses, samples));
+        if l.1 >= JOIN_SAMPLES
+            && r.1 >= JOIN_SAMPLES
+            && !differ(l, r, Z_JOIN)
+            && !differ(windows.0, windows.1, Z_WINDOWS)
+        {
+            Verdict::Join
+        } else {
+            Verdict::Counts
+        }
     }
 
-    /// The reset, the evidence weighed against the window just finished, and (above max/2,
-    /// where the split needs them) the regions with convincing boundaries, in one pass.
+    /// The reset, the evidence weighed against the window just finished, holds counted down,
+    /// and the regions worth cutting, in one pass.
     fn reset(&mut self, targets: &mut [Target], env: &SplitEnv) {
-        let nr = cut::count(targets);
-        let max = env.max_nr_regions;
-        let wanted = nr > max / 2 && nr < max;
+        let wanted = cut::count(targets) < env.max_nr_regions;
         self.found.clear();
         let mut base = 0;
         for target in targets.iter_mut() {
             let mut found = Vec::new();
-            for (i, r) in target.regions.iter_mut().enumerate() {
+            for (index, r) in target.regions.iter_mut().enumerate() {
+                // Before the reset: the window's hit may make the evidence go.
+                let zoom = if wanted { zoom_quarter(r, env.min_region_sz) } else { None };
                 let known = r.known(env.samples);
                 r.reset_window();
+                r.set_hold(r.hold().saturating_sub(1));
                 reconsider(r, known, env.samples);
                 if wanted {
                     let boundaries = boundaries(&r.quarters);
-                    if boundaries[0].is_some() {
-                        found.push((i, base + i, boundaries));
+                    if boundaries[0].is_some() || zoom.is_some() {
+                        found.push(Found { index, global: base + index, boundaries, zoom });
                     }
                 }
             }
@@ -166,44 +288,78 @@ impl Policy for Adaptive {
         }
     }
 
-    /// The most valuable of the cuts the evidence supports, at most `budget`.
-    fn split_above_half(&mut self, targets: &mut [Target], budget: usize, env: &mut SplitEnv) {
-        let min = env.min_region_sz;
-        // (index among all regions, cut offset, expected error removed)
-        let mut candidates: Vec<(usize, u64, f64)> = Vec::new();
-        for (target, found) in targets.iter().zip(self.found.drain(..)) {
-            let regions = &target.regions;
-            for (i, global, boundaries) in found {
-                let r = &regions[i];
-                let mut push = |cut: u64, diff: f64| {
-                    if cut != 0 && cut < r.size() {
-                        let (left, right) = (cut as f64, (r.size() - cut) as f64);
-                        candidates.push((global, cut, left * right / r.size() as f64 * diff));
-                    }
-                };
-                let first = boundaries[0].map_or(0, |b| b.0);
-                let neighbours =
-                    neighbour_rate(regions, i, true).zip(neighbour_rate(regions, i, false));
-                let edge = neighbours.and_then(|(left, right)| {
-                    Some((edge_between(&r.quarters, first, left, right)?, left, right))
-                });
-                match edge {
-                    Some((f, left, right)) => {
-                        push(align_down((r.size() as f64 * f) as u64, min), (left - right).abs())
-                    }
-                    None => {
-                        for (b, diff) in boundaries.into_iter().flatten() {
-                            push(align_down(r.size() / 4 * b as u64, min), diff);
-                        }
-                    }
-                }
-            }
+    /// The most valuable cuts the evidence supports and the zooms, within the budget
+    /// `max - nr`; at or below max/2, regions without either whose evidence is long are
+    /// explored at random too, one aggregation in `EXPLORE_EVERY`.
+    fn split(&mut self, targets: &mut [Target], classic: &mut Classic, env: &mut SplitEnv) {
+        let nr = cut::count(targets);
+        let max = env.max_nr_regions;
+        classic.last_nr_regions = nr;
+        if nr >= max {
+            self.found.clear();
+            return;
         }
+        let budget = max - nr;
+        let mut candidates = self.candidates(targets, env.min_region_sz);
         if candidates.len() > budget {
-            candidates.select_nth_unstable_by(budget, |a, b| b.2.total_cmp(&a.2));
+            candidates.select_nth_unstable_by(budget, |a, b| b.value.total_cmp(&a.value));
             candidates.truncate(budget);
         }
-        cut::apply_cuts(targets, env, candidates.into_iter().map(|(i, cut, _)| (i, cut)).collect());
+        let mut plan: Vec<(usize, u64)> = candidates.iter().map(|c| (c.global, c.cut)).collect();
+        if nr <= max / 2 {
+            let pieces = classic.pieces(nr, max);
+            let mut cut = plan.clone();
+            cut.sort_unstable();
+            let mut next_cut = cut.iter().map(|c| c.0).peekable();
+            for (i, r) in cut::regions(targets).enumerate() {
+                if plan.len() >= budget {
+                    break;
+                }
+                let has_cuts = next_cut.peek() == Some(&i);
+                while next_cut.next_if(|&c| c <= i).is_some() {}
+                if has_cuts || r.hold() > 0 || tally(&r.quarters, 0..4).1 < MATURE_SAMPLES {
+                    continue;
+                }
+                if env.rng.range(0, EXPLORE_EVERY, env.rand_version) != 0 {
+                    continue;
+                }
+                env.random_cuts(r.size(), pieces, |cut| plan.push((i, cut)));
+            }
+        }
+        let held = held_starts(targets, &candidates);
+        cut::apply_cuts(targets, env, plan);
+        hold(targets, &held);
+    }
+}
+
+/// `(target index, start)` of the pieces zooms cut out, to hold once cut.
+fn held_starts(targets: &[Target], candidates: &[Candidate]) -> Vec<(usize, u64)> {
+    let mut starts: Vec<(usize, u64)> = Vec::new();
+    let mut zooms: Vec<(usize, u64)> =
+        candidates.iter().filter(|c| c.hold).map(|c| (c.global, c.cut)).collect();
+    if zooms.is_empty() {
+        return starts;
+    }
+    zooms.sort_unstable();
+    let mut base = 0;
+    for (t, target) in targets.iter().enumerate() {
+        let end = base + target.regions.len();
+        for &(global, cut) in zooms.iter().filter(|z| (base..end).contains(&z.0)) {
+            starts.push((t, target.regions[global - base].start + cut));
+        }
+        base = end;
+    }
+    starts
+}
+
+/// Holds the regions starting where `starts` says (sorted by target, then address).
+fn hold(targets: &mut [Target], starts: &[(usize, u64)]) {
+    for &(t, start) in starts {
+        let regions = &mut targets[t].regions;
+        let i = regions.partition_point(|r| r.start < start);
+        if let Some(r) = regions.get_mut(i).filter(|r| r.start == start) {
+            r.set_hold(ZOOM_HOLD);
+        }
     }
 }
 
@@ -262,6 +418,61 @@ mod tests {
             !keep_apart(&quarters([0.5; 4], 1), &quarters([0.0; 4], 1)),
             "no evidence, no veto"
         );
+    }
+
+    #[test]
+    fn same_long_run_rates_join_whatever_the_window_held_or_changed_do_not() {
+        let region = |rate: f64, window: u32| Region {
+            quarters: quarters([rate; 4], 20),
+            nr_accesses: window,
+            ..Region::new(0, 1 << 20)
+        };
+        let verdict = |a: &Region, b: &Region| Adaptive::default().verdict(a, b, 20);
+        // 12 and 8 of 20 differ by more than the threshold (2): noise, joined.
+        assert_eq!(verdict(&region(0.5, 12), &region(0.5, 8)), Verdict::Join);
+        // A window that surely changed is left to the counts (kept apart by them).
+        assert_eq!(verdict(&region(0.5, 20), &region(0.5, 0)), Verdict::Counts);
+        assert_eq!(verdict(&region(0.5, 10), &region(0.1, 2)), Verdict::KeepApart);
+        let mut held = region(0.5, 10);
+        held.set_hold(ZOOM_HOLD);
+        assert_eq!(verdict(&held, &region(0.5, 10)), Verdict::KeepApart);
+        // Too little evidence: the counts decide.
+        let young = Region { quarters: quarters([0.5; 4], 4), ..region(0.5, 10) };
+        assert_eq!(verdict(&young, &region(0.5, 10)), Verdict::Counts);
+    }
+
+    #[test]
+    fn a_hit_in_idle_memory_zooms_into_its_quarter() {
+        let mut r = Region { nr_accesses: 1, ..Region::new(0, 1 << 30) };
+        r.quarters = quarters([0.0; 4], 30);
+        r.quarters.hits[2] = 1;
+        assert_eq!(zoom_quarter(&r, 4096), Some(2));
+        r.quarters.hits[0] = 1; // hits in two quarters: spread, not a spot
+        assert_eq!(zoom_quarter(&r, 4096), None);
+        r.quarters.hits[0] = 0;
+        assert_eq!(zoom_quarter(&Region { nr_accesses: 0, ..r }, 4096), None, "no hit now");
+        let busy = Region { quarters: quarters([0.0, 0.0, 0.5, 0.0], 30), ..r };
+        assert_eq!(zoom_quarter(&busy, 4096), None, "a rate the evidence can split on");
+        assert_eq!(zoom_quarter(&Region { end: 8 * 4096, ..r }, 4096), None, "too small");
+    }
+
+    #[test]
+    fn zoom_pieces_are_cut_and_held_below_half() {
+        use super::super::testing::*;
+        let mut t = [target(&[1024 * P; 10])];
+        let r = &mut t[0].regions[4];
+        r.quarters = quarters([0.0; 4], 30);
+        r.quarters.hits[1] = 1;
+        r.nr_accesses = 1;
+        split_once(&mut t, &mut Adaptive::default(), 1000, 1, &mut Classic::default());
+        let held: Vec<(u64, u64)> = t[0]
+            .regions
+            .iter()
+            .filter(|r| r.hold() > 0)
+            .map(|r| (r.start / P, r.end / P))
+            .collect();
+        assert_eq!(held, [(4 * 1024 + 256, 4 * 1024 + 512)]);
+        assert_tiles(&t[0], 10 * 1024 * P);
     }
 
     fn reconsider_with(r: &mut Region, window: u32) {

@@ -21,6 +21,21 @@ impl SplitEnv<'_> {
         let factor = self.rng.range(1, 10, self.rand_version);
         left_piece(factor, size, self.min_region_sz)
     }
+
+    /// The classic path's cuts of one region of `size` into up to `pieces`: the left piece is
+    /// cut again, while it is bigger than two minimum regions.
+    pub(crate) fn random_cuts(&mut self, size: u64, pieces: usize, mut cut_at: impl FnMut(u64)) {
+        let mut size = size;
+        for _ in 0..pieces - 1 {
+            if size <= 2 * self.min_region_sz {
+                break;
+            }
+            if let Some(cut) = self.random_cut(size) {
+                cut_at(cut);
+                size = cut;
+            }
+        }
+    }
 }
 
 /// The kernel's arithmetic: `factor * size` first, then `/ 10`, then aligned down; `None` for an
@@ -41,22 +56,17 @@ impl Classic {
     /// Every region into up to 2 pieces (3 when the count stalled below a third of max),
     /// re-splitting the left piece.
     pub fn split(&self, targets: &mut [Target], nr: usize, env: &mut SplitEnv) {
-        let nr_sub = if self.last_nr_regions == nr && nr < env.max_nr_regions / 3 { 3 } else { 2 };
-        let min = env.min_region_sz;
+        let pieces = self.pieces(nr, env.max_nr_regions);
         let mut plan = Vec::new();
         for (i, r) in regions(targets).enumerate() {
-            let mut size = r.size();
-            for _ in 0..nr_sub - 1 {
-                if size <= 2 * min {
-                    break;
-                }
-                if let Some(cut) = env.random_cut(size) {
-                    plan.push((i, cut));
-                    size = cut;
-                }
-            }
+            env.random_cuts(r.size(), pieces, |cut| plan.push((i, cut)));
         }
         apply_cuts(targets, env, plan);
+    }
+
+    /// Pieces per region: 3 when the count stalled below a third of max, else 2.
+    pub fn pieces(&self, nr: usize, max_nr_regions: usize) -> usize {
+        if self.last_nr_regions == nr && nr < max_nr_regions / 3 { 3 } else { 2 }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Splitting regions to discover finer structure. While at most half of `max_nr_regions` are in
-//! use every policy takes the kernel's classic path; above that they differ. One file per policy;
+//! use the kernel's policies take its classic path (adaptive its own); above that they differ. One file per policy;
 //! what they share (cutting regions, the classic path) is in `cut`, the statistics over a
 //! region's samples in `evidence`, and what differs is asked of the policy through [`Policy`].
 
@@ -101,8 +101,19 @@ pub(crate) struct SplitEnv<'a> {
     pub samples: u32,
 }
 
+/// What a split policy says of two neighbours in the first merge pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The window counts decide, against the merge threshold (the kernel's rule).
+    Counts,
+    /// Keep them apart whatever the counts.
+    KeepApart,
+    /// Merge them whatever the counts: their long-run rates are the same.
+    Join,
+}
+
 /// What differs between split policies. The engine calls `reset` then `split` at the end of
-/// every aggregation, asks `keeps_evidence` when it records a sample, and `keeps_apart` in the
+/// every aggregation, asks `keeps_evidence` when it records a sample, and `verdict` in the
 /// first merge pass.
 pub(crate) trait Policy: Send {
     /// Whether every sample and fault also lands in its region's quarter evidence.
@@ -110,9 +121,9 @@ pub(crate) trait Policy: Send {
         false
     }
 
-    /// Whether the first merge pass must keep these neighbours apart whatever their counts.
-    fn keeps_apart(&self, _left: &Region, _right: &Region) -> bool {
-        false
+    /// How the first merge pass treats these neighbours, whose windows each had `samples`.
+    fn verdict(&self, _left: &Region, _right: &Region, _samples: u32) -> Verdict {
+        Verdict::Counts
     }
 
     /// `kdamond_reset_aggregated`: the window just finished becomes the last one.

@@ -18,12 +18,16 @@ use crate::output::sim::{compare_table, run_table};
 ///
 /// Metrics, after a warm-up of the first 10 % of aggregations: effective regions (mean
 /// nr_regions), error (mean over bytes of |true access probability per sample - the estimate of
-/// its region, nr_accesses / samples per aggregation|), detection latency (aggregations until
+/// its region, nr_accesses / samples per aggregation|), resolution error (the same against the
+/// true mean of its region: what the boundaries alone cost), hot coverage (the share of bytes
+/// at 0.2 or more in regions estimating them within 0.2, and when it first reached 90 %),
+/// changed coverage (likewise for the bytes events changed), detection latency (aggregations until
 /// regions inside a changed area, within 0.2 of its new probability, cover 90 % of it), splits
 /// and wasted splits (merged back within two aggregations), and cost (access checks).
 #[derive(Args)]
 pub struct SimArgs {
-    /// A built-in scenario (seed-corner, seed-reproducer, stairs) or a scenario TOML file.
+    /// A built-in scenario (seed-corner, seed-reproducer, stairs, flat, sparse-spots, needle)
+    /// or a scenario TOML file.
     #[arg(default_value = "seed-corner")]
     scenario: String,
     /// Run every policy with the same seed and print one table.

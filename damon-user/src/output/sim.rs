@@ -10,8 +10,17 @@ use damon_engine::{
 use crate::util::table::{self, Align};
 
 /// A row of the comparison, and the table's header.
-const HEADER: [&str; 6] =
-    ["policy", "regions", "error", "detection (aggregations)", "splits (wasted)", "cost (checks)"];
+const HEADER: [&str; 9] = [
+    "policy",
+    "regions",
+    "error",
+    "resolution",
+    "hot covered (90 % at)",
+    "changed covered",
+    "detection (aggregations)",
+    "splits (wasted)",
+    "cost (checks)",
+];
 
 pub fn compare_table(reports: &[RunReport]) -> String {
     let mut out = String::new();
@@ -33,6 +42,9 @@ pub fn compare_table(reports: &[RunReport]) -> String {
                 r.policy.name().to_owned(),
                 format!("{:.1}", r.effective_regions),
                 format!("{:.4}", r.error),
+                format!("{:.4}", r.resolution_error),
+                hot_coverage(r),
+                percent(r.changed_coverage),
                 latency_summary(&r.detections),
                 format!("{} ({})", r.splits, r.wasted_splits),
                 format!("{:.2}M", r.cost as f64 / 1e6),
@@ -40,8 +52,26 @@ pub fn compare_table(reports: &[RunReport]) -> String {
         })
         .collect();
     use Align::{Left, Right};
-    out.push_str(&table::render(&HEADER, &[Left, Right, Right, Left, Right, Right], &rows));
+    out.push_str(&table::render(
+        &HEADER,
+        &[Left, Right, Right, Right, Right, Right, Left, Right, Right],
+        &rows,
+    ));
     out
+}
+
+/// `-`, or a share as a whole percentage.
+fn percent(share: Option<f64>) -> String {
+    share.map_or("-".into(), |s| format!("{:.0} %", s * 100.0))
+}
+
+/// The mean hot coverage and when 90 % was first reached.
+fn hot_coverage(r: &RunReport) -> String {
+    let at = r.hot_covered_after.map_or("never".into(), |s| format!("{s:.0} s"));
+    match r.hot_coverage {
+        None => "-".into(),
+        Some(_) => format!("{} ({at})", percent(r.hot_coverage)),
+    }
 }
 
 fn seeds(r: &RunReport) -> String {
@@ -90,6 +120,22 @@ pub fn run_table(r: &RunReport) -> String {
     let _ = writeln!(out, "effective regions  {:.1}", r.effective_regions);
     let _ =
         writeln!(out, "error              {:.4} (mean byte-weighted |truth - estimate|)", r.error);
+    let _ = writeln!(
+        out,
+        "resolution error   {:.4} (mean byte-weighted |truth - true mean of its region|)",
+        r.resolution_error
+    );
+    let _ = writeln!(
+        out,
+        "hot covered        {} (of bytes at 0.2 or more, in regions estimating them within 0.2; \
+         90 % first at)",
+        hot_coverage(r)
+    );
+    let _ = writeln!(
+        out,
+        "changed covered    {} (of bytes events changed, likewise, from the first change)",
+        percent(r.changed_coverage)
+    );
     let _ = writeln!(
         out,
         "splits             {} ({} wasted: merged back within 2 aggregations)",
