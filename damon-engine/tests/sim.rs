@@ -114,7 +114,7 @@ fn flat_memory_costs_the_default_a_third_of_legacy_at_most() {
 }
 
 /// 300 hot 2 MiB spots in 30 GiB: the default covers 90 % of their bytes within two simulated
-/// minutes in every seed (about 30 s in docs/benchmarks.md); the kernel's policies never do.
+/// minutes in every seed (about 20 s in docs/benchmarks.md); the kernel's policies never do.
 #[test]
 fn sparse_spots_are_found_by_the_default_only() {
     let reports = compare("sparse-spots");

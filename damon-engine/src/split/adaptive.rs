@@ -155,12 +155,12 @@ struct Found {
 }
 
 /// A cut worth making: the region's index among all regions, the offset, the error it is
-/// expected to remove, and whether the piece from it is a zoom to hold.
+/// expected to remove, and for a zoom, the offset where the piece to hold starts.
 struct Candidate {
     global: usize,
     cut: u64,
     value: f64,
-    hold: bool,
+    hold_from: Option<u64>,
 }
 
 /// The quarter of `r` (at the end of its window, before the reset) to cut out and watch: the
@@ -197,22 +197,24 @@ impl Adaptive {
             let regions = &target.regions;
             for Found { index, global, boundaries, zoom } in found {
                 let r = &regions[index];
-                let mut push = |cut: u64, value: f64, hold: bool| {
+                let mut push = |cut: u64, value: f64, hold_from: Option<u64>| {
                     if cut != 0 && cut < r.size() {
-                        candidates.push(Candidate { global, cut, value, hold });
+                        candidates.push(Candidate { global, cut, value, hold_from });
                     }
                 };
                 if let Some(k) = zoom {
                     let quarter = r.size() / 4;
                     let value = quarter as f64 * 0.75 * ZOOM_GAIN;
-                    let (start, end) = (quarter * k as u64, quarter * (k as u64 + 1));
-                    push(align_down(start, min), value, true);
-                    push(align_down(end, min), value, false);
+                    let start = align_down(quarter * k as u64, min);
+                    let end = align_down(quarter * (k as u64 + 1), min);
+                    // The first quarter has no start cut: its end cut holds it.
+                    push(start, value, Some(start));
+                    push(end, value, (start == 0).then_some(0));
                     continue;
                 }
                 let mut push_cut = |cut: u64, diff: f64| {
                     let (left, right) = (cut as f64, r.size().saturating_sub(cut) as f64);
-                    push(cut, left * right / r.size() as f64 * diff, false);
+                    push(cut, left * right / r.size() as f64 * diff, None);
                 };
                 let first = boundaries[0].map_or(0, |b| b.0);
                 let neighbours =
@@ -336,7 +338,7 @@ impl Policy for Adaptive {
 fn held_starts(targets: &[Target], candidates: &[Candidate]) -> Vec<(usize, u64)> {
     let mut starts: Vec<(usize, u64)> = Vec::new();
     let mut zooms: Vec<(usize, u64)> =
-        candidates.iter().filter(|c| c.hold).map(|c| (c.global, c.cut)).collect();
+        candidates.iter().filter_map(|c| Some((c.global, c.hold_from?))).collect();
     if zooms.is_empty() {
         return starts;
     }
@@ -344,8 +346,8 @@ fn held_starts(targets: &[Target], candidates: &[Candidate]) -> Vec<(usize, u64)
     let mut base = 0;
     for (t, target) in targets.iter().enumerate() {
         let end = base + target.regions.len();
-        for &(global, cut) in zooms.iter().filter(|z| (base..end).contains(&z.0)) {
-            starts.push((t, target.regions[global - base].start + cut));
+        for &(global, from) in zooms.iter().filter(|z| (base..end).contains(&z.0)) {
+            starts.push((t, target.regions[global - base].start + from));
         }
         base = end;
     }
@@ -473,6 +475,16 @@ mod tests {
             .collect();
         assert_eq!(held, [(4 * 1024 + 256, 4 * 1024 + 512)]);
         assert_tiles(&t[0], 10 * 1024 * P);
+        // The first quarter: one cut, and the piece from the region's start held.
+        let mut t = [target(&[1024 * P; 10])];
+        let r = &mut t[0].regions[4];
+        r.quarters = quarters([0.0; 4], 30);
+        r.quarters.hits[0] = 1;
+        r.nr_accesses = 1;
+        split_once(&mut t, &mut Adaptive::default(), 1000, 1, &mut Classic::default());
+        let held: Vec<u64> =
+            t[0].regions.iter().filter(|r| r.hold() > 0).map(|r| r.end / P).collect();
+        assert_eq!(held, [4 * 1024 + 256]);
     }
 
     fn reconsider_with(r: &mut Region, window: u32) {
