@@ -40,7 +40,7 @@ impl Quarters {
     /// Counts saturate here; then all are halved, so old samples fade.
     const CAP: u8 = 64;
 
-    fn quarter_of(offset: u64, size: u64) -> usize {
+    pub(crate) fn quarter_of(offset: u64, size: u64) -> usize {
         (offset >= size / 4) as usize
             + (offset >= size / 2) as usize
             + (offset >= size / 4 * 3) as usize

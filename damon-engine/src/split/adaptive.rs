@@ -18,7 +18,8 @@
 //! - joins neighbours whose long-run rates are the same whatever one window says, so flat
 //!   memory needs few regions;
 //! - zooms into the quarter holding a nearly idle region's hits, to find small hot spots;
-//! - explores at random only regions with long, uniform evidence, one aggregation in four.
+//! - explores at random regions with long, uniform evidence one aggregation in four, and
+//!   every aggregation those whose window could read only some of their samples.
 //!
 //! The simulator's comparison (docs/design.md) is the reason for each of these choices.
 
@@ -49,7 +50,10 @@ const ZOOM_HOLD: u8 = 7;
 const ZOOM_GAIN: f64 = 0.05;
 /// Below max/2, a region whose evidence is this long and shows no structure is split at random
 /// in one aggregation of `EXPLORE_EVERY`: exploration enough to notice new structure. Younger
-/// evidence is left to grow first (a fresh piece split again is a wasted split).
+/// evidence is left to grow first (a fresh piece split again is a wasted split), unless the
+/// window read only some of the region's samples: memory that cannot be monitored (locked,
+/// shared page cache) lies beside memory that can, and its unknown samples never build the
+/// evidence a cut needs, so only random cuts can set it apart.
 const MATURE_SAMPLES: u32 = 64;
 const EXPLORE_EVERY: u64 = 4;
 /// A window this far from a region's evidence halves the evidence...
@@ -163,15 +167,25 @@ struct Candidate {
     hold_from: Option<u64>,
 }
 
-/// The quarter of `r` (at the end of its window, before the reset) to cut out and watch: the
-/// window found an access in a region that is nearly idle in the long run, and every hit its
-/// evidence holds lies in that quarter. A random split almost never isolates a small hot spot
-/// in a large idle region; following its hits, a quarter at a time, does.
-fn zoom_quarter(r: &Region, min_region_sz: u64) -> Option<usize> {
-    if r.nr_accesses == 0 || r.size() < ZOOM_MIN_SIZE * min_region_sz {
+/// The quarter of `r` (at the end of its window of `window` intervals, before the reset) to cut
+/// out and watch: the window found an access in a region that is nearly idle in the long run,
+/// and every hit its evidence holds lies in that quarter; or no sample of the window could be
+/// read in a region whose evidence could, and the quarter holds the last of them
+/// (`sampling_addr`). A random split almost never isolates a small hot spot, or a small
+/// mapping that cannot be monitored, in a large idle region; following its hits, a quarter at a
+/// time, does.
+fn zoom_quarter(r: &Region, min_region_sz: u64, window: u32) -> Option<usize> {
+    if r.size() < ZOOM_MIN_SIZE * min_region_sz {
         return None;
     }
     let q = &r.quarters;
+    if r.unknown > 0 && r.known(window) == 0 {
+        let offset = r.sampling_addr.checked_sub(r.start).filter(|&o| o < r.size())?;
+        return (tally(q, 0..4).1 > 0).then(|| Quarters::quarter_of(offset, r.size()));
+    }
+    if r.nr_accesses == 0 {
+        return None;
+    }
     let (hits, samples) = tally(q, 0..4);
     if hits as f64 > ZOOM_RATE * samples as f64 {
         return None;
@@ -186,6 +200,8 @@ pub(crate) struct Adaptive {
     /// Per target, the regions worth cutting, found during the reset (the same pass over the
     /// regions).
     found: Vec<Vec<Found>>,
+    /// Indices among all regions of those whose window read some of their samples but not all.
+    partly_known: Vec<usize>,
 }
 
 impl Adaptive {
@@ -268,13 +284,23 @@ impl Policy for Adaptive {
     fn reset(&mut self, targets: &mut [Target], env: &SplitEnv) {
         let wanted = cut::count(targets) < env.max_nr_regions;
         self.found.clear();
+        self.partly_known.clear();
         let mut base = 0;
         for target in targets.iter_mut() {
             let mut found = Vec::new();
             for (index, r) in target.regions.iter_mut().enumerate() {
                 // Before the reset: the window's hit may make the evidence go.
-                let zoom = if wanted { zoom_quarter(r, env.min_region_sz) } else { None };
+                let zoom =
+                    if wanted { zoom_quarter(r, env.min_region_sz, env.samples) } else { None };
                 let known = r.known(env.samples);
+                if wanted && r.unknown > 0 && known > 0 {
+                    self.partly_known.push(base + index);
+                }
+                if r.unknown > 0 && known == 0 {
+                    // Unreadable now: the known evidence fades, so memory that stays so stops
+                    // zooming.
+                    r.quarters.halve();
+                }
                 r.reset_window();
                 r.set_hold(r.hold().saturating_sub(1));
                 reconsider(r, known, env.samples);
@@ -292,7 +318,9 @@ impl Policy for Adaptive {
 
     /// The most valuable cuts the evidence supports and the zooms, within the budget
     /// `max - nr`; at or below max/2, regions without either whose evidence is long are
-    /// explored at random too, one aggregation in `EXPLORE_EVERY`.
+    /// explored at random too, one aggregation in `EXPLORE_EVERY`, and partly known ones in
+    /// every aggregation, their pieces held (and explored again while partly known), so they
+    /// narrow down to the memory that cannot be read instead of merging back.
     fn split(&mut self, targets: &mut [Target], classic: &mut Classic, env: &mut SplitEnv) {
         let nr = cut::count(targets);
         let max = env.max_nr_regions;
@@ -308,45 +336,59 @@ impl Policy for Adaptive {
             candidates.truncate(budget);
         }
         let mut plan: Vec<(usize, u64)> = candidates.iter().map(|c| (c.global, c.cut)).collect();
+        // `(global index, offset)` of the pieces to hold once cut.
+        let mut holds: Vec<(usize, u64)> =
+            candidates.iter().filter_map(|c| Some((c.global, c.hold_from?))).collect();
         if nr <= max / 2 {
             let pieces = classic.pieces(nr, max);
             let mut cut = plan.clone();
             cut.sort_unstable();
             let mut next_cut = cut.iter().map(|c| c.0).peekable();
+            let mut partly_known = self.partly_known.iter().copied().peekable();
             for (i, r) in cut::regions(targets).enumerate() {
                 if plan.len() >= budget {
                     break;
                 }
                 let has_cuts = next_cut.peek() == Some(&i);
                 while next_cut.next_if(|&c| c <= i).is_some() {}
-                if has_cuts || r.hold() > 0 || tally(&r.quarters, 0..4).1 < MATURE_SAMPLES {
+                let partly_known = partly_known.next_if_eq(&i).is_some();
+                if has_cuts || (r.hold() > 0 && !partly_known) {
                     continue;
                 }
-                if env.rng.range(0, EXPLORE_EVERY, env.rand_version) != 0 {
+                let explore = partly_known
+                    || tally(&r.quarters, 0..4).1 >= MATURE_SAMPLES
+                        && env.rng.range(0, EXPLORE_EVERY, env.rand_version) == 0;
+                if !explore {
                     continue;
                 }
-                env.random_cuts(r.size(), pieces, |cut| plan.push((i, cut)));
+                if partly_known {
+                    holds.push((i, 0));
+                }
+                env.random_cuts(r.size(), pieces, |cut| {
+                    plan.push((i, cut));
+                    if partly_known {
+                        holds.push((i, cut));
+                    }
+                });
             }
         }
-        let held = held_starts(targets, &candidates);
+        let held = held_starts(targets, holds);
         cut::apply_cuts(targets, env, plan);
         hold(targets, &held);
     }
 }
 
-/// `(target index, start)` of the pieces zooms cut out, to hold once cut.
-fn held_starts(targets: &[Target], candidates: &[Candidate]) -> Vec<(usize, u64)> {
+/// `(target index, start)` of the pieces to hold once cut, from `(global index, offset)`.
+fn held_starts(targets: &[Target], mut pieces: Vec<(usize, u64)>) -> Vec<(usize, u64)> {
     let mut starts: Vec<(usize, u64)> = Vec::new();
-    let mut zooms: Vec<(usize, u64)> =
-        candidates.iter().filter_map(|c| Some((c.global, c.hold_from?))).collect();
-    if zooms.is_empty() {
+    if pieces.is_empty() {
         return starts;
     }
-    zooms.sort_unstable();
+    pieces.sort_unstable();
     let mut base = 0;
     for (t, target) in targets.iter().enumerate() {
         let end = base + target.regions.len();
-        for &(global, from) in zooms.iter().filter(|z| (base..end).contains(&z.0)) {
+        for &(global, from) in pieces.iter().filter(|z| (base..end).contains(&z.0)) {
             starts.push((t, target.regions[global - base].start + from));
         }
         base = end;
@@ -448,14 +490,29 @@ mod tests {
         let mut r = Region { nr_accesses: 1, ..Region::new(0, 1 << 30) };
         r.quarters = quarters([0.0; 4], 30);
         r.quarters.hits[2] = 1;
-        assert_eq!(zoom_quarter(&r, 4096), Some(2));
+        assert_eq!(zoom_quarter(&r, 4096, 20), Some(2));
         r.quarters.hits[0] = 1; // hits in two quarters: spread, not a spot
-        assert_eq!(zoom_quarter(&r, 4096), None);
+        assert_eq!(zoom_quarter(&r, 4096, 20), None);
         r.quarters.hits[0] = 0;
-        assert_eq!(zoom_quarter(&Region { nr_accesses: 0, ..r }, 4096), None, "no hit now");
+        assert_eq!(zoom_quarter(&Region { nr_accesses: 0, ..r }, 4096, 20), None, "no hit now");
         let busy = Region { quarters: quarters([0.0, 0.0, 0.5, 0.0], 30), ..r };
-        assert_eq!(zoom_quarter(&busy, 4096), None, "a rate the evidence can split on");
-        assert_eq!(zoom_quarter(&Region { end: 8 * 4096, ..r }, 4096), None, "too small");
+        assert_eq!(zoom_quarter(&busy, 4096, 20), None, "a rate the evidence can split on");
+        assert_eq!(zoom_quarter(&Region { end: 8 * 4096, ..r }, 4096, 20), None, "too small");
+    }
+
+    #[test]
+    fn an_unreadable_window_in_readable_memory_zooms_where_its_last_sample_was() {
+        let r = Region {
+            unknown: 20,
+            sampling_addr: (1 << 30) / 8 * 7,
+            quarters: quarters([0.0; 4], 30),
+            ..Region::new(0, 1 << 30)
+        };
+        assert_eq!(zoom_quarter(&r, 4096, 20), Some(3));
+        let never_read = Region { quarters: Quarters::default(), ..r };
+        assert_eq!(zoom_quarter(&never_read, 4096, 20), None, "unreadable all along");
+        let partly = Region { unknown: 10, ..r };
+        assert_eq!(zoom_quarter(&partly, 4096, 20), None, "which sample was unknown is not known");
     }
 
     #[test]
