@@ -32,6 +32,8 @@ use crate::region::{Quarters, Region, Target, align_down};
 /// How sure a difference inside a region must be before it costs a region: z = 2.25, as the
 /// exact fraction z² = 81/16 for the integer test on quarter counts.
 const Z_SPLIT_SQUARED: (u64, u64) = (81, 16);
+/// A quarter this many standard errors from what a single edge predicts rules the edge out.
+const Z_EDGE: f64 = 2.5;
 /// How sure a difference between neighbours must be to keep them from merging.
 const Z_KEEP: f64 = 2.5;
 /// Neighbours with at least this many samples of evidence each...
@@ -133,7 +135,20 @@ fn edge_between(q: &Quarters, first_boundary: usize, left: f64, right: f64) -> O
         return None;
     }
     let f = (rate(q)? - right) / outside;
-    (0.05..=0.95).contains(&f).then_some(f)
+    ((0.05..=0.95).contains(&f) && explains(q, f, left, right)).then_some(f)
+}
+
+/// Whether every quarter's evidence fits one edge at `f` between rates `left` and `right`: more
+/// steps (cold, hot, cold, hot) can average out to the same overall rate, and an edge cut
+/// there leaves two pieces of the same mixed rate, which join again.
+fn explains(q: &Quarters, f: f64, left: f64, right: f64) -> bool {
+    (0..4).all(|k| {
+        let (hits, samples) = (q.hits[k] as f64, q.samples[k] as f64);
+        let on_left = (f * 4.0 - k as f64).clamp(0.0, 1.0);
+        let expected = (left * on_left + right * (1.0 - on_left)).clamp(0.05, 0.95);
+        let error = (expected * (1.0 - expected) / samples.max(1.0)).sqrt();
+        samples == 0.0 || (hits / samples - expected).abs() <= Z_EDGE * error
+    })
 }
 
 /// The long-term rate of the region adjacent to `regions[i]` on one side, in one target.
@@ -452,6 +467,9 @@ mod tests {
         assert!((f - 0.4).abs() < 0.01, "{f}");
         // Evidence pointing the other way than the neighbours: no single edge.
         assert_eq!(edge_between(&quarters([0.0, 0.0, 0.5, 0.5], 40), 2, 0.5, 0.0), None);
+        // Cold, hot, cold, hot between cold and hot neighbours: the overall rate fits an edge at
+        // a third, but the quarters do not.
+        assert_eq!(edge_between(&quarters([0.6, 0.35, 0.65, 1.0], 40), 3, 0.0, 1.0), None);
     }
 
     #[test]
