@@ -505,7 +505,6 @@ impl Context {
         max
     }
 
-    /// Adds this sample to every region; returns the largest `nr_accesses` afterwards.
     /// Adds this sample to the regions checked; returns the largest `nr_accesses` afterwards,
     /// and how many were checked.
     fn record_results(&mut self, adopt_next: bool) -> (u32, u64) {

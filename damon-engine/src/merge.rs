@@ -3,7 +3,7 @@
 use crate::{
     CoreVersion, Counters,
     region::{Quarters, Region, Target, align_up},
-    split::{Policy, Verdict},
+    split::Policy,
     waste::RecentSplits,
 };
 
@@ -116,15 +116,11 @@ fn merge_regions_of(
     kept
 }
 
-/// Whether neighbours are alike enough to merge: the policy's verdict in a guarded pass, else
-/// (or when it leaves it to them) their window counts against the threshold.
+/// Whether neighbours are alike enough to merge: their window counts against the threshold,
+/// which the policy may overrule in a guarded pass.
 fn similar(prev: &Region, r: &Region, threshold: u32, guard: bool, p: &MergeParams) -> bool {
-    let verdict = if guard { p.policy.verdict(prev, r, p.samples) } else { Verdict::Counts };
-    match verdict {
-        Verdict::Counts => prev.nr_accesses.abs_diff(r.nr_accesses) <= threshold,
-        Verdict::KeepApart => false,
-        Verdict::Join => true,
-    }
+    let by_counts = prev.nr_accesses.abs_diff(r.nr_accesses) <= threshold;
+    if guard { p.policy.merges(prev, r, p.samples, by_counts) } else { by_counts }
 }
 
 fn update_age(r: &mut Region, threshold: u32) {

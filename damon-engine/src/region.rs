@@ -109,7 +109,9 @@ impl Region {
     /// cannot be monitored now. `window` is the sample intervals per aggregation. Past 255
     /// unknown samples (windows that long), a region with no access reads as unknown.
     pub fn all_unknown(&self, window: u32) -> bool {
+        // Strides never exceed the window: without unknown samples some were read.
         window > 0
+            && self.unknown > 0
             && (self.known(window) == 0 || (self.unknown == u8::MAX && self.nr_accesses == 0))
     }
 

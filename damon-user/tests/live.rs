@@ -343,8 +343,9 @@ fn late_ticks_are_reported_with_real_window_times() {
     }
     let span = ns(snapshots.last().unwrap(), "end_ns") - ns(&snapshots[0], "start_ns");
     let mean = span / snapshots.len() as u64;
-    // Never shorter on average; longer where the machine cannot keep up (emulated guests).
-    assert!((9_500_000..100_000_000).contains(&mean), "windows of {mean} ns on average");
+    // Never shorter on average; longer where the machine cannot keep up (emulated guests ran
+    // 110 ms windows: the ceiling only catches a stalled sampler).
+    assert!((9_500_000..250_000_000).contains(&mean), "windows of {mean} ns on average");
     assert!(late_windows > 0, "no late ticks at 20 us here: nothing checked");
     let out = udamon().args(["monitor", "--every", "5"]).args(args).arg(target.pid()).output();
     let text = succeed(out.unwrap());

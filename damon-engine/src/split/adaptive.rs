@@ -24,7 +24,7 @@
 //! The simulator's comparison (docs/design.md) is the reason for each of these choices.
 
 use super::{
-    Classic, Policy, SplitEnv, Verdict, cut,
+    Classic, Policy, SplitEnv, cut,
     evidence::{MIN_SIDE_SAMPLES, counts_differ, differ, gap, rate, tally, z_squared},
 };
 use crate::region::{Quarters, Region, Target, align_down};
@@ -34,16 +34,18 @@ use crate::region::{Quarters, Region, Target, align_down};
 const Z_SPLIT_SQUARED: (u64, u64) = (81, 16);
 /// A quarter this many standard errors from what a single edge predicts rules the edge out.
 const Z_EDGE: f64 = 2.5;
-/// How sure a difference between neighbours must be to keep them from merging.
-const Z_KEEP: f64 = 2.5;
+/// How sure a difference between neighbours must be to keep them from merging: z = 2.5 (z²
+/// as a fraction, for the integer test).
+const Z_KEEP_SQUARED: (u64, u64) = (25, 4);
 /// Neighbours with at least this many samples of evidence each...
 const JOIN_SAMPLES: u32 = 32;
-/// ...whose long-run rates are less than this many standard errors apart, and whose windows
-/// less than `Z_WINDOWS`, merge whatever their window counts: their difference is noise.
-const Z_JOIN: f64 = 2.0;
+/// ...whose long-run rates are less than 2 standard errors apart, and whose windows less than
+/// `Z_WINDOWS`, merge whatever their window counts: their difference is noise.
+const Z_JOIN_SQUARED: (u64, u64) = (4, 1);
 const Z_WINDOWS: f64 = 2.5;
-/// A region zooms into the quarter holding its hits while its long-run rate is at most this...
-const ZOOM_RATE: f64 = 0.05;
+/// A region zooms into the quarter holding its hits while its long-run rate is at most this
+/// (5 %, as a fraction)...
+const ZOOM_RATE: (u32, u32) = (1, 20);
 /// ...and it is at least this many minimum regions; the piece is kept apart this many
 /// aggregations, to gather its own evidence.
 const ZOOM_MIN_SIZE: u64 = 16;
@@ -66,7 +68,7 @@ const Z_FORGET: f64 = 2.5;
 /// Whether two neighbours' long-term rates differ too surely to merge them on one window's
 /// counts, which are noisy.
 fn keep_apart(left: &Quarters, right: &Quarters) -> bool {
-    differ(tally(left, 0..4), tally(right, 0..4), Z_KEEP)
+    counts_differ(tally(left, 0..4), tally(right, 0..4), Z_KEEP_SQUARED)
 }
 
 /// Weighs the window just finished (now `last_nr_accesses`, on the scale of `samples`, from
@@ -74,7 +76,11 @@ fn keep_apart(left: &Quarters, right: &Quarters) -> bool {
 /// they disagree.
 fn reconsider(r: &mut Region, known: u32, samples: u32) {
     let evidence = tally(&r.quarters, 0..4);
-    let hits = (r.last_nr_accesses as u64 * known as u64 / samples.max(1) as u64) as u32;
+    let hits = if known == samples {
+        r.last_nr_accesses
+    } else {
+        (r.last_nr_accesses as u64 * known as u64 / samples.max(1) as u64) as u32
+    };
     let Some((num, den)) = z_squared((hits, known), evidence) else { return };
     if num >= Z_FORGET * Z_FORGET * den {
         r.quarters = Quarters::default();
@@ -91,16 +97,26 @@ fn boundaries(q: &Quarters) -> [Option<(usize, f64)>; 3] {
     let mut found = [None; 3];
     let (h, n) = (q.hits.map(u32::from), q.samples.map(u32::from));
     let (total_h, total_n) = (h.iter().sum::<u32>(), n.iter().sum::<u32>());
-    if total_n < 2 * MIN_SIDE_SAMPLES {
+    // All hits or none: no part can differ.
+    if total_n < 2 * MIN_SIDE_SAMPLES || total_h == 0 || total_h == total_n {
         return found;
     }
     let mut best: Option<(usize, f64)> = None;
     let (mut left_h, mut left_n) = (0, 0);
+    // `counts_differ` with the factors all sides share hoisted: for sides of one region,
+    // hl·nr − hr·nl = hl·N − H·nl, and H·(N − H) is the region's.
+    let (big_h, big_n) = (u64::from(total_h), u64::from(total_n));
+    let (lhs, rhs) = (Z_SPLIT_SQUARED.1 * big_n, Z_SPLIT_SQUARED.0 * big_h * (big_n - big_h));
     for b in 1..4 {
         left_h += h[b - 1];
         left_n += n[b - 1];
         let (left, right) = ((left_h, left_n), (total_h - left_h, total_n - left_n));
-        if counts_differ(left, right, Z_SPLIT_SQUARED) {
+        let (hl, nl, nr) = (u64::from(left_h), u64::from(left_n), u64::from(right.1));
+        let d = (hl * big_n).abs_diff(big_h * nl);
+        if nl >= MIN_SIDE_SAMPLES as u64
+            && nr >= MIN_SIDE_SAMPLES as u64
+            && lhs * d * d >= rhs * nl * nr
+        {
             let g = gap(left, right);
             if best.is_none_or(|(_, best_gap)| g > best_gap) {
                 best = Some((b, g));
@@ -190,7 +206,7 @@ struct Candidate {
 /// mapping that cannot be monitored, in a large idle region; following its hits, a quarter at a
 /// time, does.
 fn zoom_quarter(r: &Region, min_region_sz: u64, window: u32) -> Option<usize> {
-    if r.size() < ZOOM_MIN_SIZE * min_region_sz {
+    if r.nr_accesses == 0 && r.unknown == 0 || r.size() < ZOOM_MIN_SIZE * min_region_sz {
         return None;
     }
     let q = &r.quarters;
@@ -202,7 +218,7 @@ fn zoom_quarter(r: &Region, min_region_sz: u64, window: u32) -> Option<usize> {
         return None;
     }
     let (hits, samples) = tally(q, 0..4);
-    if hits as f64 > ZOOM_RATE * samples as f64 {
+    if hits * ZOOM_RATE.1 > samples * ZOOM_RATE.0 {
         return None;
     }
     let mut hit = (0..4).filter(|&k| q.hits[k] > 0);
@@ -277,21 +293,18 @@ impl Policy for Adaptive {
 
     /// Apart while held or surely different; joined when both have evidence enough and neither
     /// the long run nor the window says they differ, so flat memory needs few regions.
-    fn verdict(&self, left: &Region, right: &Region, samples: u32) -> Verdict {
-        if left.hold() > 0 || right.hold() > 0 || keep_apart(&left.quarters, &right.quarters) {
-            return Verdict::KeepApart;
+    fn merges(&self, left: &Region, right: &Region, samples: u32, by_counts: bool) -> bool {
+        if left.hold() > 0 || right.hold() > 0 {
+            return false;
+        }
+        if by_counts {
+            return !keep_apart(&left.quarters, &right.quarters);
         }
         let (l, r) = (tally(&left.quarters, 0..4), tally(&right.quarters, 0..4));
-        let windows = ((left.nr_accesses, samples), (right.nr_accesses, samples));
-        if l.1 >= JOIN_SAMPLES
+        l.1 >= JOIN_SAMPLES
             && r.1 >= JOIN_SAMPLES
-            && !differ(l, r, Z_JOIN)
-            && !differ(windows.0, windows.1, Z_WINDOWS)
-        {
-            Verdict::Join
-        } else {
-            Verdict::Counts
-        }
+            && !counts_differ(l, r, Z_JOIN_SQUARED)
+            && !differ((left.nr_accesses, samples), (right.nr_accesses, samples), Z_WINDOWS)
     }
 
     /// The reset, the evidence weighed against the window just finished, holds counted down,
@@ -489,18 +502,23 @@ mod tests {
             nr_accesses: window,
             ..Region::new(0, 1 << 20)
         };
-        let verdict = |a: &Region, b: &Region| Adaptive::default().verdict(a, b, 20);
+        // What the first merge pass does with neighbours the counts would merge, and would not.
+        let merges = |a: &Region, b: &Region| {
+            let policy = Adaptive::default();
+            (policy.merges(a, b, 20, true), policy.merges(a, b, 20, false))
+        };
+        let (counts_decide, kept_apart, joined) = ((true, false), (false, false), (true, true));
         // 12 and 8 of 20 differ by more than the threshold (2): noise, joined.
-        assert_eq!(verdict(&region(0.5, 12), &region(0.5, 8)), Verdict::Join);
+        assert_eq!(merges(&region(0.5, 12), &region(0.5, 8)), joined);
         // A window that surely changed is left to the counts (kept apart by them).
-        assert_eq!(verdict(&region(0.5, 20), &region(0.5, 0)), Verdict::Counts);
-        assert_eq!(verdict(&region(0.5, 10), &region(0.1, 2)), Verdict::KeepApart);
+        assert_eq!(merges(&region(0.5, 20), &region(0.5, 0)), counts_decide);
+        assert_eq!(merges(&region(0.5, 10), &region(0.1, 2)), kept_apart);
         let mut held = region(0.5, 10);
         held.set_hold(ZOOM_HOLD);
-        assert_eq!(verdict(&held, &region(0.5, 10)), Verdict::KeepApart);
+        assert_eq!(merges(&held, &region(0.5, 10)), kept_apart);
         // Too little evidence: the counts decide.
         let young = Region { quarters: quarters([0.5; 4], 4), ..region(0.5, 10) };
-        assert_eq!(verdict(&young, &region(0.5, 10)), Verdict::Counts);
+        assert_eq!(merges(&young, &region(0.5, 10)), counts_decide);
     }
 
     #[test]

@@ -101,19 +101,8 @@ pub(crate) struct SplitEnv<'a> {
     pub samples: u32,
 }
 
-/// What a split policy says of two neighbours in the first merge pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// The window counts decide, against the merge threshold (the kernel's rule).
-    Counts,
-    /// Keep them apart whatever the counts.
-    KeepApart,
-    /// Merge them whatever the counts: their long-run rates are the same.
-    Join,
-}
-
 /// What differs between split policies. The engine calls `reset` then `split` at the end of
-/// every aggregation, asks `keeps_evidence` when it records a sample, and `verdict` in the
+/// every aggregation, asks `keeps_evidence` when it records a sample, and `merges` in the
 /// first merge pass.
 pub(crate) trait Policy: Send {
     /// Whether every sample and fault also lands in its region's quarter evidence.
@@ -121,9 +110,12 @@ pub(crate) trait Policy: Send {
         false
     }
 
-    /// How the first merge pass treats these neighbours, whose windows each had `samples`.
-    fn verdict(&self, _left: &Region, _right: &Region, _samples: u32) -> Verdict {
-        Verdict::Counts
+    /// Whether the first merge pass merges these neighbours, whose windows each had `samples`,
+    /// given what their window counts say against the merge threshold (the kernel's rule). A
+    /// policy may keep apart what the counts would merge, or join what they would not; told the
+    /// counts' answer, it tests only the way that can change it (this runs for every pair).
+    fn merges(&self, _left: &Region, _right: &Region, _samples: u32, by_counts: bool) -> bool {
+        by_counts
     }
 
     /// `kdamond_reset_aggregated`: the window just finished becomes the last one.
