@@ -197,7 +197,7 @@ fn sim_bad_input_is_one_line_and_exit_2() {
     let cases: [(&[&str], &str); 5] = [
         (
             &["sim", "no-such-scenario"],
-            "unknown scenario `no-such-scenario`: not a built-in (seed-corner, seed-reproducer, stairs, flat, sparse-spots, needle) and no such file",
+            "unknown scenario `no-such-scenario`: not a built-in (seed-corner, seed-reproducer, stairs, flat, sparse-spots, needle, gradient, phases, mixed-spots) and no such file",
         ),
         (
             &["sim", bad_file.to_str().unwrap()],

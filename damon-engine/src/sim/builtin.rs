@@ -8,8 +8,17 @@ use crate::{
     units::{Micros, Size},
 };
 
-pub const NAMES: [&str; 6] =
-    ["seed-corner", "seed-reproducer", "stairs", "flat", "sparse-spots", "needle"];
+pub const NAMES: [&str; 9] = [
+    "seed-corner",
+    "seed-reproducer",
+    "stairs",
+    "flat",
+    "sparse-spots",
+    "needle",
+    "gradient",
+    "phases",
+    "mixed-spots",
+];
 
 pub fn get(name: &str) -> Option<Scenario> {
     match name {
@@ -19,6 +28,9 @@ pub fn get(name: &str) -> Option<Scenario> {
         "flat" => Some(flat()),
         "sparse-spots" => Some(sparse_spots()),
         "needle" => Some(needle()),
+        "gradient" => Some(gradient()),
+        "phases" => Some(phases()),
+        "mixed-spots" => Some(mixed_spots()),
         _ => None,
     }
 }
@@ -226,6 +238,85 @@ fn needle() -> Scenario {
             "needle",
             "64 GiB idle; at 20 s a 2 MiB spot at 90 % appears (max 1000)",
             64 * GIB,
+            180,
+            1000,
+        )
+    }
+}
+
+/// A gradient: the rate rises in 256 small steps from idle to 95 % across 4 GiB, with too few
+/// regions (max 64) for a step each, so where the boundaries go decides the error.
+fn gradient() -> Scenario {
+    const STEPS: u64 = 256;
+    const STEP: u64 = 16 * MIB;
+    let ranges = (1..STEPS)
+        .map(|k| range(k * STEP, (k + 1) * STEP, 0.95 * k as f64 / (STEPS - 1) as f64))
+        .collect();
+    Scenario {
+        ranges,
+        ..plain(
+            "gradient",
+            "4 GiB whose rate rises from 0 to 95 % in 256 steps of 16 MiB (max 64)",
+            STEPS * STEP,
+            120,
+            64,
+        )
+    }
+}
+
+/// Periodic phases: two 1 GiB working sets in 4 GiB take turns, hot (80 %) and nearly idle
+/// (2 %), every 10 s, as a batch job alternating between two stages.
+fn phases() -> Scenario {
+    const PERIOD: u64 = 10;
+    let (a, b) = ((512 * MIB, 1536 * MIB), (2560 * MIB, 3584 * MIB));
+    let change = |at: u64, (start, end): (u64, u64), probability: f64| EventSpec {
+        at: Micros(at * SECOND),
+        kind: EventKind::Change,
+        start: Size(start),
+        end: Size(end),
+        probability: Some(probability),
+        to: None,
+    };
+    let events = (1..12)
+        .flat_map(|k| {
+            let (hot, cold) = if k % 2 == 0 { (a, b) } else { (b, a) };
+            [change(k * PERIOD, hot, 0.8), change(k * PERIOD, cold, 0.02)]
+        })
+        .collect();
+    Scenario {
+        ranges: vec![range(a.0, a.1, 0.8), range(b.0, b.1, 0.02)],
+        events,
+        ..plain(
+            "phases",
+            "two 1 GiB areas in 4 GiB swap between 80 % and 2 % every 10 s (max 200)",
+            4 * GIB,
+            120,
+            200,
+        )
+    }
+}
+
+/// Spots of mixed sizes (1 to 64 MiB) and densities (10 to 90 %), every combination, at random
+/// places in 16 GiB of idle memory: no one size or rate to tune for.
+fn mixed_spots() -> Scenario {
+    const SLOT: u64 = 160 * MIB;
+    const SIZES: [u64; 4] = [MIB, 4 * MIB, 16 * MIB, 64 * MIB];
+    const RATES: [f64; 4] = [0.9, 0.6, 0.3, 0.1];
+    let mut layout = Rng::new(0x3d5);
+    let ranges = (0..100u64)
+        .map(|i| {
+            let size = SIZES[i as usize % 4];
+            let at = i * SLOT + layout.range(0, (SLOT - size) / MIB, RandVersion::Newest) * MIB;
+            range(at, at + size, RATES[i as usize / 4 % 4])
+        })
+        .collect();
+    Scenario {
+        ranges,
+        ..plain(
+            "mixed-spots",
+            "100 spots of 1, 4, 16 and 64 MiB at 90, 60, 30 and 10 %, one at a random place in \
+             every 160 MiB of 16 GiB, the rest idle (max 1000)",
+            100 * SLOT,
             180,
             1000,
         )

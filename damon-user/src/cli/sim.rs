@@ -26,8 +26,8 @@ use crate::output::sim::{compare_table, run_table};
 /// and wasted splits (merged back within two aggregations), and cost (access checks).
 #[derive(Args)]
 pub struct SimArgs {
-    /// A built-in scenario (seed-corner, seed-reproducer, stairs, flat, sparse-spots, needle)
-    /// or a scenario TOML file.
+    /// A built-in scenario (seed-corner, seed-reproducer, stairs, flat, sparse-spots, needle,
+    /// gradient, phases, mixed-spots) or a scenario TOML file.
     #[arg(default_value = "seed-corner")]
     scenario: String,
     /// Run every policy with the same seed and print one table.
