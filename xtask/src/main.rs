@@ -168,6 +168,9 @@ fn with_tools<'a>(command: &'a mut Command, tools: &setup::TestTools) -> &'a mut
 /// The host benches, then the guests' (`kdamond`), or only those named.
 fn bench(tools: &setup::TestTools, names: &[String]) -> Result<()> {
     let wanted = |name: &str| names.is_empty() || names.iter().any(|n| n == name);
+    if wanted("policies") {
+        setup::stress_ng()?;
+    }
     for (package, bench) in [
         ("damon-engine", "engine"),
         ("damon-user", "vaddr"),
@@ -175,6 +178,7 @@ fn bench(tools: &setup::TestTools, names: &[String]) -> Result<()> {
         ("damon-user", "metrics"),
         ("damon-user", "reclaim"),
         ("damon-user", "cost"),
+        ("damon-user", "policies"),
     ] {
         if wanted(bench) {
             run_command(with_tools(

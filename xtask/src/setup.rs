@@ -154,6 +154,28 @@ fn prometheus() -> Result<(PathBuf, PathBuf)> {
     Ok((prometheus, promtool))
 }
 
+/// Debian's stress-ng, a real workload for the benches (installed: it has no service).
+pub fn stress_ng() -> Result<()> {
+    if output(&["stress-ng", "--version"]).is_some() {
+        eprintln!("setup: stress-ng ... present");
+        return Ok(());
+    }
+    eprintln!("setup: stress-ng ... installing (apt-get install stress-ng)");
+    if !apt_install("stress-ng") {
+        bail!(
+            "setup: could not install stress-ng; run this yourself, then retry:\n    apt-get install stress-ng"
+        );
+    }
+    Ok(())
+}
+
+/// `apt-get install` of `package` as root, refreshing the package lists once on failure (a
+/// fresh image's may be stale).
+fn apt_install(package: &str) -> bool {
+    let install = ["apt-get", "install", "-y", "--no-install-recommends", package];
+    is_root() && (run_ok(&install) || (run_ok(&["apt-get", "update"]) && run_ok(&install)))
+}
+
 /// The real damo (PyPI) in a virtualenv under target/. Returns the `damo` executable.
 fn damo() -> Result<PathBuf> {
     let venv = PathBuf::from("target/test-tools/damo-venv");
@@ -169,14 +191,10 @@ fn damo() -> Result<PathBuf> {
     let venv_str = venv.to_str().expect("a UTF-8 path");
     if !run_ok(&["python3", "-m", "venv", "--clear", venv_str]) {
         // Debian ships venv separately.
-        let install = ["apt-get", "install", "-y", "--no-install-recommends", "python3-venv"];
-        if !is_root()
-            || !(run_ok(&install) || (run_ok(&["apt-get", "update"]) && run_ok(&install)))
-            || !run_ok(&["python3", "-m", "venv", "--clear", venv_str])
+        if !apt_install("python3-venv") || !run_ok(&["python3", "-m", "venv", "--clear", venv_str])
         {
             bail!(
-                "setup: cannot create a Python virtualenv for damo; run this yourself, then retry:\n    {} && python3 -m venv {venv_str}",
-                install.join(" ")
+                "setup: cannot create a Python virtualenv for damo; run this yourself, then retry:\n    apt-get install python3-venv && python3 -m venv {venv_str}"
             );
         }
     }

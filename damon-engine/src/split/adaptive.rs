@@ -59,6 +59,11 @@ const ZOOM_GAIN: f64 = 0.05;
 /// shared page cache) lies beside memory that can, and its unknown samples never build the
 /// evidence a cut needs, so only random cuts can set it apart.
 const MATURE_SAMPLES: u32 = 64;
+/// Unreadable memory is chased (partly known regions explored, their pieces held; unreadable
+/// windows zoomed into) down to this many minimum regions (1 MiB of 4 KiB pages): finer,
+/// readable and unreadable pages interleave (a binary's text, partly faulted in, partly shared)
+/// and no cut separates them.
+const UNKNOWN_MIN_SIZE: u64 = 256;
 const EXPLORE_EVERY: u64 = 4;
 /// A window this far from a region's evidence halves the evidence...
 const Z_HALVE: f64 = 2.0;
@@ -211,6 +216,9 @@ fn zoom_quarter(r: &Region, min_region_sz: u64, window: u32) -> Option<usize> {
     }
     let q = &r.quarters;
     if r.unknown > 0 && r.known(window) == 0 {
+        if r.size() < UNKNOWN_MIN_SIZE * min_region_sz {
+            return None;
+        }
         let offset = r.sampling_addr.checked_sub(r.start).filter(|&o| o < r.size())?;
         return (tally(q, 0..4).1 > 0).then(|| Quarters::quarter_of(offset, r.size()));
     }
@@ -321,7 +329,8 @@ impl Policy for Adaptive {
                 let zoom =
                     if wanted { zoom_quarter(r, env.min_region_sz, env.samples) } else { None };
                 let known = r.known(env.samples);
-                if wanted && r.unknown > 0 && known > 0 {
+                let big = r.size() >= UNKNOWN_MIN_SIZE * env.min_region_sz;
+                if wanted && r.unknown > 0 && known > 0 && big {
                     self.partly_known.push(base + index);
                 }
                 if r.unknown > 0 && known == 0 {
@@ -369,6 +378,7 @@ impl Policy for Adaptive {
             candidates.iter().filter_map(|c| Some((c.global, c.hold_from?))).collect();
         if nr <= max / 2 {
             let pieces = classic.pieces(nr, max);
+            let floor = UNKNOWN_MIN_SIZE * env.min_region_sz;
             let mut cut = plan.clone();
             cut.sort_unstable();
             let mut next_cut = cut.iter().map(|c| c.0).peekable();
@@ -389,15 +399,16 @@ impl Policy for Adaptive {
                 if !explore {
                     continue;
                 }
+                let mut cuts = vec![0];
+                env.random_cuts(r.size(), pieces, |cut| cuts.push(cut));
+                cuts.sort_unstable();
+                plan.extend(cuts[1..].iter().map(|&cut| (i, cut)));
                 if partly_known {
-                    holds.push((i, 0));
+                    // Held pieces that small would only fragment the memory.
+                    let ends = cuts[1..].iter().copied().chain([r.size()]);
+                    let big = cuts.iter().zip(ends).filter(|&(&s, e)| e - s >= floor);
+                    holds.extend(big.map(|(&start, _)| (i, start)));
                 }
-                env.random_cuts(r.size(), pieces, |cut| {
-                    plan.push((i, cut));
-                    if partly_known {
-                        holds.push((i, cut));
-                    }
-                });
             }
         }
         let held = held_starts(targets, holds);

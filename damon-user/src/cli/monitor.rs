@@ -165,6 +165,7 @@ fn view(
             // Since monitoring began: a window with late ticks ran longer than the interval.
             value["ticks"] = s.stats.ticks.into();
             value["late_ticks"] = s.stats.late_ticks.into();
+            value["access_checks"] = s.stats.counters.checks.into();
             value["sample_us"] = s.sample_us.into();
             value["aggr_us"] = s.aggr_us.into();
             out.push_str(&(value.to_string() + "\n"));

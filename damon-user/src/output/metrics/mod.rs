@@ -37,6 +37,7 @@ pub struct Metrics {
     aggregations: IntCounter,
     splits: IntCounter,
     merges: IntCounter,
+    checks: IntCounter,
     ticks: IntCounter,
     late_ticks: IntCounter,
     lost: IntCounterVec,
@@ -125,6 +126,13 @@ impl Metrics {
             ),
             splits: add(&r, IntCounter::new("udamon_splits_total", "Regions split")),
             merges: add(&r, IntCounter::new("udamon_merges_total", "Region merges")),
+            checks: add(
+                &r,
+                IntCounter::new(
+                    "udamon_access_checks_total",
+                    "Accessed-bit checks of sampled pages: what monitoring costs",
+                ),
+            ),
             ticks: add(&r, IntCounter::new("udamon_sample_ticks_total", "Sampler ticks")),
             late_ticks: add(
                 &r,
@@ -213,6 +221,7 @@ impl Metrics {
         self.aggregations.inc_by(new.counters.aggregations - old.counters.aggregations);
         self.splits.inc_by(new.counters.splits - old.counters.splits);
         self.merges.inc_by(new.counters.merges - old.counters.merges);
+        self.checks.inc_by(new.counters.checks - old.counters.checks);
         self.ticks.inc_by(new.ticks - old.ticks);
         self.late_ticks.inc_by(new.late_ticks - old.late_ticks);
         self.sampler_cpu.inc_by((new.cpu_seconds - old.cpu_seconds).max(0.0));
