@@ -39,6 +39,13 @@ struct Area {
     hot: bool,
 }
 
+/// One run of a policy: its snapshots and the areas it is scored on.
+struct Run {
+    policy: &'static str,
+    snaps: Vec<Snap>,
+    areas: Vec<Area>,
+}
+
 /// One aggregation as udamon printed it: when it ended, the checks made so far, and every
 /// target's regions as (pid, start, end, rate).
 struct Snap {
@@ -200,7 +207,7 @@ fn stress_worker(group: u32) -> Option<(u32, (u64, u64))> {
     None
 }
 
-fn stress_case(load: &std::path::Path) -> Result<Vec<(String, Vec<Snap>, Vec<Area>)>, String> {
+fn stress_case(load: &std::path::Path) -> Result<Vec<Run>, String> {
     let child = Command::new("stress-ng")
         .args(["--vm", "1", "--vm-bytes", &format!("{STRESS_MIB}M"), "--vm-keep"])
         .args(["--vm-method", "write64", "--timeout", "300s", "--quiet"])
@@ -222,32 +229,36 @@ fn stress_case(load: &std::path::Path) -> Result<Vec<(String, Vec<Snap>, Vec<Are
     let mut runs = Vec::new();
     for _ in 0..RUNS {
         for policy in POLICIES {
-            runs.push((policy.to_owned(), monitor(policy, &[worker, cold.pid()])?, areas()));
+            let snaps = monitor(policy, &[worker, cold.pid()])?;
+            runs.push(Run { policy, snaps, areas: areas() });
         }
     }
     Ok(runs)
 }
 
-fn demo_case() -> Result<Vec<(String, Vec<Snap>, Vec<Area>)>, String> {
+fn demo_case() -> Result<Vec<Run>, String> {
     let mut runs = Vec::new();
     for _ in 0..RUNS {
         for policy in POLICIES {
             let (areas, snaps) = demo(policy)?;
-            runs.push((policy.to_owned(), snaps, areas));
+            runs.push(Run { policy, snaps, areas });
         }
     }
     Ok(runs)
 }
 
-fn print(what: &str, runs: Result<Vec<(String, Vec<Snap>, Vec<Area>)>, String>) {
+fn print(what: &str, runs: Result<Vec<Run>, String>) {
     println!("policies on real memory, {what} ({DURATION}, scored after {SETTLED_FROM} s):");
     let runs = match runs {
         Ok(runs) => runs,
         Err(why) => return println!("  skipped: {why}"),
     };
     for policy in POLICIES {
-        let scores: Vec<_> =
-            runs.iter().filter(|r| r.0 == policy).filter_map(|r| score(&r.1, &r.2)).collect();
+        let scores: Vec<_> = runs
+            .iter()
+            .filter(|r| r.policy == policy)
+            .filter_map(|r| score(&r.snaps, &r.areas))
+            .collect();
         let list = |f: fn(&(f64, f64, f64)) -> String| {
             scores.iter().map(f).collect::<Vec<_>>().join(" / ")
         };
