@@ -450,3 +450,46 @@ fn intervals_auto_tuning_lengthens_an_idle_targets_intervals() {
     assert!(recorded.iter().any(|s| s.as_u64() == Some(20_000)), "{recorded:?}");
     let _ = std::fs::remove_dir_all(file.parent().unwrap());
 }
+
+/// Two monitors of one process clear each other's accessed bits and both read wrong: a second
+/// is refused with one line while the first holds the process, and may go once the first ends,
+/// however it ends (SIGKILL included: the kernel drops the lock).
+#[test]
+fn a_second_monitor_of_a_process_is_refused_while_the_first_runs() {
+    if !privileged("a_second_monitor_of_a_process_is_refused_while_the_first_runs") {
+        return;
+    }
+    let target = Sleeper::new();
+    let claimed_by = |holder: u32| {
+        let files = std::fs::read_dir(damon_user::sys::claim::DIR).into_iter().flatten().flatten();
+        files.into_iter().any(|f| {
+            f.file_name().to_string_lossy().starts_with(&format!("{}-", target.pid()))
+                && std::fs::read_to_string(f.path()).is_ok_and(|s| s == holder.to_string())
+        })
+    };
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let mut first = udamon()
+            .args(["monitor", "--quiet", &target.pid()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !claimed_by(first.id()) {
+            assert!(Instant::now() < deadline, "the first monitor never claimed its target");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = udamon().args(["monitor", "--duration", "1s", &target.pid()]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let says =
+            format!("pid {} is monitored by another udamon (pid {})", target.pid(), first.id());
+        assert!(err.contains(&says), "{err}");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(first.id() as i32, signal) };
+        first.wait().unwrap();
+        let out = udamon().args(["monitor", "--quiet", "--duration", "1s", &target.pid()]).output();
+        succeed(out.unwrap());
+    }
+}

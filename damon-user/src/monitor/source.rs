@@ -68,6 +68,8 @@ pub enum TargetError {
     Exited(u32),
     /// Permission denied (EPERM, EACCES): capabilities are the likely cause.
     Denied(u32, std::io::Error),
+    /// Another udamon monitors it (its pid, when known): both would read wrong.
+    Claimed(u32, Option<u32>),
     Other(u32, anyhow::Error),
 }
 
@@ -75,7 +77,7 @@ impl TargetError {
     /// Whether the user asked for something impossible (exit 2), rather than something failing
     /// while it was done (exit 1).
     pub fn is_input(&self) -> bool {
-        !matches!(self, Self::Exited(_) | Self::Other(..))
+        !matches!(self, Self::Exited(_) | Self::Claimed(..) | Self::Other(..))
     }
 }
 
@@ -93,6 +95,13 @@ impl fmt::Display for TargetError {
                 f,
                 "cannot monitor pid {pid}: {err} (another user's process needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
             ),
+            Self::Claimed(pid, holder) => {
+                let holder = holder.map_or_else(String::new, |h| format!(" (pid {h})"));
+                write!(
+                    f,
+                    "pid {pid} is monitored by another udamon{holder}: two monitors clear each other's accessed bits and both read wrong"
+                )
+            }
             Self::Other(pid, err) => write!(f, "cannot monitor pid {pid}: {err:#}"),
         }
     }

@@ -4,6 +4,7 @@ pub mod anon;
 pub mod btf;
 pub mod caps;
 pub mod cgroup;
+pub mod claim;
 pub mod damon_sysfs;
 pub mod kernel;
 pub mod pagemap;

@@ -32,6 +32,7 @@ use crate::{
     dataplane::{DataPlane, DataPlaneError, Walker, leaf::Leaf, walker::Refusal},
     monitor::{OpsStats, Problem, Source, TargetError},
     sys::{
+        claim::{self, Claim, Refused},
         pagemap::Pagemap,
         pidfd::PidFd,
         pressure,
@@ -46,6 +47,8 @@ pub const CLEAR_ONE_IN: u64 = 16;
 /// A monitored process.
 struct Process {
     pidfd: PidFd,
+    /// This udamon's claim on the process; none where claims cannot be made (no /run).
+    _claim: Option<Claim>,
     pagemap: Pagemap,
     /// With their flags (from smaps), re-read when the layout changes or a clear is refused.
     mappings: Vec<Mapping>,
@@ -382,8 +385,14 @@ impl Source for VaddrOps {
             });
         }
         let pagemap = Pagemap::open(pid).map_err(|err| denied_or(err, TargetError::Other))?;
+        let claim = match claim::claim(pid) {
+            Ok(claim) => Some(claim),
+            Err(Refused::Held(holder)) => return Err(TargetError::Claimed(pid, holder)),
+            Err(Refused::Io(_)) => None,
+        };
         let process = Process {
             pidfd,
+            _claim: claim,
             pagemap,
             mappings,
             uncleared: HashSet::new(),
