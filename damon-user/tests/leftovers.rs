@@ -1,25 +1,62 @@
-//! `record` killed with SIGKILL at random moments (root; under CI=true it must run): what is on
-//! disk is always a complete record or nothing, and nothing of udamon's stays loaded in the
-//! kernel. A file of its own, so no other test's udamon runs beside it.
+//! What udamon leaves behind (root; under CI=true these must run): `record` killed with SIGKILL
+//! at random moments leaves a complete record or none, and no run, killed or ended, leaves a
+//! BPF program or map of udamon's in the kernel (a link holds its program, so no program means
+//! no link). A file of its own, its tests one at a time, so no other udamon runs beside them.
 
 use std::{
     process::{Command, Stdio},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 const ROUNDS: u32 = 50;
 const OUR_PROGRAMS: [&str; 3] = ["walk_on_lock", "page_fault_user", "peek"];
+/// The eBPF crate's maps (names the kernel keeps up to 15 bytes: all of these fit).
+const OUR_MAPS: [&str; 16] = [
+    "PROBE_FIRED",
+    "PROBE_TGID",
+    "KDAMOND_CONFIG",
+    "KDAMOND_TARGETS",
+    "KDAMOND_ZERO",
+    "KDAMOND_REGIONS",
+    "KDAMOND_LOST",
+    "KDAMOND_SCHEMES",
+    "PEEK_OUT",
+    "WALK_CONFIG",
+    "WALK_RESULTS",
+    "WALK_STATS",
+    "WALK_SCRATCH",
+    "FAULT_TARGETS",
+    "FAULT_EVENTS",
+    "FAULT_LOST",
+];
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn udamon() -> Command {
     Command::new(env!("CARGO_BIN_EXE_udamon"))
 }
 
+/// udamon's programs and maps the kernel holds now.
 fn ours_loaded() -> Vec<String> {
-    aya::programs::loaded_programs()
+    let programs = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| p.name_as_str().map(str::to_owned))
-        .filter(|name| OUR_PROGRAMS.contains(&name.as_str()))
-        .collect()
+        .filter(|name| OUR_PROGRAMS.contains(&name.as_str()));
+    let maps = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter_map(|m| m.name_as_str().map(str::to_owned))
+        .filter(|name| OUR_MAPS.contains(&name.as_str()));
+    programs.chain(maps).collect()
+}
+
+/// Waits for the kernel to free what exited processes held (their descriptors close at exit; a
+/// ring buffer's memory is freed from a work item).
+fn assert_nothing_loaded() {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ours_loaded().is_empty() {
+        assert!(Instant::now() < deadline, "still loaded: {:?}", ours_loaded());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// xorshift64: moments to kill at, from a seed printed for a rerun.
@@ -36,8 +73,8 @@ fn a_record_killed_at_any_moment_leaves_a_complete_file_or_none_and_nothing_load
     if !damon_user::test_support::privileged(name) {
         return;
     }
-    let before = ours_loaded();
-    assert!(before.is_empty(), "udamon programs loaded before the test: {before:?}");
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert_nothing_loaded();
     let seed =
         std::env::var("UDAMON_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
@@ -86,10 +123,28 @@ fn a_record_killed_at_any_moment_leaves_a_complete_file_or_none_and_nothing_load
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("{read} records read, {absent} kills before the first flush");
     assert!(read >= ROUNDS / 4, "only {read} of {ROUNDS} kills came after a flush");
-    // The kernel frees programs once their last descriptor closes, which the exit does.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !ours_loaded().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "still loaded: {:?}", ours_loaded());
-        std::thread::sleep(Duration::from_millis(50));
+    assert_nothing_loaded();
+}
+
+/// 100 runs that end as planned (`--duration`), each exiting 0, leave nothing loaded.
+#[test]
+fn a_hundred_runs_leave_nothing_loaded() {
+    if !damon_user::test_support::privileged("a_hundred_runs_leave_nothing_loaded") {
+        return;
     }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert_nothing_loaded();
+    let mut target = Command::new("sleep").arg("600").spawn().unwrap();
+    for run in 0..100 {
+        let out = udamon()
+            .args(["monitor", "--quiet", "--duration", "50ms"])
+            .arg(target.id().to_string())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "run {run}: {err}");
+    }
+    let _ = target.kill();
+    let _ = target.wait();
+    assert_nothing_loaded();
 }
