@@ -179,6 +179,7 @@ fn bench(tools: &setup::TestTools, names: &[String]) -> Result<()> {
         ("damon-user", "reclaim"),
         ("damon-user", "cost"),
         ("damon-user", "policies"),
+        ("damon-user", "soak"),
     ] {
         if wanted(bench) {
             run_command(with_tools(
