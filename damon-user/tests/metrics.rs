@@ -433,6 +433,84 @@ fn idle_connections_do_not_end_monitoring_or_spin() {
     assert!(exposition.contains(&format!("pid=\"{pid}\"")), "{exposition}");
 }
 
+/// What the endpoint answers a raw `request` with: the status line, or "closed" when it closes
+/// the connection without one (a write it cut short counts as sent).
+fn answer(addr: &str, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    text.lines().next().map_or_else(|| "closed".to_owned(), str::to_owned)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Malformed requests get 400, a head too large 431 (or, while it is still sent, a reset), a
+/// client dribbling its request a byte at a time is cut off after the head's timeout;
+/// meanwhile memory stays bounded (twenty 1 MiB heads at once) and sampling keeps its pace;
+/// afterwards scrapes work.
+#[test]
+fn abusive_requests_cost_bounded_memory_and_leave_sampling_alone() {
+    if !privileged("abusive_requests_cost_bounded_memory_and_leave_sampling_alone") {
+        return;
+    }
+    let target = sleeper();
+    let pid = target.0.id();
+    let udamon = Udamon::start(&["monitor", "--json", "--metrics", "0", &pid.to_string()]);
+    udamon.wait_for("a snapshot", |l| l["target_id"] == pid);
+    let (rss, seen, started) = (rss_kib(udamon.pid()), udamon.json_lines().len(), Instant::now());
+    let garbage = answer(&udamon.metrics, b"\x16\x03\x01\x00\xa5\x01 not http\r\n\r\n");
+    assert!(garbage.contains(" 400 "), "{garbage}");
+    let bad_line = answer(&udamon.metrics, b"GET\r\n\r\n");
+    assert!(bad_line.contains(" 400 "), "{bad_line}");
+    let huge: Vec<u8> =
+        [&b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: "[..], &vec![b'a'; 1 << 20]].concat();
+    let heads: Vec<_> = (0..20)
+        .map(|_| {
+            let (addr, huge) = (udamon.metrics.clone(), huge.clone());
+            std::thread::spawn(move || answer(&addr, &huge))
+        })
+        .collect();
+    for head in heads {
+        let said = head.join().unwrap();
+        assert!(said.contains(" 431 ") || said == "closed", "{said}");
+    }
+    let dribble = std::thread::spawn({
+        let addr = udamon.metrics.clone();
+        move || {
+            let mut stream = TcpStream::connect(&addr).unwrap();
+            let opened = Instant::now();
+            for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n".iter().cycle() {
+                if stream.write_all(&[*byte]).is_err() || opened.elapsed() > Duration::from_secs(20)
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            opened.elapsed()
+        }
+    });
+    let cut_off = dribble.join().unwrap();
+    assert!(cut_off < Duration::from_secs(12), "a dribbling client kept for {cut_off:?}");
+    let grown = rss_kib(udamon.pid()).saturating_sub(rss);
+    assert!(grown < 32 << 10, "udamon grew by {grown} KiB");
+    // One snapshot per 100 ms window went on meanwhile (half of them at least, on any machine).
+    let windows = started.elapsed().as_millis() as usize / 100;
+    let snapshots = udamon.json_lines().len() - seen;
+    assert!(snapshots * 2 >= windows, "{snapshots} snapshots in {windows} windows");
+    let (status, exposition) = get(&udamon.metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert!(exposition.contains(&format!("pid=\"{pid}\"")), "{exposition}");
+}
+
 /// `HEAD /metrics` gets GET's status and headers, and no body.
 #[test]
 fn head_gets_the_headers_without_the_body() {
