@@ -66,6 +66,38 @@ pub fn kdamonds() -> Vec<Kdamond> {
         .collect()
 }
 
+/// The kdamonds (their directories' numbers) with a vaddr or fvaddr context set to monitor
+/// `pid`, when any kdamond runs: the kernel's own monitor would clear the accessed bits udamon
+/// reads, and the other way round. Reads only what the interface serves without its lock
+/// (`operations`, `pid_target`, directory listings), so it never disturbs the kdamonds' owner;
+/// whether one runs comes from the kernel threads' names, not `state`.
+pub fn vaddr_monitoring(pid: u32) -> Vec<u32> {
+    let dir = Path::new(ADMIN).join("kdamonds");
+    let entries = fs::read_dir(&dir).into_iter().flatten().flatten();
+    let mut found: Vec<u32> = entries
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|k: &u32| {
+            let context = dir.join(k.to_string()).join("contexts/0");
+            let targets = fs::read_dir(context.join("targets")).into_iter().flatten().flatten();
+            matches!(read(&context.join("operations")).as_deref(), Ok("vaddr" | "fvaddr")) && {
+                targets
+            }
+            .any(|t| number(&t.path().join("pid_target")) == Some(pid.into()))
+        })
+        .collect();
+    if found.is_empty() || !kdamond_runs() {
+        return Vec::new();
+    }
+    found.sort_unstable();
+    found
+}
+
+/// Whether a kdamond thread exists.
+fn kdamond_runs() -> bool {
+    let tasks = fs::read_dir("/proc").into_iter().flatten().flatten();
+    { tasks }.any(|t| read(&t.path().join("comm")).is_ok_and(|c| c.starts_with("kdamond")))
+}
+
 /// The DAMON tracepoints this kernel has (tracefs mounted at `tracefs`).
 pub fn tracepoints(tracefs: &str) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(format!("{tracefs}/events/damon"))

@@ -33,6 +33,7 @@ use crate::{
     monitor::{OpsStats, Problem, Source, TargetError},
     sys::{
         claim::{self, Claim, Refused},
+        damon_sysfs,
         pagemap::Pagemap,
         pidfd::PidFd,
         pressure,
@@ -377,11 +378,11 @@ impl Source for VaddrOps {
             }
         })?;
         if mappings.is_empty() {
-            // A zombie has no mappings either.
-            return Err(if pidfd.exited() {
-                TargetError::Exited(pid)
-            } else {
+            // A zombie, or a process whose exit has released its memory, has none either.
+            return Err(if process::is_kernel_thread(pid) == Some(true) {
                 TargetError::KernelThread(pid)
+            } else {
+                TargetError::Exited(pid)
             });
         }
         let pagemap = Pagemap::open(pid).map_err(|err| denied_or(err, TargetError::Other))?;
@@ -402,6 +403,12 @@ impl Source for VaddrOps {
             withheld: 0,
         };
         self.processes.insert(pid as u64, process);
+        let kernel = damon_sysfs::vaddr_monitoring(pid);
+        if !kernel.is_empty() {
+            self.note(pid.into(), "kernel_damon", || {
+                format!("the kernel's DAMON monitors it too (kdamonds {kernel:?}): both clear its accessed bits and both read too cold")
+            });
+        }
         Ok(Target::new(pid as u64))
     }
 

@@ -3,7 +3,8 @@
 //! udamon observes (and records) each, the kernel's regions are read through the scheme's tried
 //! regions. The recorded aggregation with exactly those regions must exist, and the sums udamon
 //! made in the kernel for it must agree with the kernel's. Prints one `UDAMON-VM-KDAMOND:` line
-//! per context. Usage: kdamond_check UDAMON
+//! per context. Then `udamon monitor` of the vaddr kdamond's workload must say, once, that the
+//! kernel monitors it too. Usage: kdamond_check UDAMON
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -119,6 +120,22 @@ fn without_kernel_view(ops: &str, sums: &[Value], snapshots: &[RecordedSnapshot]
     Ok(())
 }
 
+/// udamon monitoring the process a running vaddr kdamond monitors says so, once (both clear its
+/// accessed bits).
+fn beside_the_kernel(udamon: &str, pid: u32) -> Result<()> {
+    let out = Command::new(udamon)
+        .args(["monitor", "--duration", "2s", "--every", "1000", &pid.to_string()])
+        .output()
+        .context("cannot run udamon monitor")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let said = err.lines().filter(|l| l.contains("the kernel's DAMON monitors it too")).count();
+    if !out.status.success() || said != 1 {
+        bail!("udamon monitor beside a vaddr kdamond said so {said} times: {err}");
+    }
+    println!("{LINE} beside the kernel's vaddr monitor of pid {pid}: said so");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, udamon] = &args[..] else { bail!("usage: kdamond_check UDAMON") };
@@ -131,7 +148,8 @@ fn main() -> Result<()> {
             write(&format!("kdamonds/{k}/state"), "on")?;
         }
         check(udamon, 0, "vaddr")?;
-        check(udamon, 1, "paddr")
+        check(udamon, 1, "paddr")?;
+        beside_the_kernel(udamon, layout.pid)
     })();
     for k in 0..2 {
         let _ = write(&format!("kdamonds/{k}/state"), "off");
