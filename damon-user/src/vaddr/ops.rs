@@ -378,11 +378,11 @@ impl Source for VaddrOps {
             }
         })?;
         if mappings.is_empty() {
-            // A zombie, or a process whose exit has released its memory, has none either.
-            return Err(if process::is_kernel_thread(pid) == Some(true) {
-                TargetError::KernelThread(pid)
-            } else {
+            // A zombie has no mappings either.
+            return Err(if pidfd.exited() {
                 TargetError::Exited(pid)
+            } else {
+                TargetError::KernelThread(pid)
             });
         }
         let pagemap = Pagemap::open(pid).map_err(|err| denied_or(err, TargetError::Other))?;
