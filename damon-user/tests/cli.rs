@@ -267,14 +267,22 @@ fn monitoring_errors_are_one_line_with_the_right_exit_code() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: {err}");
     }
-    // Gone before the first aggregation (10 s away, so a loaded machine cannot make `true`
-    // outlive it): its exit, then a runtime failure naming it; no file.
+    // Gone before the first aggregation: its exit, then a runtime failure naming it; no file.
+    // Unless udamon opened it alive and no sample reached it before the first aggregation
+    // (quiet regions are checked once per window): then that window is a true record of it,
+    // written whole, and the command's status is udamon's.
     let out = udamon(&["record", "-o", record, "--aggr", "10s", "--", "true"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).ends_with(
-        "`true` exited (status 0) before the first aggregation: nothing recorded, no file written\n"
-    ));
-    assert!(!std::path::Path::new(record).exists(), "a failed record left a file");
+    let err = text(&out.stderr);
+    if std::path::Path::new(record).exists() {
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("1 snapshots written"), "{err}");
+        std::fs::remove_file(record).unwrap();
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.ends_with(
+            "`true` exited (status 0) before the first aggregation: nothing recorded, no file written\n"
+        ), "{err}");
+    }
     // Privileges: none at all, then all but the one that reads another user's process.
     let out = udamon_as_nobody(&["monitor", "1"]).expect("setpriv");
     assert_eq!(out.status.code(), Some(1));
