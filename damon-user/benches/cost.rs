@@ -9,15 +9,14 @@
 mod support;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use support::{Load, build_c, remove_cgroup};
+use support::{Load, build_c, metric, remove_cgroup};
 
 const UDAMON: &str = env!("CARGO_BIN_EXE_udamon");
 const LOAD_SOURCE: &str = include_str!("cost_load.c");
@@ -92,13 +91,7 @@ fn run_time(pid: u32) -> Duration {
 
 /// The regions udamon monitors, from its metrics endpoint at `port`.
 fn regions(port: u16) -> Option<u64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let values = text.lines().filter(|l| l.starts_with("udamon_regions{"));
-    Some(values.filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum())
+    metric(port, "udamon_regions").map(|n| n as u64)
 }
 
 fn free_port() -> u16 {

@@ -7,14 +7,13 @@
 mod support;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use support::{Load, build_c};
+use support::{Load, build_c, metric};
 
 const UDAMON: &str = env!("CARGO_BIN_EXE_udamon");
 const LOAD_SOURCE: &str = include_str!("cost_load.c");
@@ -29,19 +28,6 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
-}
-
-/// A counter or the sum of a gauge's series from udamon's metrics at `port`.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let values = text.lines().filter(|l| {
-        l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-    });
-    Some(values.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
 }
 
 fn main() {

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -66,4 +67,18 @@ pub fn remove_cgroup(dir: &Path) {
         thread::sleep(Duration::from_millis(100));
     }
     eprintln!("note: cannot remove {}", dir.display());
+}
+
+/// The sum of a metric's series (a counter, or a gauge over its labels) in the exposition udamon
+/// serves on 127.0.0.1:`port`.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let values = text.lines().filter(|l| {
+        l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+    });
+    Some(values.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
 }
