@@ -53,3 +53,29 @@ pub fn child_outlives_sigkill(mut parent: std::process::Child, settle: Duration)
     }
     outlived
 }
+
+/// udamon's BPF programs and maps the kernel holds now, by name (a link holds its program, so
+/// no program means no link).
+pub fn ours_loaded() -> Vec<String> {
+    use damon_common::names::{MAPS, PROGRAMS};
+    let programs = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|name| PROGRAMS.contains(&name.as_str()));
+    let maps = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter_map(|m| m.name_as_str().map(str::to_owned))
+        .filter(|name| MAPS.contains(&name.as_str()));
+    programs.chain(maps).collect()
+}
+
+/// Waits up to 5 s for the kernel to free what exited udamons held, and panics naming what
+/// stays: descriptors close at exit, but a link puts its program after an RCU grace period and
+/// a ring buffer's memory is freed from a work item.
+pub fn assert_nothing_of_ours_loaded() {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ours_loaded().is_empty() {
+        assert!(Instant::now() < deadline, "still loaded after exit: {:?}", ours_loaded());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

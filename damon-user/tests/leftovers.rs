@@ -6,57 +6,14 @@
 use std::{
     process::{Command, Stdio},
     sync::Mutex,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 const ROUNDS: u32 = 50;
-const OUR_PROGRAMS: [&str; 3] = ["walk_on_lock", "page_fault_user", "peek"];
-/// The eBPF crate's maps (names the kernel keeps up to 15 bytes: all of these fit).
-const OUR_MAPS: [&str; 16] = [
-    "PROBE_FIRED",
-    "PROBE_TGID",
-    "KDAMOND_CONFIG",
-    "KDAMOND_TARGETS",
-    "KDAMOND_ZERO",
-    "KDAMOND_REGIONS",
-    "KDAMOND_LOST",
-    "KDAMOND_SCHEMES",
-    "PEEK_OUT",
-    "WALK_CONFIG",
-    "WALK_RESULTS",
-    "WALK_STATS",
-    "WALK_SCRATCH",
-    "FAULT_TARGETS",
-    "FAULT_EVENTS",
-    "FAULT_LOST",
-];
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn udamon() -> Command {
     Command::new(env!("CARGO_BIN_EXE_udamon"))
-}
-
-/// udamon's programs and maps the kernel holds now.
-fn ours_loaded() -> Vec<String> {
-    let programs = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_owned))
-        .filter(|name| OUR_PROGRAMS.contains(&name.as_str()));
-    let maps = aya::maps::loaded_maps()
-        .filter_map(Result::ok)
-        .filter_map(|m| m.name_as_str().map(str::to_owned))
-        .filter(|name| OUR_MAPS.contains(&name.as_str()));
-    programs.chain(maps).collect()
-}
-
-/// Waits for the kernel to free what exited processes held (their descriptors close at exit; a
-/// ring buffer's memory is freed from a work item).
-fn assert_nothing_loaded() {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ours_loaded().is_empty() {
-        assert!(Instant::now() < deadline, "still loaded: {:?}", ours_loaded());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// xorshift64: moments to kill at, from a seed printed for a rerun.
@@ -74,7 +31,7 @@ fn a_record_killed_at_any_moment_leaves_a_complete_file_or_none_and_nothing_load
         return;
     }
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    assert_nothing_loaded();
+    damon_user::test_support::assert_nothing_of_ours_loaded();
     let seed =
         std::env::var("UDAMON_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
@@ -123,7 +80,7 @@ fn a_record_killed_at_any_moment_leaves_a_complete_file_or_none_and_nothing_load
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("{read} records read, {absent} kills before the first flush");
     assert!(read >= ROUNDS / 4, "only {read} of {ROUNDS} kills came after a flush");
-    assert_nothing_loaded();
+    damon_user::test_support::assert_nothing_of_ours_loaded();
 }
 
 /// 100 runs that end as planned (`--duration`), each exiting 0, leave nothing loaded.
@@ -133,7 +90,7 @@ fn a_hundred_runs_leave_nothing_loaded() {
         return;
     }
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    assert_nothing_loaded();
+    damon_user::test_support::assert_nothing_of_ours_loaded();
     let mut target = Command::new("sleep").arg("600").spawn().unwrap();
     for run in 0..100 {
         let out = udamon()
@@ -146,5 +103,5 @@ fn a_hundred_runs_leave_nothing_loaded() {
     }
     let _ = target.kill();
     let _ = target.wait();
-    assert_nothing_loaded();
+    damon_user::test_support::assert_nothing_of_ours_loaded();
 }
