@@ -22,6 +22,18 @@ pub fn thread_group(pid: u32) -> Option<u32> {
     status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|t| t.trim().parse().ok())
 }
 
+/// Whether task `pid` is a kernel thread (`PF_KTHREAD` in its stat flags): a process whose
+/// mappings are gone because it is exiting is not one, though both list no mappings. None if
+/// its stat cannot be read (it is gone).
+pub fn is_kernel_thread(pid: u32) -> Option<bool> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Flags are field 9; count from the command's closing parenthesis (field 2 may hold any).
+    let after = stat.rsplit_once(')')?.1;
+    let flags: u64 = after.split_whitespace().nth(6)?.parse().ok()?;
+    Some(flags & PF_KTHREAD != 0)
+}
+
 /// Makes the child `command` starts get SIGKILL when udamon dies, however it dies (SIGKILL
 /// included, where no drop runs): a parent-death signal. The kernel sends it when the thread
 /// that spawned the child exits, so spawn from a thread that lives as long as udamon.
@@ -61,5 +73,18 @@ mod tests {
         drop(done_tx);
         live.join().unwrap();
         assert!(!possible(0) && !possible(u32::MAX) && possible(1));
+    }
+
+    #[test]
+    fn kernel_threads_are_told_from_processes() {
+        // kthreadd is pid 2 on every Linux; a zombie's flags keep PF_KTHREAD clear.
+        assert_eq!(is_kernel_thread(2), Some(true));
+        assert_eq!(is_kernel_thread(std::process::id()), Some(false));
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(is_kernel_thread(pid), Some(false), "a zombie is no kernel thread");
+        child.wait().unwrap();
+        assert_eq!(is_kernel_thread(pid), None, "reaped");
     }
 }

@@ -378,11 +378,11 @@ impl Source for VaddrOps {
             }
         })?;
         if mappings.is_empty() {
-            // A zombie has no mappings either.
-            return Err(if pidfd.exited() {
-                TargetError::Exited(pid)
-            } else {
+            // A zombie, or a process whose exit has released its memory, has none either.
+            return Err(if process::is_kernel_thread(pid) == Some(true) {
                 TargetError::KernelThread(pid)
+            } else {
+                TargetError::Exited(pid)
             });
         }
         let pagemap = Pagemap::open(pid).map_err(|err| denied_or(err, TargetError::Other))?;
