@@ -34,6 +34,8 @@ macro_rules! say {
 pub mod check;
 pub mod cli;
 pub mod dataplane;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod kdamond;
 pub mod monitor;
 pub mod output;

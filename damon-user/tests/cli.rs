@@ -194,7 +194,14 @@ fn a_printed_scenario_runs_the_same_from_its_file() {
 fn sim_bad_input_is_one_line_and_exit_2() {
     let bad_file = std::env::temp_dir().join(format!("udamon-bad-{}.toml", std::process::id()));
     std::fs::write(&bad_file, "name = \"x\"\nsize = \"1GiB\"\nduration = \"10s\"\n[[ranges]]\nstart = 0\nend = \"2GiB\"\nprobability = 0.5\n").unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    // Files too big to read whole are refused before they are read.
+    let huge_file = std::env::temp_dir().join(format!("udamon-huge-{}.toml", std::process::id()));
+    std::fs::write(&huge_file, vec![b'#'; (16 << 20) + 1]).unwrap();
+    let huge = huge_file.to_str().unwrap();
+    let cases: [(&[&str], &str); 8] = [
+        (&["sim", huge], "is larger than 16777216 bytes"),
+        (&["sim", "stairs", "--config", huge], "is larger than 1048576 bytes"),
+        (&["sim", "stairs", "--config", "/proc/self"], "cannot read --config /proc/self"),
         (
             &["sim", "no-such-scenario"],
             "unknown scenario `no-such-scenario`: not a built-in (seed-corner, seed-reproducer, stairs, flat, sparse-spots, needle, gradient, phases, mixed-spots) and no such file",
@@ -222,6 +229,7 @@ fn sim_bad_input_is_one_line_and_exit_2() {
         assert!(out.stdout.is_empty());
     }
     let _ = std::fs::remove_file(&bad_file);
+    let _ = std::fs::remove_file(&huge_file);
     let conflicting = udamon(&["sim", "stairs", "--compare", "--policy", "legacy"]);
     assert_eq!(conflicting.status.code(), Some(2));
 }

@@ -48,6 +48,15 @@ enum Cmd {
         /// Only these (engine, vaddr, records, metrics, reclaim, cost, kdamond); default: all.
         names: Vec<String>,
     },
+    /// Fuzz the readers of untrusted input (cargo fuzz on nightly), each for the given time;
+    /// new inputs that reach new code are kept in fuzz/corpus, crashes in fuzz/artifacts.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these (record, proc_maps, btf, scenario, config, metrics_request); default: all.
+        targets: Vec<String>,
+    },
     /// Boot Debian kernels under QEMU and run udamon's checks and privileged tests in each.
     VmTest {
         /// Kernels to test (6.1, 6.12, 7.2); default: all.
@@ -76,6 +85,9 @@ fn main() {
             Cmd::Bench { names } => {
                 setup::run().and_then(|()| bench(&setup::test_tools()?, &names))
             }
+            Cmd::Fuzz { seconds, targets } => setup::run()
+                .and_then(|()| setup::cargo_fuzz())
+                .and_then(|()| fuzz(seconds, &targets)),
             Cmd::VmTest { kernels, inject_failure } => {
                 setup::run().and_then(|()| vm::run(&kernels, inject_failure))
             }
@@ -189,6 +201,34 @@ fn bench(tools: &setup::TestTools, names: &[String]) -> Result<()> {
         }
     }
     if wanted("kdamond") { vm::bench() } else { Ok(()) }
+}
+
+/// The fuzz targets, as fuzz/Cargo.toml names them.
+const FUZZ_TARGETS: [&str; 6] =
+    ["record", "proc_maps", "btf", "scenario", "config", "metrics_request"];
+
+/// Each target for `seconds`, with debug assertions (overflows are crashes too), a timeout per
+/// input and a memory cap, so a hang or unbounded memory fails as a crash does.
+fn fuzz(seconds: u64, names: &[String]) -> Result<()> {
+    if let Some(unknown) = names.iter().find(|n| !FUZZ_TARGETS.contains(&n.as_str())) {
+        bail!("no fuzz target `{unknown}` (targets: {})", FUZZ_TARGETS.join(", "));
+    }
+    let wanted = |name: &str| names.is_empty() || names.iter().any(|n| n == name);
+    for target in FUZZ_TARGETS.into_iter().filter(|t| wanted(t)) {
+        let corpus = format!("corpus/{target}");
+        run_command(
+            Command::new("rustup")
+                .args(["run", setup::NIGHTLY, "cargo", "fuzz", "run", "-O", "-a", target, &corpus])
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"))
+                .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"])
+                .current_dir(workspace_root().join("fuzz"))
+                // Set by the outer (stable) cargo; they would pin the stable compiler.
+                .env_remove("RUSTC")
+                .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+        )?;
+    }
+    Ok(())
 }
 
 /// The cargo that runs xtask (stable), for the workspace's host crates.

@@ -154,6 +154,15 @@ fn prometheus() -> Result<(PathBuf, PathBuf)> {
     Ok((prometheus, promtool))
 }
 
+/// cargo-fuzz, for `cargo xtask fuzz` (the tests replay the corpus without it).
+pub fn cargo_fuzz() -> Result<()> {
+    step("cargo-fuzz", cargo_fuzz_ok, &["cargo", "install", "cargo-fuzz", "--locked"])
+}
+
+fn cargo_fuzz_ok() -> bool {
+    run_ok(&["cargo", "fuzz", "--version"])
+}
+
 /// Debian's stress-ng, a real workload for the benches (installed: it has no service).
 pub fn stress_ng() -> Result<()> {
     if output(&["stress-ng", "--version"]).is_some() {

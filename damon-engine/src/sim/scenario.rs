@@ -139,6 +139,10 @@ impl EventSpec {
     }
 }
 
+/// The most ranges a scenario places (each repeat counted), and the most events it holds.
+pub const MAX_PLACED: u64 = 1_000_000;
+pub const MAX_EVENTS: u64 = 1_000_000;
+
 impl Scenario {
     pub fn from_toml(text: &str) -> Result<Self> {
         let scenario: Scenario = toml::from_str(text).map_err(|err| {
@@ -190,6 +194,15 @@ impl Scenario {
             }
             Ok(())
         };
+        // Each placed range and event costs memory and time in every run: bounded, so a
+        // scenario file cannot ask for more than a machine has.
+        let placed = self.ranges.iter().map(|r| r.repeat).fold(0u64, u64::saturating_add);
+        if placed > MAX_PLACED {
+            bail!("{placed} ranges placed (repeats counted): at most {MAX_PLACED}");
+        }
+        if self.events.len() as u64 > MAX_EVENTS {
+            bail!("{} events: at most {MAX_EVENTS}", self.events.len());
+        }
         for (i, range) in self.ranges.iter().enumerate() {
             let what = format!("ranges[{i}]");
             check_probability(range.probability, &what)?;
@@ -437,6 +450,13 @@ to = "960MiB"
         assert!(
             err("name = \"x\"\nsize = \"1 parsec\"\nduration = \"1s\"\n")
                 .contains("unknown size unit")
+        );
+        // What a run could not afford fails at once, before anything is placed.
+        assert!(
+            err(&format!(
+                "name = \"x\"\nsize = \"1024TiB\"\nduration = \"10s\"\n[[ranges]]\nstart = 0\nend = 4096\nprobability = 0.5\nrepeat = 100000000000\nstride = 4096\n"
+            ))
+            .contains("100000000000 ranges placed (repeats counted): at most 1000000")
         );
         // 2^64 bytes do not fit.
         assert!(

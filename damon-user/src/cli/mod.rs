@@ -6,7 +6,7 @@ mod convert;
 mod demo;
 mod kdamond;
 mod monitor;
-mod options;
+pub(crate) mod options;
 mod record;
 mod report;
 mod sim;

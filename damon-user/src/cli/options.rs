@@ -123,7 +123,11 @@ pub struct Settings {
 impl MonitoringArgs {
     /// Reads the config file (once) and lays the command line over it.
     pub fn resolve(&self) -> Result<Settings> {
-        let file = self.file()?;
+        self.over(self.file()?)
+    }
+
+    /// The command line laid over `file`.
+    fn over(&self, file: ConfigFile) -> Result<Settings> {
         let from_file = |value: Option<Micros>, key: &str| -> Result<Option<u64>> {
             let value = value.map(|m| m.0);
             if value == Some(0) {
@@ -172,12 +176,24 @@ impl MonitoringArgs {
 
     fn file(&self) -> Result<ConfigFile> {
         let Some(path) = &self.config else { return Ok(ConfigFile::default()) };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --config {}", path.display()))?;
-        toml::from_str(&text).map_err(|err| {
-            anyhow::anyhow!("--config {}: {}", path.display(), err.message().trim_end())
-        })
+        let text = crate::util::read_text(path, MAX_CONFIG, "--config")?;
+        ConfigFile::parse(&text)
+            .map_err(|err| anyhow::anyhow!("--config {}: {err}", path.display()))
     }
+}
+
+/// The largest `--config` file read: a few hundred bytes make a full one.
+const MAX_CONFIG: u64 = 1 << 20;
+
+impl ConfigFile {
+    fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|err| anyhow::anyhow!("{}", err.message().trim_end()))
+    }
+}
+
+/// The settings a `--config` file of `text` gives, with nothing on the command line.
+pub(crate) fn settings_of_config(text: &str) -> Result<Settings> {
+    MonitoringArgs::default().over(ConfigFile::parse(text)?)
 }
 
 /// One of damo's interval options: a duration, a bare number being microseconds; never 0.

@@ -1,6 +1,6 @@
 //! `udamon sim`: run the engine against a scenario.
 
-use std::{fs, path::Path, process::ExitCode};
+use std::{path::Path, process::ExitCode};
 
 use anyhow::{Context as _, anyhow};
 use clap::Args;
@@ -80,13 +80,16 @@ fn json(value: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(value).expect("reports always serialize") + "\n"
 }
 
+/// The largest scenario file read: a scenario of the most ranges and events it may hold.
+const MAX_SCENARIO: u64 = 16 << 20;
+
 /// The named built-in or file, with command-line overrides applied and validated.
 fn scenario(args: &SimArgs, settings: &Settings) -> anyhow::Result<Scenario> {
     let mut scenario = match builtin::get(&args.scenario) {
         Some(scenario) => scenario,
         None if Path::new(&args.scenario).exists() => {
-            let text = fs::read_to_string(&args.scenario)
-                .with_context(|| format!("cannot read {}", args.scenario))?;
+            let text =
+                crate::util::read_text(Path::new(&args.scenario), MAX_SCENARIO, "scenario file")?;
             Scenario::from_toml(&text)
                 .with_context(|| format!("scenario file {}", args.scenario))?
         }

@@ -23,6 +23,12 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
+/// Anonymous structs and unions nest a few deep in the kernel's types.
+const MAX_ANONYMOUS_DEPTH: u32 = 16;
+/// The most members one lookup visits: the kernel's biggest structs, anonymous parts and all,
+/// have a few hundred.
+const MAX_MEMBERS_VISITED: u32 = 1 << 16;
+
 /// One type: where its kind-specific data starts in the type section.
 #[derive(Clone, Copy)]
 struct Type {
@@ -145,8 +151,9 @@ impl Btf {
     /// Byte offset of `member` in struct `name`, looking through anonymous structs and unions.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<usize> {
         let container = self.struct_named(name)?;
+        let mut budget = MAX_MEMBERS_VISITED;
         let bits = self
-            .find_member(container, member, 0)
+            .find_member(container, member, (0, 0), &mut budget)
             .with_context(|| format!("kernel BTF: struct {name} has no member {member}"))?;
         if bits % 8 != 0 {
             bail!("kernel BTF: {name}.{member} is a bit-field");
@@ -154,9 +161,21 @@ impl Btf {
         Ok(bits as usize / 8)
     }
 
-    /// The member's bit offset from the outermost container; `base` is this container's.
-    fn find_member(&self, container: &Type, member: &str, base: u32) -> Option<u32> {
+    /// The member's bit offset from the outermost container; `base` is this container's, at
+    /// `depth` anonymous members down. Bounded in depth and in members visited (`budget`): a
+    /// corrupt file may nest a struct in itself, or fan anonymous members out exponentially.
+    fn find_member(
+        &self,
+        container: &Type,
+        member: &str,
+        (base, depth): (u32, u32),
+        budget: &mut u32,
+    ) -> Option<u32> {
+        if depth > MAX_ANONYMOUS_DEPTH {
+            return None;
+        }
         (0..container.vlen as usize).find_map(|i| {
+            *budget = budget.checked_sub(1)?;
             let at = container.data + 12 * i;
             let (name_off, type_id, raw) = (
                 u32_at(&self.types, at)?,
@@ -164,14 +183,19 @@ impl Btf {
                 u32_at(&self.types, at + 8)?,
             );
             // With kind_flag the top 8 bits hold a bit-field size.
-            let offset = base + if container.kind_flag { raw & 0xff_ffff } else { raw };
+            let offset =
+                base.checked_add(if container.kind_flag { raw & 0xff_ffff } else { raw })?;
             let name = self.name(name_off);
             if name == member {
                 return Some(offset);
             }
             let inner = self.resolve(type_id)?;
             let anonymous = name.is_empty() && matches!(inner.kind, KIND_STRUCT | KIND_UNION);
-            if anonymous { self.find_member(inner, member, offset) } else { None }
+            if anonymous {
+                self.find_member(inner, member, (offset, depth + 1), budget)
+            } else {
+                None
+            }
         })
     }
 }

@@ -71,7 +71,7 @@ pub fn same_layout(a: &[Mapping], b: &[Mapping]) -> bool {
 
 /// maps or smaps text: a header line per mapping, and in smaps, a `VmFlags:` line among the
 /// mapping's lines.
-fn parse(text: &str) -> Vec<Mapping> {
+pub(crate) fn parse(text: &str) -> Vec<Mapping> {
     let mut mappings: Vec<Mapping> = Vec::new();
     // Whether the last header was kept (a mapping beyond user space is skipped with its lines).
     let mut kept = false;

@@ -17,7 +17,11 @@ use anyhow::{Context as _, Result, anyhow};
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+};
 
 use super::{CONTENT_TYPE, Metrics};
 
@@ -84,15 +88,24 @@ async fn accept<M: Exposition>(listener: TcpListener, metrics: Arc<Mutex<M>>) {
         let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(request, metrics.clone()));
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            serve_connection(stream, metrics).await;
             drop(slot);
         });
     }
+}
+
+/// One client's requests on `io`, until it closes, errs or runs out of time.
+pub(crate) async fn serve_connection<I, M>(io: I, metrics: Arc<Mutex<M>>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    M: Exposition,
+{
+    let service = service_fn(move |request| respond(request, metrics.clone()));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
 }
 
 async fn respond<B, M: Exposition>(
