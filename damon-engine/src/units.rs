@@ -55,7 +55,11 @@ pub fn parse_duration_us(text: &str) -> Result<u64> {
         "h" => 3600e6,
         _ => bail!("unknown time unit `{unit}` in `{text}` (use us, ms, s, m or h)"),
     };
-    Ok((number * scale).round() as u64)
+    let us = (number * scale).round();
+    if us >= u64::MAX as f64 {
+        bail!("`{text}` is 2^64 microseconds or more: too long");
+    }
+    Ok(us as u64)
 }
 
 pub fn format_size(bytes: u64) -> String {
@@ -189,6 +193,10 @@ mod tests {
         assert_eq!(parse_duration_us("1h").unwrap(), 3_600_000_000);
         assert_eq!(parse_duration_us("1.5s").unwrap(), 1_500_000);
         assert!(parse_duration_us("3 fortnights").is_err());
+        // Too long for the microsecond counters: refused, not taken for "forever".
+        let err = parse_duration_us("100000000000h").unwrap_err().to_string();
+        assert!(err.contains("2^64 microseconds or more"), "{err}");
+        assert!(parse_duration_us("18446744073709551616").is_err());
         assert_eq!(Micros(90_000_000).to_string(), "90s");
         assert_eq!(Micros(2_500).to_string(), "2500us");
     }

@@ -248,6 +248,11 @@ fn sim_runs_average_over_consecutive_seeds() {
     assert_eq!(report["runs"], 3);
     assert_eq!(report["detections"].as_array().unwrap().len(), 3 * 6, "every run's detections");
     assert_eq!(udamon(&["sim", "stairs", "--runs", "0"]).status.code(), Some(2));
+    // Seeds wrap: any seed starts a series.
+    let max = u64::MAX.to_string();
+    let wrapped = udamon(&["sim", "stairs", "--runs", "2", "--duration", "5s", "--seed", &max]);
+    assert!(wrapped.status.success(), "{}", text(&wrapped.stderr));
+    assert!(text(&wrapped.stdout).contains(&format!("means over seeds {max}..=0")));
 }
 
 #[test]

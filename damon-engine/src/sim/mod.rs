@@ -201,11 +201,13 @@ pub fn run(scenario: &Scenario, choices: Choices, seed: u64) -> Result<RunReport
     })
 }
 
-/// `runs` runs with consecutive seeds from `seed`, summarised: means of the per-run metrics,
+/// `runs` runs with consecutive seeds from `seed` (wrapping), summarised: means of the per-run metrics,
 /// every run's detections, and the first run's `nr_regions` series.
 pub fn run_many(scenario: &Scenario, choices: Choices, seed: u64, runs: u64) -> Result<RunReport> {
-    let reports: Vec<RunReport> =
-        (seed..seed + runs.max(1)).map(|s| run(scenario, choices, s)).collect::<Result<_>>()?;
+    // Seeds wrap past u64::MAX: any seed is a start.
+    let reports: Vec<RunReport> = (0..runs.max(1))
+        .map(|i| run(scenario, choices, seed.wrapping_add(i)))
+        .collect::<Result<_>>()?;
     let n = reports.len() as f64;
     let mean = |f: fn(&RunReport) -> f64| reports.iter().map(f).sum::<f64>() / n;
     let mean_count =

@@ -77,7 +77,7 @@ fn hot_coverage(r: &RunReport) -> String {
 fn seeds(r: &RunReport) -> String {
     match r.runs {
         1 => format!("seed {}", r.seed),
-        runs => format!("means over seeds {}..={}", r.seed, r.seed + runs - 1),
+        runs => format!("means over seeds {}..={}", r.seed, r.seed.wrapping_add(runs - 1)),
     }
 }
 

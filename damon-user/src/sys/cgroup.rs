@@ -44,6 +44,10 @@ pub struct Cgroup {
 impl Cgroup {
     /// `path` is a directory of the cgroup v2 hierarchy, absolute or relative to its root.
     pub fn open(path: &str) -> Result<Self> {
+        // Joined to the root, an empty path would name it: every process of the machine.
+        if path.trim().is_empty() {
+            bail!("--cgroup: an empty path (give the group's, e.g. system.slice/x.service)");
+        }
         let root = root().with_context(|| format!("--cgroup {path}"))?;
         let dir = match Path::new(path) {
             p if p.is_absolute() => p.to_owned(),
@@ -85,6 +89,14 @@ impl Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_path_is_not_the_root() {
+        for path in ["", " "] {
+            let err = Cgroup::open(path).err().expect("refused").to_string();
+            assert!(err.starts_with("--cgroup: an empty path"), "{err}");
+        }
+    }
 
     #[test]
     fn bad_paths_are_named() {

@@ -68,16 +68,24 @@ impl Output {
     pub fn write(&self, bytes: &[u8]) -> Result<()> {
         let written = match &self.how {
             How::Replace(real) => replace(real, bytes),
-            How::WriteThrough => fs::OpenOptions::new()
-                .write(true)
-                .open(&self.given)
-                .and_then(|mut stream| stream.write_all(bytes)),
+            How::WriteThrough => open_write_through(&self.given).and_then(|mut stream| {
+                // Blocking again: a slow reader is waited for, as by any writer.
+                // SAFETY: fcntl on the descriptor just opened, owned by `stream`.
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+                let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+                if flags < 0
+                    || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                stream.write_all(bytes)
+            }),
         };
         written.with_context(|| format!("cannot write {}", self.given.display()))
     }
 
-    /// What writing will need, tried now: creating a file beside the target, or opening the
-    /// device for writing (without waiting for a FIFO's reader: none yet is fine).
+    /// What writing will need, tried now: creating a file beside the target, or write access
+    /// to a FIFO (opening one would hand its reader an end of file), or opening the device.
     fn probe(&self) -> io::Result<()> {
         match &self.how {
             How::Replace(real) => {
@@ -85,18 +93,30 @@ impl Output {
                 fs::File::create(&temp)?;
                 fs::remove_file(&temp)
             }
-            How::WriteThrough => {
-                let opened = fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(&self.given);
-                match opened {
-                    Err(err) if err.raw_os_error() == Some(libc::ENXIO) => Ok(()),
-                    other => other.map(drop),
+            How::WriteThrough if fs::metadata(&self.given)?.file_type().is_fifo() => {
+                let path = std::ffi::CString::new(self.given.as_os_str().as_encoded_bytes())
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                // SAFETY: a NUL-terminated path.
+                if unsafe { libc::access(path.as_ptr(), libc::W_OK) } != 0 {
+                    return Err(io::Error::last_os_error());
                 }
+                Ok(())
             }
+            How::WriteThrough => open_write_through(&self.given).map(drop),
         }
     }
+}
+
+/// A device or FIFO opened for writing without waiting: a FIFO nobody reads fails (ENXIO, said
+/// as such) instead of blocking udamon's exit for good.
+fn open_write_through(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|err| {
+        if err.raw_os_error() == Some(libc::ENXIO) {
+            io::Error::other("a FIFO with no reader (start the reader first)")
+        } else {
+            err
+        }
+    })
 }
 
 fn replace(real: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -203,10 +223,16 @@ mod tests {
         // SAFETY: a valid path string.
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
         let output = Output::new(&fifo).expect("no reader yet is fine");
+        // Writing with no reader fails at once instead of blocking the exit.
+        let err = format!("{:#}", output.write(b"x").unwrap_err());
+        assert!(err.ends_with("a FIFO with no reader (start the reader first)"), "{err}");
+        // A reader already waiting gets the whole record, not an end of file from the check.
         let reader = std::thread::spawn({
             let fifo = fifo.clone();
             move || fs::read(fifo).unwrap()
         });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let output = Output::new(&fifo).unwrap();
         output.write(b"through").unwrap();
         assert_eq!(reader.join().unwrap(), b"through");
         assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
