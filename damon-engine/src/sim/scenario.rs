@@ -453,9 +453,9 @@ to = "960MiB"
         );
         // What a run could not afford fails at once, before anything is placed.
         assert!(
-            err(&format!(
+            err(
                 "name = \"x\"\nsize = \"1024TiB\"\nduration = \"10s\"\n[[ranges]]\nstart = 0\nend = 4096\nprobability = 0.5\nrepeat = 100000000000\nstride = 4096\n"
-            ))
+            )
             .contains("100000000000 ranges placed (repeats counted): at most 1000000")
         );
         // 2^64 bytes do not fit.
