@@ -68,18 +68,9 @@ impl Output {
     pub fn write(&self, bytes: &[u8]) -> Result<()> {
         let written = match &self.how {
             How::Replace(real) => replace(real, bytes),
-            How::WriteThrough => open_write_through(&self.given).and_then(|mut stream| {
-                // Blocking again: a slow reader is waited for, as by any writer.
-                // SAFETY: fcntl on the descriptor just opened, owned by `stream`.
-                let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-                let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-                if flags < 0
-                    || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                stream.write_all(bytes)
-            }),
+            How::WriteThrough => {
+                open_write_through(&self.given).and_then(|mut stream| stream.write_all(bytes))
+            }
         };
         written.with_context(|| format!("cannot write {}", self.given.display()))
     }
@@ -108,15 +99,27 @@ impl Output {
 }
 
 /// A device or FIFO opened for writing without waiting: a FIFO nobody reads fails (ENXIO, said
-/// as such) instead of blocking udamon's exit for good.
+/// as such) instead of blocking udamon's exit for good. Once open it blocks again, so a slow
+/// reader is waited for, as by any writer.
 fn open_write_through(path: &Path) -> io::Result<fs::File> {
-    fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|err| {
-        if err.raw_os_error() == Some(libc::ENXIO) {
-            io::Error::other("a FIFO with no reader (start the reader first)")
-        } else {
-            err
-        }
-    })
+    let stream =
+        fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(
+            |err| {
+                if err.raw_os_error() == Some(libc::ENXIO) {
+                    io::Error::other("a FIFO with no reader (start the reader first)")
+                } else {
+                    err
+                }
+            },
+        )?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    // SAFETY: fcntl on the descriptor just opened, owned by `stream`.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
 }
 
 fn replace(real: &Path, bytes: &[u8]) -> io::Result<()> {
