@@ -14,6 +14,7 @@ pub mod names {
     pub const WALK_RESULTS: &str = "WALK_RESULTS";
     pub const WALK_STATS: &str = "WALK_STATS";
     pub const WALK_SCRATCH: &str = "WALK_SCRATCH";
+    pub const WALK_PTES: &str = "WALK_PTES";
     pub const FAULT_TARGETS: &str = "FAULT_TARGETS";
     pub const FAULT_EVENTS: &str = "FAULT_EVENTS";
     pub const FAULT_LOST: &str = "FAULT_LOST";
@@ -25,11 +26,12 @@ pub mod names {
     pub const KDAMOND_REGIONS: &str = "KDAMOND_REGIONS";
     pub const KDAMOND_LOST: &str = "KDAMOND_LOST";
     pub const KDAMOND_SCHEMES: &str = "KDAMOND_SCHEMES";
-    pub const MAPS: [&str; 15] = [
+    pub const MAPS: [&str; 16] = [
         WALK_CONFIG,
         WALK_RESULTS,
         WALK_STATS,
         WALK_SCRATCH,
+        WALK_PTES,
         FAULT_TARGETS,
         FAULT_EVENTS,
         FAULT_LOST,

@@ -41,6 +41,10 @@ static WALK_STATS: PerCpuArray<WalkStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static WALK_SCRATCH: PerCpuArray<WalkRecord> = PerCpuArray::with_max_entries(1, 0);
 
+/// Where each PTE of the batch being walked sits (0: not a PTE), for the folio pass.
+#[map]
+static WALK_PTES: PerCpuArray<[u64; WALK_BATCH]> = PerCpuArray::with_max_entries(1, 0);
+
 #[btf_tracepoint(function = "mmap_lock_acquire_returned")]
 pub fn walk_on_lock(ctx: BtfTracePointContext) -> i32 {
     handle(&ctx);
@@ -147,8 +151,11 @@ extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
         (*scratch).first = first as u32;
         (*scratch).count = 0;
     }
-    // SAFETY: the callback matches bpf_loop's signature; `walk` outlives the call.
-    unsafe { bpf_loop(n, walk_one as *mut c_void, ctx, 0) };
+    // SAFETY: the callbacks match bpf_loop's signature; `walk` outlives the calls.
+    unsafe {
+        bpf_loop(n, walk_one as *mut c_void, ctx, 0);
+        bpf_loop(n, folio_one as *mut c_void, ctx, 0);
+    }
     let Some(mut record) = WALK_RESULTS.reserve::<WalkRecord>(0) else {
         if let Some(stats) = WALK_STATS.get_ptr_mut(0) {
             // SAFETY: this CPU's slot. The rest of the walk is lost with this batch.
@@ -168,31 +175,50 @@ extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
 extern "C" fn walk_one(j: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Walk` on `handle`'s stack.
     let walk = unsafe { &mut *(ctx as *mut Walk) };
-    let (Some(config), Some(record)) = (WALK_CONFIG.get(0), WALK_SCRATCH.get_ptr_mut(0)) else {
+    let (Some(config), Some(record), Some(ptes)) =
+        (WALK_CONFIG.get(0), WALK_SCRATCH.get_ptr_mut(0), WALK_PTES.get_ptr_mut(0))
+    else {
         return 1;
     };
-    // SAFETY: this CPU's slot, filled by `walk_batch` above us.
-    let record = unsafe { &mut *record };
+    // SAFETY: this CPU's slots, filled by `walk_batch` above us.
+    let (record, ptes) = unsafe { (&mut *record, &mut *ptes) };
     let index = (record.first as usize + j as usize) & (MAX_WALK - 1);
     let Some(addr) = request_word(config, REQUEST_ADDRS + 8 * index as u64) else { return 1 };
     let found = translate(walk, addr);
-    let folio = if found.leaf == LEAF_PTE && index as u32 >= walk.prepared_from {
-        folio_of(&config.folio, &found)
-    } else {
-        0
-    };
-    record.results[j as usize & (WALK_BATCH - 1)] =
-        WalkResult { leaf: found.leaf, folio, entry: found.entry };
+    let slot = j as usize & (WALK_BATCH - 1);
+    record.results[slot] = WalkResult { leaf: found.leaf, folio: 0, entry: found.entry };
+    ptes[slot] = found.pte;
     record.count += 1;
     0
 }
 
-/// What a walk found, and for a PTE, the table and index it was found at.
+/// `bpf_loop` callback: looks up the folio of address `j` of the batch if it is to be cleared.
+/// A pass of its own, reading the walk's results back from the map, so that the verifier checks
+/// the lookup once rather than once for every way a walk can end (6.18's gave up at a million
+/// instructions with the two in one callback).
+extern "C" fn folio_one(j: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` on `handle`'s stack.
+    let walk = unsafe { &*(ctx as *const Walk) };
+    let (Some(config), Some(record), Some(ptes)) =
+        (WALK_CONFIG.get(0), WALK_SCRATCH.get_ptr_mut(0), WALK_PTES.get(0))
+    else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, filled by `walk_one`.
+    let record = unsafe { &mut *record };
+    let slot = j as usize & (WALK_BATCH - 1);
+    let result = &mut record.results[slot];
+    if result.leaf == LEAF_PTE && record.first + j as u32 >= walk.prepared_from {
+        result.folio = folio_of(&config.folio, result.entry, ptes[slot]);
+    }
+    0
+}
+
+/// What a walk found, and for a PTE, where it sits.
 struct Found {
     leaf: u32,
     entry: u64,
-    table: u64,
-    index: u64,
+    pte: u64,
 }
 
 fn read(address: u64) -> Option<u64> {
@@ -200,14 +226,16 @@ fn read(address: u64) -> Option<u64> {
     unsafe { bpf_probe_read_kernel(address as *const u64) }.ok()
 }
 
-/// The folio of the page `pte` maps (`FOLIO_*`): its order, the page's index in it, and whether
-/// it is mapped whole, once, page after page in this one PTE table, so that clearing its
-/// naturally aligned range covers it exactly.
-fn folio_of(layout: &FolioLayout, pte: &Found) -> u32 {
+/// The folio of the page that `entry`, the PTE at `pte`, maps (`FOLIO_*`): its order, the
+/// page's index in it, and whether it is mapped whole, once, page after page in this one PTE
+/// table, so that clearing its naturally aligned range covers it exactly.
+fn folio_of(layout: &FolioLayout, entry: u64, pte: u64) -> u32 {
     if layout.vmemmap_base == 0 {
         return 0;
     }
-    let pfn = (pte.entry & ADDRESS) >> PAGE_SHIFT;
+    // PTE tables are pages: the entry's table and index follow from its address.
+    let (table, pte_index) = (pte & !((1 << PAGE_SHIFT) - 1), (pte >> 3) & 511);
+    let pfn = (entry & ADDRESS) >> PAGE_SHIFT;
     let page = layout.vmemmap_base + pfn * layout.page_size;
     let Some(info) = read(page + layout.compound_offset) else { return 0 };
     // A tail page's word holds its head, as a pointer | 1, or (7.2+) as a mask | 1.
@@ -237,8 +265,8 @@ fn folio_of(layout: &FolioLayout, pte: &Found) -> u32 {
         FOLIO_LOOKED_UP | order | ((index as u32 & FOLIO_INDEX_MASK) << FOLIO_INDEX_SHIFT);
     // Whole here: its first and last pages in this table at the right frames, and mapped as
     // many times as it has pages.
-    if index <= pte.index && pte.index - index + nr <= 512 {
-        let first = pte.table + (pte.index - index) * 8;
+    if index <= pte_index && pte_index - index + nr <= 512 {
+        let first = table + (pte_index - index) * 8;
         let head_pfn = pfn - index;
         let frame = |entry: Option<u64>| {
             entry.filter(|e| e & PRESENT != 0).map(|e| (e & ADDRESS) >> PAGE_SHIFT)
@@ -259,7 +287,7 @@ fn folio_of(layout: &FolioLayout, pte: &Found) -> u32 {
 
 /// Walks from the deepest table on the last path that still covers `addr` down to its leaf.
 fn translate(walk: &mut Walk, addr: u64) -> Found {
-    let leaf = |leaf, entry| Found { leaf, entry, table: 0, index: 0 };
+    let leaf = |leaf, entry| Found { leaf, entry, pte: 0 };
     let mut level = walk.levels;
     let mut table = walk.pgd;
     for l in 1..5u32 {
@@ -285,7 +313,7 @@ fn translate(walk: &mut Walk, addr: u64) -> Found {
             return leaf(LEAF_NONE, entry);
         }
         match level {
-            1 => return Found { leaf: LEAF_PTE, entry, table, index },
+            1 => return Found { leaf: LEAF_PTE, entry, pte: table + index * 8 },
             2 if entry & HUGE != 0 => return leaf(LEAF_PMD, entry),
             3 if entry & HUGE != 0 => return leaf(LEAF_PUD, entry),
             _ => {}

@@ -16,6 +16,7 @@ use damon_common::{Probe, names, page_fault_user, raw_tp_probe_answer};
 use super::{Row, system::Facts};
 use crate::{
     dataplane::Object,
+    dataplane::refused,
     sys::{anon::AnonMapping, caps::Capability},
 };
 
@@ -172,61 +173,48 @@ fn attach(object: &mut Object, spec: &Spec, facts: &Facts) -> Result<(), String>
     match (spec.probe, program) {
         (Probe::TracePoint, Program::TracePoint(p)) => {
             facts.tracefs.as_ref().map_err(|_| "needs tracefs".to_owned())?;
-            load_then(p, TracePoint::load, |p| {
+            load_then(spec.program, p, TracePoint::load, |p| {
                 p.attach(page_fault_user::CATEGORY, page_fault_user::NAME).map(drop)
             })
         }
-        (Probe::BtfTracePoint, Program::BtfTracePoint(p)) => {
-            load_then(p, |p| p.load(names::MMAP_LOCK_TRACEPOINT, btf), |p| p.attach().map(drop))
-        }
+        (Probe::BtfTracePoint, Program::BtfTracePoint(p)) => load_then(
+            spec.program,
+            p,
+            |p| p.load(names::MMAP_LOCK_TRACEPOINT, btf),
+            |p| p.attach().map(drop),
+        ),
         (Probe::RawTracePointTestRun, Program::RawTracePoint(p)) => {
-            load_then(p, RawTracePoint::load, |p| {
+            load_then(spec.program, p, RawTracePoint::load, |p| {
                 let mut options = RawTracePointRunOptions::new();
                 options.args[0] = RAW_TP_ARGUMENT;
                 p.test_run(options).map(drop)
             })
         }
-        (Probe::PerfEvent, Program::PerfEvent(p)) => load_then(p, PerfEvent::load, |p| {
-            let scope = PerfEventScope::OneProcess { pid: std::process::id(), cpu: None };
-            let config = PerfEventConfig::Software(SoftwareEvent::PageFaults);
-            p.attach(config, scope, SamplePolicy::Period(1), false).map(drop)
-        }),
+        (Probe::PerfEvent, Program::PerfEvent(p)) => {
+            load_then(spec.program, p, PerfEvent::load, |p| {
+                let scope = PerfEventScope::OneProcess { pid: std::process::id(), cpu: None };
+                let config = PerfEventConfig::Software(SoftwareEvent::PageFaults);
+                p.attach(config, scope, SamplePolicy::Period(1), false).map(drop)
+            })
+        }
         (Probe::KProbe, Program::KProbe(p)) => {
-            load_then(p, KProbe::load, |p| p.attach(TRACED_FUNCTION, 0).map(drop))
+            load_then(spec.program, p, KProbe::load, |p| p.attach(TRACED_FUNCTION, 0).map(drop))
         }
         (Probe::FEntry, Program::FEntry(p)) => {
-            load_then(p, |p| p.load(TRACED_FUNCTION, btf), |p| p.attach().map(drop))
+            load_then(spec.program, p, |p| p.load(TRACED_FUNCTION, btf), |p| p.attach().map(drop))
         }
         _ => Err(format!("{} has an unexpected program type", spec.program)),
     }
 }
 
 fn load_then<P>(
+    name: &str,
     program: &mut P,
     load: impl FnOnce(&mut P) -> Result<(), ProgramError>,
     then: impl FnOnce(&mut P) -> Result<(), ProgramError>,
 ) -> Result<(), String> {
-    load(program).map_err(|err| format!("load: {}", describe(&err)))?;
-    then(program).map_err(|err| format!("attach: {}", describe(&err)))
-}
-
-/// One line for a program error: the kernel's errno, and the verifier's last word if it spoke.
-fn describe(err: &ProgramError) -> String {
-    if let ProgramError::LoadError { io_error, verifier_log } = err {
-        let log = verifier_log.to_string();
-        return match log.lines().rev().find(|line| !line.trim().is_empty()) {
-            Some(last) => format!("refused ({io_error}): {}", last.trim()),
-            None => format!("refused ({io_error})"),
-        };
-    }
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    load(program).map_err(|err| format!("load: {}", refused::describe(&err, name)))?;
+    then(program).map_err(|err| format!("attach: {}", refused::describe(&err, name)))
 }
 
 /// Does what every probe waits for: takes the mmap lock (mmap), faults pages in, calls read(2).

@@ -42,7 +42,7 @@ pub(crate) fn attach(bpf: &mut Ebpf) -> Result<FaultMaps> {
         .program_mut(names::PAGE_FAULT_USER)
         .context("eBPF object has no page_fault_user program")?
         .try_into()?;
-    program.load().context("cannot load the page-fault program")?;
+    super::refused::load(program.load(), names::PAGE_FAULT_USER, "the page-fault program")?;
     program
         .attach(page_fault_user::CATEGORY, page_fault_user::NAME)
         .context("cannot attach to exceptions:page_fault_user")?;

@@ -132,7 +132,7 @@ fn attach_one(bpf: &mut Ebpf, program: &str, event: &str) -> Result<()> {
         .program_mut(program)
         .with_context(|| format!("eBPF object has no {program} program"))?
         .try_into()?;
-    tp.load().with_context(|| format!("cannot load the {program} program"))?;
+    super::refused::load(tp.load(), program, &format!("the {program} program"))?;
     tp.attach(category, event).with_context(|| format!("cannot attach to {category}:{event}"))?;
     Ok(())
 }

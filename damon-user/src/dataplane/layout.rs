@@ -85,7 +85,7 @@ impl KernelMemory for Peek<'_> {
 pub fn discover(bpf: &mut Ebpf, offsets: Offsets) -> Result<Layout> {
     let program: &mut RawTracePoint =
         bpf.program_mut(names::PEEK).context("eBPF object has no peek program")?.try_into()?;
-    program.load().context("cannot load the peek program (raw_tp)")?;
+    super::refused::load(program.load(), names::PEEK, "the peek program (raw_tp)")?;
     let program: &RawTracePoint = bpf.program(names::PEEK).context("peek")?.try_into()?;
     let map = bpf.map(names::PEEK_OUT).context("eBPF object has no PEEK_OUT map")?;
     let peek = Peek { program, out: Array::try_from(map)? };

@@ -7,6 +7,7 @@ pub mod kdamond;
 pub mod layout;
 pub mod leaf;
 pub mod object;
+pub mod refused;
 pub mod walker;
 
 use std::sync::Arc;

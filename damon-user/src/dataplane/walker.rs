@@ -92,9 +92,11 @@ fn current_tid() -> u32 {
 pub(crate) fn attach(bpf: &mut Ebpf, types: &KernelTypes) -> Result<()> {
     let program: &mut BtfTracePoint =
         bpf.program_mut(names::WALK_ON_LOCK).context("eBPF object has no walker")?.try_into()?;
-    program.load(names::MMAP_LOCK_TRACEPOINT, &types.btf).with_context(|| {
-        format!("cannot load the page-table walker (tp_btf {})", names::MMAP_LOCK_TRACEPOINT)
-    })?;
+    super::refused::load(
+        program.load(names::MMAP_LOCK_TRACEPOINT, &types.btf),
+        names::WALK_ON_LOCK,
+        &format!("the page-table walker (tp_btf {})", names::MMAP_LOCK_TRACEPOINT),
+    )?;
     program.attach().context("cannot attach the page-table walker")?;
     Ok(())
 }
