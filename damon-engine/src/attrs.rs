@@ -43,6 +43,12 @@ impl Default for Attrs {
 impl Attrs {
     /// The kernel's `damon_set_attrs` checks, one message per violation.
     pub fn validate(&self) -> Result<()> {
+        if self.sample_us == 0 {
+            bail!("the sample interval must be positive");
+        }
+        if self.ops_update_us == 0 {
+            bail!("the operations update interval must be positive");
+        }
         if self.min_nr_regions < 3 {
             bail!("min_nr_regions must be at least 3 (got {})", self.min_nr_regions);
         }
@@ -114,8 +120,13 @@ mod tests {
     }
 
     #[test]
-    fn rejects_what_the_kernel_rejects() {
+    fn rejects_what_the_kernel_rejects_and_zero_intervals() {
         let err = |a: Attrs| a.validate().unwrap_err().to_string();
+        // The kernel takes a zero sample interval as "as often as it can"; an engine run by
+        // time (and the simulator) cannot.
+        assert_eq!(err(attrs(0, 100_000, 10, 100)), "the sample interval must be positive");
+        let no_updates = Attrs { ops_update_us: 0, ..Attrs::default() };
+        assert_eq!(err(no_updates), "the operations update interval must be positive");
         assert!(err(attrs(5_000, 100_000, 2, 100)).contains("at least 3"));
         assert!(err(attrs(5_000, 100_000, 200, 100)).contains("must not exceed max_nr_regions"));
         assert!(err(attrs(200_000, 100_000, 10, 100)).contains("aggregation interval"));

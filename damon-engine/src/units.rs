@@ -13,8 +13,12 @@ fn split_number(text: &str) -> Result<(String, f64, &str)> {
         text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_')).unwrap_or(text.len());
     let (digits, unit) = text.split_at(end);
     let digits = digits.replace('_', "");
-    let number: f64 =
-        digits.parse().with_context(|| format!("`{text}` does not start with a number"))?;
+    if text.starts_with('-') {
+        bail!("`{text}` is negative");
+    }
+    let Ok(number) = digits.parse::<f64>() else {
+        bail!("`{text}` does not start with a number");
+    };
     Ok((digits, number, unit.trim()))
 }
 
@@ -86,21 +90,33 @@ fn write_exact(
     }
 }
 
-/// Reads a bare number or a text with units through `parse`.
+/// Reads a bare number or a text with units through `parse`; a number that is not a whole
+/// unsigned one (`1.5e9`, `-5`) is read as the text it would be written as, so it gets the text's
+/// checks and messages.
 fn number_or_text<'de, D: Deserializer<'de>>(
     d: D,
     parse: fn(&str) -> Result<u64>,
 ) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Number(u64),
-        Text(String),
+    struct Visitor(fn(&str) -> Result<u64>);
+    impl de::Visitor<'_> for Visitor {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number or a text with a unit such as \"64MiB\" or \"100ms\"")
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+            Ok(n)
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+            self.visit_str(&n.to_string())
+        }
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<u64, E> {
+            self.visit_str(&n.to_string())
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<u64, E> {
+            (self.0)(text).map_err(|err| E::custom(format!("{err:#}")))
+        }
     }
-    match Raw::deserialize(d)? {
-        Raw::Number(n) => Ok(n),
-        Raw::Text(text) => parse(&text).map_err(de::Error::custom),
-    }
+    d.deserialize_any(Visitor(parse))
 }
 
 /// A byte size that reads `"16GiB"` or `1024` and writes the exact byte count in the largest
@@ -199,5 +215,33 @@ mod tests {
         assert!(parse_duration_us("18446744073709551616").is_err());
         assert_eq!(Micros(90_000_000).to_string(), "90s");
         assert_eq!(Micros(2_500).to_string(), "2500us");
+    }
+
+    #[test]
+    fn bad_numbers_say_what_is_wrong() {
+        assert_eq!(parse_size("-5").unwrap_err().to_string(), "`-5` is negative");
+        assert_eq!(parse_duration_us("-1s").unwrap_err().to_string(), "`-1s` is negative");
+        assert_eq!(parse_size("x").unwrap_err().to_string(), "`x` does not start with a number");
+    }
+
+    #[test]
+    fn files_take_numbers_of_any_toml_kind_or_texts() {
+        #[derive(Deserialize)]
+        struct File {
+            size: Size,
+            sample: Micros,
+        }
+        let read = |text: &str| toml::from_str::<File>(text).map(|f| (f.size.0, f.sample.0));
+        assert_eq!(read("size = 1.5e9\nsample = 5000").unwrap(), (1_500_000_000, 5000));
+        assert_eq!(read("size = \"1GiB\"\nsample = 5.5").unwrap(), (1 << 30, 6));
+        let err = |text: &str| read(text).unwrap_err().message().to_owned();
+        assert_eq!(err("size = -5\nsample = 1"), "`-5` is negative");
+        assert_eq!(err("size = 1.5\nsample = 1"), "`1.5` is not a whole number of bytes");
+        assert!(
+            err("size = 1\n[sample]\n")
+                .starts_with("invalid type: map, expected a number or a text"),
+            "{}",
+            err("size = 1\n[sample]\n")
+        );
     }
 }

@@ -296,6 +296,19 @@ fn monitoring_errors_are_one_line_with_the_right_exit_code() {
             "`true` exited (status 0) before the first aggregation: nothing recorded, no file written\n"
         ), "{err}");
     }
+    // Refused although udamon has every capability (this sandbox's pid 1, as root): the line
+    // does not blame capabilities.
+    if std::fs::read("/proc/1/smaps")
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    {
+        let out = udamon(&["monitor", "1"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("although udamon has CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"),
+            "{err}"
+        );
+    }
     // Privileges: none at all, then all but the one that reads another user's process.
     let out = udamon_as_nobody(&["monitor", "1"]).expect("setpriv");
     assert_eq!(out.status.code(), Some(1));
@@ -467,4 +480,90 @@ fn cgroup_v1_hierarchies_are_refused() {
         );
     }
     std::fs::remove_dir_all(&fake).unwrap();
+}
+
+/// Bad input on paths that need no privileges: one `udamon: ` line naming the problem, exit 2,
+/// nothing on stdout.
+#[test]
+fn bad_input_is_one_line_naming_the_problem() {
+    let dir = std::env::temp_dir().join(format!("udamon-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let record = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/two-targets.json");
+    let goal = file("goal.toml", "monitoring-intervals-goal = \"0 3 5ms 10s\"\n");
+    let scenario = |attrs: &str| {
+        file(
+            "zero.toml",
+            &format!("name = \"z\"\nsize = \"1GiB\"\nduration = \"10s\"\n[attrs]\n{attrs}\n"),
+        )
+    };
+    let zero_sample = scenario("sample_us = 0");
+    let backwards = file(
+        "backwards.json",
+        r#"[{"target_id": 1, "snapshots": [{"start_time": 200, "end_time": 100, "regions": [{"start": 0, "end": 4096}]}]}]"#,
+    );
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (vec!["monitor", "--duration", "0s", "1"], "--duration 0s: give a length of time above zero".into()),
+        (vec!["sim", "stairs", "--duration", "0ms"], "--duration 0ms: give a length of time above zero".into()),
+        (
+            vec!["demo", "--phase-change", "20s"],
+            "--phase-change 20s is not before the demo's end (--duration 10s): the change would not be seen".into(),
+        ),
+        (
+            vec!["monitor", "--monitoring_intervals_goal", "4%", "3", "0", "5ms", "1"],
+            "--monitoring_intervals_goal: minimum sample interval 0: the interval must be positive".into(),
+        ),
+        (
+            vec!["monitor", "--config", &goal, "1"],
+            format!("--config {goal}: monitoring-intervals-goal: access goal `0`: give 1 to 10000 basis points, or a percentage up to 100%"),
+        ),
+        (
+            vec!["sim", &zero_sample],
+            format!("scenario file {zero_sample}: attrs: the sample interval must be positive"),
+        ),
+        (
+            vec!["report", "heatmap", "-i", record, "--time-bins", "10000", "--address-bins", "10000"],
+            "10000 time bins × 10000 address bins are 100000000 cells: at most 1000000".into(),
+        ),
+        (
+            vec!["report", "wss", "-i", record, "--skip", "3"],
+            "--skip 3 leaves no snapshot: the record has 3 in its longest target".into(),
+        ),
+        (
+            vec!["convert", "-i", record, "-o", "/proc/self/mem"],
+            "cannot write /proc/self/mem: it is in /proc, a kernel interface, not a file".into(),
+        ),
+        (
+            vec!["report", "wss", "-i", &backwards],
+            format!("{backwards} is not a usable record: target 1, snapshot 0: start_time 200 is after end_time 100"),
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = udamon(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stderr), format!("udamon: {expected}\n"), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // clap's own line for a count out of range.
+    let out = udamon(&["monitor", "--every", "0", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .starts_with("error: invalid value '0' for '--every <EVERY>': give 1 or more\n")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `-o /dev/stdout` writes through whatever stdout is (here a pipe), as a FIFO is.
+#[test]
+fn output_to_dev_stdout_goes_through_the_pipe() {
+    let record = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/two-targets.json");
+    let out = udamon(&["convert", "-i", record, "-o", "/dev/stdout", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the record");
+    assert_eq!(written.as_array().map(Vec::len), Some(2), "both targets");
 }

@@ -48,12 +48,16 @@ enum Cmd {
         /// Only these (engine, vaddr, records, metrics, reclaim, cost, kdamond); default: all.
         names: Vec<String>,
     },
-    /// Fuzz the readers of untrusted input (cargo fuzz on nightly), each for the given time;
-    /// new inputs that reach new code are kept in fuzz/corpus, crashes in fuzz/artifacts.
+    /// Fuzz the readers of untrusted input (cargo fuzz on nightly), each for the given time or
+    /// number of inputs, whichever ends first; new inputs that reach new code are kept in
+    /// fuzz/corpus, crashes in fuzz/artifacts.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Inputs per target (libFuzzer's -runs), e.g. 10000000; default: no limit.
+        #[arg(long)]
+        runs: Option<u64>,
         /// Only these (record, proc_maps, btf, scenario, config, metrics_request); default: all.
         targets: Vec<String>,
     },
@@ -85,9 +89,9 @@ fn main() {
             Cmd::Bench { names } => {
                 setup::run().and_then(|()| bench(&setup::test_tools()?, &names))
             }
-            Cmd::Fuzz { seconds, targets } => setup::run()
+            Cmd::Fuzz { seconds, runs, targets } => setup::run()
                 .and_then(|()| setup::cargo_fuzz())
-                .and_then(|()| fuzz(seconds, &targets)),
+                .and_then(|()| fuzz(seconds, runs, &targets)),
             Cmd::VmTest { kernels, inject_failure } => {
                 setup::run().and_then(|()| vm::run(&kernels, inject_failure))
             }
@@ -207,9 +211,9 @@ fn bench(tools: &setup::TestTools, names: &[String]) -> Result<()> {
 const FUZZ_TARGETS: [&str; 6] =
     ["record", "proc_maps", "btf", "scenario", "config", "metrics_request"];
 
-/// Each target for `seconds`, with debug assertions (overflows are crashes too), a timeout per
+/// Each target for `seconds` (or `runs` inputs), with debug assertions (overflows are crashes too), a timeout per
 /// input and a memory cap, so a hang or unbounded memory fails as a crash does.
-fn fuzz(seconds: u64, names: &[String]) -> Result<()> {
+fn fuzz(seconds: u64, runs: Option<u64>, names: &[String]) -> Result<()> {
     if let Some(unknown) = names.iter().find(|n| !FUZZ_TARGETS.contains(&n.as_str())) {
         bail!("no fuzz target `{unknown}` (targets: {})", FUZZ_TARGETS.join(", "));
     }
@@ -221,6 +225,7 @@ fn fuzz(seconds: u64, names: &[String]) -> Result<()> {
                 .args(["run", setup::NIGHTLY, "cargo", "fuzz", "run", "-O", "-a", target, &corpus])
                 .arg("--")
                 .arg(format!("-max_total_time={seconds}"))
+                .args(runs.map(|runs| format!("-runs={runs}")))
                 .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"])
                 .current_dir(workspace_root().join("fuzz"))
                 // Set by the outer (stable) cargo; they would pin the stable compiler.

@@ -38,7 +38,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "4s", value_name = "DURATION")]
     phase_change: String,
     /// Print only every Nth aggregation.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = options::at_least_one)]
     every: u64,
     /// JSON lines: the layout, one snapshot per aggregation, then the summary.
     #[arg(long)]
@@ -63,6 +63,13 @@ pub(super) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     };
     let (duration, phase_change) =
         (span(&args.duration, "duration")?, span(&args.phase_change, "phase-change")?);
+    if phase_change >= duration {
+        return Err(Failure::Input(anyhow!(
+            "--phase-change {} is not before the demo's end (--duration {}): the change would not be seen",
+            args.phase_change,
+            args.duration
+        )));
+    }
     let config =
         args.monitoring.resolve().and_then(|s| s.monitor_config()).map_err(Failure::Input)?;
     // Whether monitoring can work is checked once, by the session (the workload is cheap to

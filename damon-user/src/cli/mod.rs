@@ -1,6 +1,8 @@
 //! The `udamon` command line. Exit codes: 0 success, 1 a runtime failure (or `check` finding
-//! monitoring impossible, or a run that ended unplanned), 2 bad input (usage, options, files);
-//! after `-- CMD` exited, the command's status as the shell gives it.
+//! monitoring impossible, or a run that ended unplanned, or an output that failed after the
+//! start-up check passed, e.g. a full disk), 2 bad input (usage, options, files, an output that
+//! cannot be written at start-up); after `-- CMD` exited, the command's status as the shell
+//! gives it.
 
 mod convert;
 mod demo;

@@ -39,7 +39,7 @@ pub struct MonitorArgs {
     #[command(flatten)]
     serve: ServeArgs,
     /// Show only every Nth aggregation.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = options::at_least_one)]
     every: u64,
     /// Stop after this long (e.g. 30s, 5m); default: until stopped.
     #[arg(long, value_name = "DURATION")]

@@ -128,11 +128,12 @@ impl MonitoringArgs {
 
     /// The command line laid over `file`.
     fn over(&self, file: ConfigFile) -> Result<Settings> {
+        let path = self.config.as_deref().unwrap_or_else(|| "".as_ref()).display();
+        let in_file = |key: &str| format!("--config {path}: {key}");
         let from_file = |value: Option<Micros>, key: &str| -> Result<Option<u64>> {
             let value = value.map(|m| m.0);
             if value == Some(0) {
-                let path = self.config.as_deref().unwrap_or_else(|| "".as_ref()).display();
-                bail!("--config {path}: {key} must be positive");
+                bail!("{} must be positive", in_file(key));
             }
             Ok(value)
         };
@@ -157,17 +158,17 @@ impl MonitoringArgs {
                 ),
                 (None, Some(text)) => Some(
                     intervals_goal(&text.split_whitespace().collect::<Vec<_>>())
-                        .context("--config: monitoring-intervals-goal")?,
+                        .with_context(|| in_file("monitoring-intervals-goal"))?,
                 ),
                 (None, None) => None,
             },
             reclaim_backoff: match (&self.reclaim_backoff, file.reclaim_backoff) {
                 (Some(text), _) => Some(backoff(text).context("--reclaim-backoff")?),
                 (None, Some(BackoffValue::Percent(p))) => {
-                    Some(backoff(&p.to_string()).context("--config: reclaim-backoff")?)
+                    Some(backoff(&p.to_string()).with_context(|| in_file("reclaim-backoff"))?)
                 }
                 (None, Some(BackoffValue::Word(w))) => {
-                    Some(backoff(&w).context("--config: reclaim-backoff")?)
+                    Some(backoff(&w).with_context(|| in_file("reclaim-backoff"))?)
                 }
                 (None, None) => None,
             },
@@ -254,10 +255,13 @@ fn intervals_goal(words: &[&str]) -> Result<IntervalsGoal> {
     let Ok(aggrs @ 1..) = aggrs.parse::<u32>() else {
         bail!("`{aggrs}`: give the aggregations between tunings, at least 1");
     };
-    let (min_sample_us, max_sample_us) = (
-        positive_interval(min, "monitoring_intervals_goal")?,
-        positive_interval(max, "monitoring_intervals_goal")?,
-    );
+    let sample = |text: &str, which: &str| -> Result<u64> {
+        match parse_duration_us(text).with_context(|| format!("{which} sample interval"))? {
+            0 => bail!("{which} sample interval {text}: the interval must be positive"),
+            us => Ok(us),
+        }
+    };
+    let (min_sample_us, max_sample_us) = (sample(min, "minimum")?, sample(max, "maximum")?);
     if min_sample_us > max_sample_us {
         bail!("the sample interval's range {min}..{max} is empty");
     }
@@ -275,15 +279,29 @@ fn backoff(text: &str) -> Result<Option<f64>> {
     }
 }
 
-/// A length of time for `--duration`, `--flush-every` and the like: a unit is required, since a
-/// bare number would be read as microseconds by damo's convention and surprise everyone.
+/// A length of time for `--duration`, `--flush-every` and the like, above zero: a unit is
+/// required, since a bare number would be read as microseconds by damo's convention and surprise
+/// everyone.
 pub fn span(text: &str, option: &str) -> Result<u64> {
     let trimmed = text.trim();
     if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'_')
     {
         bail!("--{option} {text}: give a unit, e.g. {trimmed}s");
     }
-    parse_duration_us(text).with_context(|| format!("--{option}"))
+    let us = parse_duration_us(text).with_context(|| format!("--{option}"))?;
+    if us == 0 {
+        bail!("--{option} {text}: give a length of time above zero");
+    }
+    Ok(us)
+}
+
+/// A count of 1 or more (`--every`), as clap's value parser.
+pub fn at_least_one(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n @ 1..) => Ok(n),
+        Ok(_) => Err("give 1 or more".into()),
+        Err(_) => Err("not a whole number".into()),
+    }
 }
 
 fn random_seed() -> u64 {
@@ -362,6 +380,12 @@ mod tests {
         assert_eq!(span("8s", "duration").unwrap(), 8_000_000);
         assert_eq!(span("250ms", "flush-every").unwrap(), 250_000);
         assert!(span("8 parsecs", "duration").is_err());
+        assert_eq!(
+            span("0ms", "duration").unwrap_err().to_string(),
+            "--duration 0ms: give a length of time above zero"
+        );
+        assert_eq!(at_least_one("0").unwrap_err(), "give 1 or more");
+        assert_eq!(at_least_one("-1").unwrap_err(), "not a whole number");
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl ReadLimit {
         };
         let loaded = record::load(path, max).map_err(Failure::Input)?;
         for warning in &loaded.warnings {
-            say!("udamon: {}: {warning}", path.display());
+            say!("udamon: {}", crate::util::one_line(&format!("{}: {warning}", path.display())));
         }
         Ok(loaded.record)
     }
@@ -110,17 +110,19 @@ enum Kind {
     Wss {
         #[command(flatten)]
         input: Input,
-        /// Leave out the first N snapshots, while regions still adapt (damo's default 20).
-        #[arg(long, default_value_t = DEFAULT_SKIP, value_name = "N")]
-        skip: usize,
+        /// Leave out the first N snapshots, while regions still adapt [default: 20, as damo's;
+        /// none for a record of 20 snapshots or fewer].
+        #[arg(long, value_name = "N")]
+        skip: Option<usize>,
     },
     /// Number-of-regions percentiles.
     NrRegions {
         #[command(flatten)]
         input: Input,
-        /// Leave out the first N snapshots, while regions still adapt (damo's default 20).
-        #[arg(long, default_value_t = DEFAULT_SKIP, value_name = "N")]
-        skip: usize,
+        /// Leave out the first N snapshots, while regions still adapt [default: 20, as damo's;
+        /// none for a record of 20 snapshots or fewer].
+        #[arg(long, value_name = "N")]
+        skip: Option<usize>,
     },
 }
 
@@ -147,6 +149,12 @@ pub(super) fn run(args: ReportArgs) -> Result<ExitCode, Failure> {
             };
             let (time_bins, address_bins) =
                 (bins(*time_bins, 40, 400), bins(*address_bins, 80, 250));
+            if time_bins * address_bins > MAX_CELLS {
+                return Err(Failure::Input(anyhow!(
+                    "{time_bins} time bins × {address_bins} address bins are {} cells: at most {MAX_CELLS}",
+                    time_bins * address_bins
+                )));
+            }
             let maps: Vec<(u64, Heatmap)> = targets
                 .iter()
                 .map(|t| {
@@ -156,9 +164,12 @@ pub(super) fn run(args: ReportArgs) -> Result<ExitCode, Failure> {
                 .filter(|(_, map)| !map.spans.is_empty())
                 .collect();
             if maps.is_empty() {
-                return Err(Failure::Input(anyhow!(
-                    "no region of the record lies in --address-range"
-                )));
+                return Err(Failure::Input(match address_range {
+                    Some(range) => {
+                        anyhow!("no region of the record lies in --address-range {range}")
+                    }
+                    None => anyhow!("the record has no region to draw"),
+                }));
             }
             match output {
                 Some(path) => {
@@ -182,15 +193,19 @@ pub(super) fn run(args: ReportArgs) -> Result<ExitCode, Failure> {
             }
         }
         Kind::Wss { input, skip } => {
-            distributions(&load(input)?, Metric::WorkingSet, *skip, input.json)
+            distributions(&load(input)?, Metric::WorkingSet, *skip, input.json)?
         }
         Kind::NrRegions { input, skip } => {
-            distributions(&load(input)?, Metric::Regions, *skip, input.json)
+            distributions(&load(input)?, Metric::Regions, *skip, input.json)?
         }
     };
     emit(&text)?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The most cells a heatmap has (e.g. 1000 × 1000): drawing takes about half a second per
+/// million.
+const MAX_CELLS: usize = 1_000_000;
 
 fn load(input: &Input) -> Result<Vec<TargetRecord>, Failure> {
     let mut targets = input.limit.load(&input.input)?;
@@ -296,19 +311,34 @@ fn write_picture(path: &std::path::Path, maps: &[(u64, Heatmap)]) -> Result<(), 
     bytes.and_then(|bytes| output.write(&bytes)).map_err(Failure::Runtime)
 }
 
-fn distributions(targets: &[TargetRecord], metric: Metric, skip: usize, as_json: bool) -> String {
-    let dists: Vec<_> =
-        targets.iter().map(|t| distribution::distribution(t, metric, skip)).collect();
-    if as_json {
-        return json(&dists);
+/// The distributions of `metric`, after `skip` snapshots (a given one must leave some).
+fn distributions(
+    targets: &[TargetRecord],
+    metric: Metric,
+    skip: Option<usize>,
+    as_json: bool,
+) -> Result<String, Failure> {
+    let longest = targets.iter().map(|t| t.snapshots.len()).max().unwrap_or(0);
+    if let Some(skip) = skip.filter(|&skip| skip >= longest) {
+        return Err(Failure::Input(anyhow!(
+            "--skip {skip} leaves no snapshot: the record has {longest}{}",
+            if targets.len() > 1 { " in its longest target" } else { "" }
+        )));
     }
-    dists
+    let dists: Vec<_> = targets
+        .iter()
+        .map(|t| distribution::distribution(t, metric, skip.unwrap_or(DEFAULT_SKIP)))
+        .collect();
+    if as_json {
+        return Ok(json(&dists));
+    }
+    Ok(dists
         .iter()
         .map(|d| match metric {
             Metric::WorkingSet => distribution::render(d, "working-set size", format_size),
             Metric::Regions => distribution::render(d, "regions", |v| v.to_string()),
         })
-        .collect()
+        .collect())
 }
 
 fn parse_range(text: &str) -> anyhow::Result<(u64, u64)> {

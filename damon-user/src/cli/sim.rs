@@ -108,7 +108,10 @@ fn scenario(args: &SimArgs, settings: &Settings) -> anyhow::Result<Scenario> {
     }
     let warnings = scenario.validate().with_context(|| format!("scenario {}", scenario.name))?;
     for warning in warnings {
-        say!("udamon: scenario {}: {warning}", scenario.name);
+        say!(
+            "udamon: {}",
+            crate::util::one_line(&format!("scenario {}: {warning}", scenario.name))
+        );
     }
     Ok(scenario)
 }

@@ -91,10 +91,22 @@ impl fmt::Display for TargetError {
                 write!(f, "pid {pid} is a kernel thread: it has no address space to monitor")
             }
             Self::Exited(pid) => write!(f, "pid {pid} exited before the first sample"),
-            Self::Denied(pid, err) => write!(
-                f,
-                "cannot monitor pid {pid}: {err} (another user's process needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
-            ),
+            Self::Denied(pid, err) => {
+                use crate::sys::caps::{CapSet, Capability};
+                let caps = CapSet::current();
+                // Capabilities are blamed only where udamon lacks one.
+                if [Capability::SysPtrace, Capability::DacReadSearch].iter().all(|&c| caps.has(c)) {
+                    write!(
+                        f,
+                        "cannot monitor pid {pid}: {err}, although udamon has CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: the kernel refuses all the same (e.g. a security module's policy)"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "cannot monitor pid {pid}: {err} (another user's process needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
+                    )
+                }
+            }
             Self::Claimed(pid, holder) => {
                 let holder = holder.map_or_else(String::new, |h| format!(" (pid {h})"));
                 write!(

@@ -3,7 +3,9 @@
 //! the previous version (or nothing), never half a file. A symlink is followed, dangling or not:
 //! the rename happens at its target and the link stays a link. A device or FIFO cannot be
 //! replaced without destroying it, so it is written through (opened for writing, never created,
-//! truncated or renamed over). A directory or socket is refused.
+//! truncated or renamed over), as is a descriptor named through /proc (`/dev/stdout`,
+//! `/dev/fd/3`): the kernel reopens what it refers to. A directory, a socket, or a file of a
+//! kernel interface (/proc, /sys) is refused.
 
 use std::{
     fs,
@@ -26,8 +28,10 @@ pub struct Output {
 enum How {
     /// A regular file (or none yet) at this path, symlinks resolved: replaced atomically.
     Replace(PathBuf),
-    /// A device or FIFO: written through.
+    /// A device, a FIFO or a descriptor's /proc link to one: written through.
     WriteThrough,
+    /// A descriptor's /proc link to a regular file: added to.
+    Append,
 }
 
 impl Output {
@@ -35,8 +39,17 @@ impl Output {
     pub fn new(path: &Path) -> Result<Self> {
         let cannot = || format!("cannot write {}", path.display());
         let real = follow_links(path).with_context(cannot)?;
+        // A descriptor's link opens what the descriptor is; anything else there is the kernel's,
+        // never a file for udamon's output.
+        let descriptor = match kernel_fs(&real) {
+            Some(_) if fs::symlink_metadata(&real).is_ok_and(|m| m.file_type().is_symlink()) => {
+                true
+            }
+            Some(fs) => bail!("{}: it is in {fs}, a kernel interface, not a file", cannot()),
+            None => false,
+        };
         let how = match fs::metadata(&real) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => How::Replace(real),
+            Err(err) if err.kind() == io::ErrorKind::NotFound && !descriptor => How::Replace(real),
             Err(err) => return Err(err).with_context(cannot),
             Ok(meta) => {
                 let kind = meta.file_type();
@@ -46,7 +59,12 @@ impl Output {
                 if kind.is_socket() {
                     bail!("{}: it is a socket", cannot());
                 }
-                if kind.is_file() { How::Replace(real) } else { How::WriteThrough }
+                match (kind.is_file(), descriptor) {
+                    (true, false) => How::Replace(real),
+                    // Where the shell's `>` or `>>` left it.
+                    (true, true) => How::Append,
+                    (false, _) => How::WriteThrough,
+                }
             }
         };
         let output = Self { given: path.to_owned(), how };
@@ -71,6 +89,7 @@ impl Output {
             How::WriteThrough => {
                 open_write_through(&self.given).and_then(|mut stream| stream.write_all(bytes))
             }
+            How::Append => open_append(&self.given).and_then(|mut file| file.write_all(bytes)),
         };
         written.with_context(|| format!("cannot write {}", self.given.display()))
     }
@@ -94,6 +113,7 @@ impl Output {
                 Ok(())
             }
             How::WriteThrough => open_write_through(&self.given).map(drop),
+            How::Append => open_append(&self.given).map(drop),
         }
     }
 }
@@ -122,6 +142,10 @@ fn open_write_through(path: &Path) -> io::Result<fs::File> {
     Ok(stream)
 }
 
+fn open_append(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new().append(true).open(path)
+}
+
 fn replace(real: &Path, bytes: &[u8]) -> io::Result<()> {
     let temp = temp_path(real);
     let result = (|| {
@@ -137,13 +161,14 @@ fn replace(real: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// `path` with every symlink of its last component followed, even to a target that does not
-/// exist yet (the directories above are the kernel's to resolve).
+/// exist yet (the directories above are the kernel's to resolve), up to a link in /proc, whose
+/// target (`pipe:[123]`, a deleted file) may be no path at all.
 fn follow_links(path: &Path) -> io::Result<PathBuf> {
     let mut path = path.to_owned();
     // As the kernel's limit on nested links (ELOOP).
     for _ in 0..40 {
         match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => {
+            Ok(meta) if meta.file_type().is_symlink() && kernel_fs(&path).is_none() => {
                 let target = fs::read_link(&path)?;
                 path = path.parent().map_or_else(|| target.clone(), |dir| dir.join(&target));
             }
@@ -151,6 +176,28 @@ fn follow_links(path: &Path) -> io::Result<PathBuf> {
         }
     }
     Err(io::Error::from_raw_os_error(libc::ELOOP))
+}
+
+/// The kernel interface `path` lies in (by the file system of its directory), if it does.
+fn kernel_fs(path: &Path) -> Option<&'static str> {
+    const PROC: i64 = 0x9fa0;
+    const SYSFS: i64 = 0x6265_6572;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path and a zeroed buffer statfs fills.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(dir.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    match stat.f_type as i64 {
+        PROC => Some("/proc"),
+        SYSFS => Some("/sys"),
+        _ => None,
+    }
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -245,5 +292,43 @@ mod tests {
         let err = format!("{:#}", Output::new(&socket).unwrap_err());
         assert!(err.ends_with("it is a socket"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn descriptors_are_written_through_and_kernel_files_refused() {
+        // `/dev/stdout` through a pipe, as `udamon … -o /dev/stdout | reader` opens it.
+        let mut fds = [0; 2];
+        // SAFETY: a two-int buffer.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the descriptors just made, owned from here on.
+        let (read_end, write_end): (fs::File, fs::File) = unsafe {
+            (
+                std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+                std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+            )
+        };
+        let through = format!("/proc/self/fd/{}", fds[1]);
+        let output = Output::new(Path::new(&through)).unwrap();
+        assert!(!output.replaceable());
+        output.write(b"piped").unwrap();
+        drop(write_end);
+        assert_eq!(io::read_to_string(read_end).unwrap(), "piped");
+        // A regular file behind a descriptor is added to, as the shell's `>>` asks.
+        let dir = scratch("descriptor");
+        let path = dir.join("out");
+        fs::write(&path, "kept ").unwrap();
+        let file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+        Output::new(Path::new(&through)).unwrap().write(b"added").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "kept added");
+        fs::remove_dir_all(&dir).unwrap();
+        for (kernel, fs) in [("/proc/self/mem", "/proc"), ("/sys/kernel/notes", "/sys")] {
+            let err = format!("{:#}", Output::new(Path::new(kernel)).unwrap_err());
+            assert_eq!(
+                err,
+                format!("cannot write {kernel}: it is in {fs}, a kernel interface, not a file")
+            );
+        }
+        assert!(Output::new(Path::new("/proc/self/fd/999999")).is_err());
     }
 }

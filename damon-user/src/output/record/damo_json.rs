@@ -169,9 +169,14 @@ fn from_json(target: JsonTarget) -> Result<(TargetRecord, u64)> {
                 0 => bail!("{what} is 0: an interval must be positive"),
                 us => Ok(us),
             };
+            let (sample_us, aggr_us) =
+                (positive(i.sample_us, "sample_us")?, positive(i.aggr_us, "aggr_us")?);
+            if sample_us > aggr_us {
+                bail!("sample_us ({sample_us}) exceeds aggr_us ({aggr_us})");
+            }
             Ok(Intervals {
-                sample_us: positive(i.sample_us, "sample_us")?,
-                aggr_us: positive(i.aggr_us, "aggr_us")?,
+                sample_us,
+                aggr_us,
                 ops_update_us: i.ops_update_us.unsigned("ops_update_us")?,
             })
         })
@@ -183,9 +188,18 @@ fn from_json(target: JsonTarget) -> Result<(TargetRecord, u64)> {
         let context = || format!("target {target_id}, snapshot {i}");
         let snapshot = snapshot(s, intervals.as_ref(), &mut clamped).with_context(context)?;
         // damo pads single-snapshot records with a fake one (-1 accesses); it is not data.
-        if let Some(snapshot) = snapshot {
-            snapshots.push(snapshot);
+        let Some(snapshot) = snapshot else { continue };
+        if let Some(before) =
+            snapshots.last().filter(|b: &&RecordedSnapshot| b.end_ns > snapshot.end_ns)
+        {
+            bail!(
+                "{}: it ends ({} ns) before the snapshot before it does ({} ns): snapshots go in time order",
+                context(),
+                snapshot.end_ns,
+                before.end_ns
+            );
         }
+        snapshots.push(snapshot);
     }
     Ok((TargetRecord { target_id, intervals, snapshots }, clamped))
 }
@@ -249,6 +263,9 @@ fn snapshot(
         Some(t) => t.unsigned("start_time")?,
         None => end_ns.saturating_sub(intervals.map_or(0, |i| i.aggr_us * 1000)),
     };
+    if start_ns > end_ns {
+        bail!("start_time {start_ns} is after end_time {end_ns}");
+    }
     let sample_us = s.sample_interval_us.map(|us| us.unsigned("sample_interval_us")).transpose()?;
     Ok(Some(RecordedSnapshot { start_ns, end_ns, regions, sample_us }))
 }
@@ -290,6 +307,10 @@ impl<'de, const KIND: u8> Deserialize<'de> for Number<KIND> {
                 Ok(Number(v.into()))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                // Fractions come only as damo's rounded text ("1.500 KiB"), never as numbers.
+                if v.fract() != 0.0 {
+                    return Err(E::custom(format!("{v} is not a whole number")));
+                }
                 Ok(Number(v as i128))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
@@ -442,5 +463,40 @@ mod tests {
             {"start": 8192, "end": 4096}]}]}]"#;
         let err = format!("{:#}", from_slice(text.as_bytes()).unwrap_err());
         assert!(err.contains("snapshot 0") && err.contains("reversed"), "{err}");
+    }
+
+    #[test]
+    fn times_intervals_and_numbers_that_cannot_be_are_refused() {
+        let one = |snapshots: &str, intervals: &str| {
+            let text = format!(
+                r#"[{{"target_id": 1, "intervals": {intervals}, "snapshots": [{snapshots}]}}]"#
+            );
+            from_slice(text.as_bytes()).map(drop).map_err(|err| format!("{err:#}"))
+        };
+        let snapshot = |start: &str, end: &str, region_start: &str| {
+            format!(
+                r#"{{"start_time": {start}, "end_time": {end}, "regions": [{{"start": {region_start}, "end": 8192}}]}}"#
+            )
+        };
+        let fine = r#"{"sample_us": 5000, "aggr_us": 100000, "ops_update_us": 1000000}"#;
+        assert_eq!(one(&snapshot("0", "100", "4096"), fine), Ok(()));
+        assert_eq!(one(&snapshot("0", "100", "4096.0"), fine), Ok(()), "a whole float is a number");
+        for (snapshots, intervals, says) in [
+            (snapshot("0", "100", "4096.5"), fine, "4096.5 is not a whole number"),
+            (snapshot("200", "100", "4096"), fine, "start_time 200 is after end_time 100"),
+            (
+                snapshot("0", "100", "4096"),
+                r#"{"sample_us": 200000, "aggr_us": 100000, "ops_update_us": 0}"#,
+                "sample_us (200000) exceeds aggr_us (100000)",
+            ),
+            (
+                format!("{}, {}", snapshot("100", "200", "4096"), snapshot("0", "100", "4096")),
+                fine,
+                "snapshot 1: it ends (100 ns) before the snapshot before it does (200 ns)",
+            ),
+        ] {
+            let err = one(&snapshots, intervals).unwrap_err();
+            assert!(err.contains(says), "{says}: {err}");
+        }
     }
 }

@@ -30,13 +30,19 @@ pub struct Distribution {
     pub target_id: u64,
     /// Snapshots the figures are over (after the skipped ones).
     pub snapshots: usize,
+    /// Snapshots left out first.
+    pub skipped: usize,
     pub average: f64,
     /// `(percentile, value)`; empty when no snapshot is left.
     pub percentiles: Vec<(u32, u64)>,
 }
 
+/// The distribution after the first `skip` snapshots, or over all of them where that would leave
+/// none (a short record still says something).
 pub fn distribution(target: &TargetRecord, metric: Metric, skip: usize) -> Distribution {
-    let mut values: Vec<u64> = target.snapshots.iter().skip(skip).map(|s| metric.of(s)).collect();
+    let skipped = if skip < target.snapshots.len() { skip } else { 0 };
+    let mut values: Vec<u64> =
+        target.snapshots.iter().skip(skipped).map(|s| metric.of(s)).collect();
     values.sort_unstable();
     let n = values.len();
     let average = if n == 0 { 0.0 } else { values.iter().sum::<u64>() as f64 / n as f64 };
@@ -45,15 +51,17 @@ pub fn distribution(target: &TargetRecord, metric: Metric, skip: usize) -> Distr
     } else {
         PERCENTILES.iter().map(|&p| (p, values[(p as usize * n / 100).min(n - 1)])).collect()
     };
-    Distribution { target_id: target.target_id, snapshots: n, average, percentiles }
+    Distribution { target_id: target.target_id, snapshots: n, skipped, average, percentiles }
 }
 
 /// Text like damo's: a header, the average, one line per percentile with a bar.
 pub fn render(d: &Distribution, name: &str, format: impl Fn(u64) -> String) -> String {
     const BAR: u64 = 50;
-    let mut out = format!("# target {}: {name} over {} snapshots\n", d.target_id, d.snapshots);
+    let mut out = format!(
+        "# target {}: {name} over {} snapshots (the first {} skipped)\n",
+        d.target_id, d.snapshots, d.skipped
+    );
     if d.percentiles.is_empty() {
-        out.push_str("# no snapshot left after the skipped ones (see --skip)\n");
         return out;
     }
     out.push_str(&format!("avg  {:>12}\n", format(d.average.round() as u64)));
@@ -97,8 +105,12 @@ mod tests {
         assert_eq!(d.average, 10240.0);
         let d = distribution(&t, Metric::Regions, 3);
         assert_eq!((d.snapshots, d.percentiles[0]), (1, (0, 2)));
+        // A record too short for the skip is taken whole, and the header says so.
         let d = distribution(&t, Metric::Regions, 20);
-        assert!(d.percentiles.is_empty());
-        assert!(render(&d, "regions", |v| v.to_string()).contains("no snapshot left"));
+        assert_eq!((d.snapshots, d.skipped), (4, 0));
+        assert!(
+            render(&d, "regions", |v| v.to_string())
+                .starts_with("# target 9: regions over 4 snapshots (the first 0 skipped)\n")
+        );
     }
 }
