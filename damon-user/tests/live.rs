@@ -221,14 +221,20 @@ fn the_commands_exit_status_is_passed_on() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // Gone before the first aggregation: said, naming the command; 1 if it succeeded.
+    // Gone before the first aggregation: said, naming the command; 1 if it succeeded. Unless a
+    // slow machine let the first aggregation see it alive: then that window is written, and
+    // udamon succeeded.
     let out = udamon().args(["record", "-o", "/dev/null", "--", "true"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.ends_with("udamon: `true` exited (status 0) before the first aggregation: nothing recorded, no file written\n"),
-        "{err}"
-    );
+    if err.contains("1 snapshots written to /dev/null") {
+        assert_eq!(out.status.code(), Some(0), "{err}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.ends_with("udamon: `true` exited (status 0) before the first aggregation: nothing recorded, no file written\n"),
+            "{err}"
+        );
+    }
 }
 
 /// The command dies with udamon, even when udamon is killed outright (a parent-death signal).
