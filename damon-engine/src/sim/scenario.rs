@@ -140,8 +140,8 @@ impl EventSpec {
 }
 
 /// The most ranges a scenario places (each repeat counted), and the most events it holds.
-pub const MAX_PLACED: u64 = 1_000_000;
-pub const MAX_EVENTS: u64 = 1_000_000;
+pub const MAX_PLACED: u64 = 100_000;
+pub const MAX_EVENTS: u64 = 10_000;
 
 impl Scenario {
     pub fn from_toml(text: &str) -> Result<Self> {
@@ -294,15 +294,14 @@ impl Scenario {
 
     /// The truth at time 0.
     pub fn initial_truth(&self) -> Truth {
-        let mut truth = Truth::new(self.size.0);
-        for range in &self.ranges {
+        let placed = self.ranges.iter().flat_map(|range| {
             let stride = range.stride.map_or(0, |s| s.0);
-            for k in 0..range.repeat {
+            (0..range.repeat).map(move |k| {
                 let offset = k * stride;
-                truth.set(range.start.0 + offset, range.end.0 + offset, range.probability);
-            }
-        }
-        truth
+                (range.start.0 + offset, range.end.0 + offset, range.probability)
+            })
+        });
+        Truth::painted(self.size.0, placed)
     }
 
     pub fn initial_regions(&self, truth: &Truth) -> Vec<Region> {
@@ -456,8 +455,12 @@ to = "960MiB"
             err(
                 "name = \"x\"\nsize = \"1024TiB\"\nduration = \"10s\"\n[[ranges]]\nstart = 0\nend = 4096\nprobability = 0.5\nrepeat = 100000000000\nstride = 4096\n"
             )
-            .contains("100000000000 ranges placed (repeats counted): at most 1000000")
+            .contains("100000000000 ranges placed (repeats counted): at most 100000")
         );
+        let event = "[[events]]\nat = \"1s\"\nkind = \"disappear\"\nstart = 0\nend = 4096\n";
+        let many =
+            format!("name = \"x\"\nsize = \"1GiB\"\nduration = \"10s\"\n{}", event.repeat(10_001));
+        assert!(err(&many).contains("10001 events: at most 10000"), "{}", err(&many));
         // 2^64 bytes do not fit.
         assert!(
             err("name = \"x\"\nsize = \"16777216TiB\"\nduration = \"1s\"\n")

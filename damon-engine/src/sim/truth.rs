@@ -36,6 +36,45 @@ impl Truth {
         self.size
     }
 
+    /// `[0, size)` unaccessed but where `layers` (`(start, end, probability)`, clipped to the
+    /// space) lie, a later layer winning where they overlap, as `set` in turn would leave it; in
+    /// O(n log n) for n layers rather than `set`'s O(n) each.
+    pub fn painted(size: u64, layers: impl IntoIterator<Item = (u64, u64, f64)>) -> Self {
+        let layers: Vec<_> = layers
+            .into_iter()
+            .map(|(start, end, p)| (start, end.min(size), p))
+            .filter(|&(start, end, _)| start < end)
+            .collect();
+        // Boundaries in address order: a layer (by its index, its precedence) starts or ends.
+        let mut edges: Vec<(u64, bool, usize)> = layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| [(l.0, true, i), (l.1, false, i)])
+            .collect();
+        edges.sort_unstable_by_key(|&(at, _, i)| (at, i));
+        let mut truth = Self::new(size);
+        let mut open = std::collections::BTreeSet::new();
+        let mut edges = edges.into_iter().peekable();
+        while let Some((at, starts, i)) = edges.next() {
+            if starts {
+                open.insert(i)
+            } else {
+                open.remove(&i)
+            };
+            if edges.peek().is_some_and(|&(next, _, _)| next == at) || at >= size {
+                continue;
+            }
+            let probability = open.last().map_or(0.0, |&top| layers[top].2);
+            match truth.pieces.last_mut() {
+                Some(last) if last.start == at => *last = Piece::new(at, probability),
+                Some(last) if last.probability == probability => {}
+                _ => truth.pieces.push(Piece::new(at, probability)),
+            }
+        }
+        truth.pieces.dedup_by(|next, prev| next.probability == prev.probability);
+        truth
+    }
+
     /// Sets `[start, end)` (clipped to the space) to `probability`.
     pub fn set(&mut self, start: u64, end: u64, probability: f64) {
         let end = end.min(self.size);
@@ -49,12 +88,15 @@ impl Truth {
         if end < self.size && self.pieces.get(last).is_none_or(|p| p.start != end) {
             replacement.push(Piece::new(end, after));
         }
+        let placed = replacement.len();
         self.pieces.splice(first..last, replacement);
-        self.coalesce();
-    }
-
-    fn coalesce(&mut self) {
-        self.pieces.dedup_by(|next, prev| next.probability == prev.probability);
+        // Only the new pieces and their neighbours can have become equal neighbours.
+        for i in (first.max(1)..=first + placed).rev() {
+            if i < self.pieces.len() && self.pieces[i].probability == self.pieces[i - 1].probability
+            {
+                self.pieces.remove(i);
+            }
+        }
     }
 
     fn index_at(&self, addr: u64) -> usize {
@@ -218,6 +260,32 @@ mod tests {
             (t.probability_at(89), t.probability_at(90), t.probability_at(99)),
             (0.0, 1.0, 1.0)
         );
+    }
+
+    #[test]
+    fn painting_layers_at_once_is_setting_them_in_turn() {
+        let mut rng = crate::rng::Rng::new(3);
+        for round in 0..200 {
+            let size = 1 + rng.next_u64() % 1000;
+            // Few probabilities, so that equal neighbours (to coalesce) are common.
+            let layers: Vec<(u64, u64, f64)> = (0..rng.next_u64() % 30)
+                .map(|_| {
+                    let start = rng.next_u64() % (size + 50);
+                    let end = start + rng.next_u64() % 200;
+                    (start, end, (rng.next_u64() % 3) as f64 / 2.0)
+                })
+                .collect();
+            let mut set = Truth::new(size);
+            for &(start, end, p) in &layers {
+                set.set(start, end, p);
+            }
+            let painted = Truth::painted(size, layers.iter().copied());
+            assert_eq!(pieces(&painted), pieces(&set), "round {round}: {layers:?}");
+            assert_eq!(painted.pieces, set.pieces, "round {round}: thresholds too");
+            let starts: Vec<u64> = set.pieces.iter().map(|p| p.start).collect();
+            assert!(starts[0] == 0 && starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
+            assert!(set.pieces.windows(2).all(|w| w[0].probability != w[1].probability));
+        }
     }
 
     #[test]
