@@ -84,7 +84,7 @@ pub fn rows(mut facts: Facts) -> Vec<Row> {
     let skip_all = |why: &str| -> Vec<Row> {
         std::iter::once(object.clone())
             .chain(spec_rows())
-            .chain([layout_row(), folio_row(None)])
+            .chain([walker_row(), layout_row(), folio_row(None)])
             .map(|row| row.skipped(why))
             .collect()
     };
@@ -99,6 +99,7 @@ pub fn rows(mut facts: Facts) -> Vec<Row> {
         Err(err) => {
             let mut rows = vec![object.missing(format!("{err:#}"))];
             rows.extend(spec_rows().map(|row| row.skipped("the eBPF object did not load")));
+            rows.push(walker_row().skipped("the eBPF object did not load"));
             rows.push(layout_row().skipped("the eBPF object did not load"));
             rows.push(folio_row(None));
             return rows;
@@ -123,6 +124,7 @@ pub fn rows(mut facts: Facts) -> Vec<Row> {
             Ok(()) => row.missing("attached, but never fired"),
         }
     }));
+    rows.push(walker(&mut loaded));
     let layout = layout_row();
     let calibrated = loaded.calibrate().map(|plane| plane.layout());
     rows.push(match &calibrated {
@@ -138,6 +140,34 @@ pub fn rows(mut facts: Facts) -> Vec<Row> {
     });
     rows.push(folio_row(calibrated.ok().map(|l| l.folio)));
     rows
+}
+
+/// The kernel's verifier checks a program's every path up to this many instructions.
+const VERIFIER_LIMIT: u32 = 1_000_000;
+
+/// The walker itself, not only a probe of its program type: its verification depends on the
+/// kernel's verifier, which a kernel update can make stricter.
+fn walker_row() -> Row {
+    Row::new("page-table walker", true, "all monitoring")
+}
+
+/// Loads (not attaches) the walker and says how much of the verifier's budget it took.
+fn walker(object: &mut Object) -> Row {
+    let row = walker_row();
+    let Some(Program::BtfTracePoint(program)) = object.bpf.program_mut(names::WALK_ON_LOCK) else {
+        return row.missing("the eBPF object has no walker");
+    };
+    if let Err(err) = program.load(names::MMAP_LOCK_TRACEPOINT, &object.types.btf) {
+        return row.missing(format!("load: {}", refused::describe(&err, names::WALK_ON_LOCK)));
+    }
+    match program.info().ok().and_then(|info| info.verified_instruction_count()) {
+        Some(n) => row.ok(format!(
+            "verified in {n} instructions, {:.1} % of the verifier's limit",
+            f64::from(n) * 100.0 / f64::from(VERIFIER_LIMIT)
+        )),
+        // Kernels before 5.16 do not count.
+        None => row.ok("verified"),
+    }
 }
 
 /// Whether the walker finds sampled pages' folios, which large folios need to be cleared at all
