@@ -68,6 +68,12 @@ impl Attrs {
         }
         let goal = &self.intervals_goal;
         if goal.aggrs != 0 {
+            if !(1..=10_000).contains(&goal.access_bp) {
+                bail!(
+                    "intervals goal: access_bp ({}) is not 1 to 10000 basis points",
+                    goal.access_bp
+                );
+            }
             if goal.min_sample_us > goal.max_sample_us {
                 bail!(
                     "intervals goal: min_sample_us ({}) exceeds max_sample_us ({})",
@@ -134,6 +140,9 @@ mod tests {
         goal.intervals_goal =
             IntervalsGoal { access_bp: 400, aggrs: 3, min_sample_us: 10_000, max_sample_us: 1_000 };
         assert!(err(goal).contains("exceeds max_sample_us"));
+        let mut greedy = goal;
+        greedy.intervals_goal.access_bp = 99_999;
+        assert!(err(greedy).contains("access_bp (99999) is not 1 to 10000 basis points"));
         goal.intervals_goal.max_sample_us = 20_000;
         assert!(err(goal).contains("outside"));
         goal.intervals_goal.min_sample_us = 5_000;

@@ -24,6 +24,7 @@ mod sampling;
 pub mod set_regions;
 pub mod sim;
 mod split;
+pub mod toml_file;
 mod tune;
 pub mod units;
 mod waste;

@@ -580,3 +580,26 @@ fn output_to_dev_stdout_goes_through_the_pipe() {
     let written: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the record");
     assert_eq!(written.as_array().map(Vec::len), Some(2), "both targets");
 }
+
+/// A pid that has exited but is not reaped yet (a zombie) is bad input, said as such.
+#[test]
+fn a_zombie_is_refused_as_exited() {
+    let child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let stat = format!("/proc/{pid}/stat");
+    let zombie = || std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") Z "));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !zombie() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(zombie(), "the child never became a zombie");
+    let out = udamon(&["monitor", "--duration", "1s", &pid.to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "udamon: pid {pid} has exited already (a zombie its parent has not reaped): nothing to monitor\n"
+        )
+    );
+    drop(child);
+}

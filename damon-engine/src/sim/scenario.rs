@@ -142,20 +142,16 @@ impl EventSpec {
 /// The most ranges a scenario places (each repeat counted), and the most events it holds.
 pub const MAX_PLACED: u64 = 100_000;
 pub const MAX_EVENTS: u64 = 10_000;
+/// Bounds on a run: aggregations, sample intervals, regions, and checks at most (sample
+/// intervals × max_nr_regions; one simulated hour at 20,000 regions is 1.4 × 10^10).
+pub const MAX_AGGREGATIONS: u64 = 1_000_000;
+pub const MAX_SAMPLES: u64 = 100_000_000;
+pub const MAX_REGIONS: u64 = 1_000_000;
+pub const MAX_CHECKS: u64 = 100_000_000_000;
 
 impl Scenario {
     pub fn from_toml(text: &str) -> Result<Self> {
-        let scenario: Scenario = toml::from_str(text).map_err(|err| {
-            // toml's messages span several lines with a source excerpt; keep the first.
-            let message = err.message().to_owned();
-            match err.span() {
-                Some(span) => {
-                    let line = text[..span.start].matches('\n').count() + 1;
-                    anyhow::anyhow!("line {line}: {message}")
-                }
-                None => anyhow::anyhow!("{message}"),
-            }
-        })?;
+        let scenario: Scenario = crate::toml_file::parse(text)?;
         scenario.validate()?;
         Ok(scenario)
     }
@@ -178,6 +174,29 @@ impl Scenario {
         self.attrs.validate().context("attrs")?;
         if self.duration.0 < self.attrs.aggr_us {
             bail!("duration ({}) is shorter than one aggregation interval", self.duration);
+        }
+        // A run's time grows with its sample intervals times its regions: bounded, so that a
+        // run ends within minutes whatever it asks for.
+        let (samples, aggregations) =
+            (self.duration.0 / self.attrs.sample_us, self.duration.0 / self.attrs.aggr_us);
+        if aggregations > MAX_AGGREGATIONS {
+            bail!(
+                "{aggregations} aggregation intervals in {}: at most {MAX_AGGREGATIONS}",
+                self.duration
+            );
+        }
+        if samples > MAX_SAMPLES {
+            bail!("{samples} sample intervals in {}: at most {MAX_SAMPLES}", self.duration);
+        }
+        let regions = u64::from(self.attrs.max_nr_regions);
+        if regions > MAX_REGIONS {
+            bail!("max_nr_regions {regions}: the simulator holds at most {MAX_REGIONS}");
+        }
+        if samples.saturating_mul(regions) > MAX_CHECKS {
+            bail!(
+                "{samples} sample intervals × max_nr_regions {regions} could be {} checks: at most {MAX_CHECKS}",
+                samples.saturating_mul(regions)
+            );
         }
         let check_probability = |p: f64, what: &str| {
             if !(0.0..=1.0).contains(&p) {
@@ -457,6 +476,24 @@ to = "960MiB"
             )
             .contains("100000000000 ranges placed (repeats counted): at most 100000")
         );
+        let run = |attrs: &str, duration: &str| {
+            err(&format!(
+                "name = \"x\"\nsize = \"1TiB\"\nduration = \"{duration}\"\n[attrs]\n{attrs}"
+            ))
+        };
+        assert_eq!(
+            run("", "99999h"),
+            "3599964000 aggregation intervals in 99999h: at most 1000000"
+        );
+        assert_eq!(
+            run("sample_us = 1\naggr_us = 1000", "200s"),
+            "200000000 sample intervals in 200s: at most 100000000"
+        );
+        assert_eq!(
+            run("min_nr_regions = 100000000\nmax_nr_regions = 100000000", "10s"),
+            "max_nr_regions 100000000: the simulator holds at most 1000000"
+        );
+        assert!(run("max_nr_regions = 1000000", "2h").contains("checks: at most 100000000000"));
         let event = "[[events]]\nat = \"1s\"\nkind = \"disappear\"\nstart = 0\nend = 4096\n";
         let many =
             format!("name = \"x\"\nsize = \"1GiB\"\nduration = \"10s\"\n{}", event.repeat(10_001));

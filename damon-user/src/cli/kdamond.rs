@@ -186,11 +186,13 @@ pub(super) fn run(args: KdamondArgs) -> Result<ExitCode, Failure> {
     if let Some((flushed, snapshots, incomplete)) = recorded {
         flushed.map_err(Failure::Runtime)?;
         let path = args.record.as_deref().unwrap_or_else(|| "".as_ref()).display();
+        // As `record`: a run asked for a file and got none.
         if snapshots == 0 {
-            say!("udamon: no complete aggregation recorded, no file written");
-        } else {
-            say!("udamon: {snapshots} snapshots written to {path} ({})", args.format);
+            return Err(Failure::Runtime(anyhow!(
+                "no complete aggregation recorded, no file written"
+            )));
         }
+        say!("udamon: {snapshots} snapshots written to {path} ({})", args.format);
         // The first is expected: attached midway through an aggregation.
         if incomplete > 1 {
             say!(

@@ -188,7 +188,7 @@ const MAX_CONFIG: u64 = 1 << 20;
 
 impl ConfigFile {
     fn parse(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|err| anyhow::anyhow!("{}", err.message().trim_end()))
+        damon_engine::toml_file::parse(text)
     }
 }
 

@@ -60,7 +60,14 @@ impl ReadLimit {
     /// The record at `path`; what was mended in it is said on stderr, one line each.
     pub(super) fn load(&self, path: &std::path::Path) -> Result<record::Record, Failure> {
         let max = match &self.max_input {
-            Some(text) => parse_size(text).context("--max-input").map_err(Failure::Input)?,
+            Some(text) => match parse_size(text).context("--max-input").map_err(Failure::Input)? {
+                0 => {
+                    return Err(Failure::Input(anyhow!(
+                        "--max-input {text}: give a size above zero"
+                    )));
+                }
+                max => max,
+            },
             None => record::DEFAULT_MAX_INPUT,
         };
         let loaded = record::load(path, max).map_err(Failure::Input)?;
@@ -91,7 +98,7 @@ enum Kind {
         #[command(flatten)]
         input: Input,
         /// Write a PNG or SVG image (by the extension) instead of printing.
-        #[arg(short, long, value_name = "FILE")]
+        #[arg(short, long, value_name = "FILE", conflicts_with = "json")]
         output: Option<PathBuf>,
         /// Cells along time [default: 40 on the terminal, 400 in pictures].
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10000))]

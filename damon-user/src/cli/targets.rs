@@ -53,6 +53,11 @@ impl TargetArgs {
                 if unique.len() != pids.len() {
                     return Err(Failure::Input(anyhow!("a pid is given more than once")));
                 }
+                if let Some(pid) = pids.iter().find(|&&pid| crate::sys::process::is_zombie(pid)) {
+                    return Err(Failure::Input(anyhow!(
+                        "pid {pid} has exited already (a zombie its parent has not reaped): nothing to monitor"
+                    )));
+                }
                 Ok(Targets::Pids(pids.to_vec()))
             }
             ([], command) => Ok(Targets::Command(command.to_vec())),

@@ -27,11 +27,21 @@ pub fn thread_group(pid: u32) -> Option<u32> {
 /// its stat cannot be read (it is gone).
 pub fn is_kernel_thread(pid: u32) -> Option<bool> {
     const PF_KTHREAD: u64 = 0x0020_0000;
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Flags are field 9; count from the command's closing parenthesis (field 2 may hold any).
-    let after = stat.rsplit_once(')')?.1;
-    let flags: u64 = after.split_whitespace().nth(6)?.parse().ok()?;
+    // Flags are field 9.
+    let flags: u64 = stat_field(pid, 9)?.parse().ok()?;
     Some(flags & PF_KTHREAD != 0)
+}
+
+/// Whether process `pid` has exited and waits for its parent to reap it (state `Z`).
+pub fn is_zombie(pid: u32) -> bool {
+    stat_field(pid, 3).is_some_and(|state| state == "Z")
+}
+
+/// Field `n` (from 3 on) of `/proc/PID/stat`, counted from the command's closing parenthesis,
+/// since field 2 may hold anything.
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(n - 3).map(str::to_owned)
 }
 
 /// Makes the child `command` starts get SIGKILL when udamon dies, however it dies (SIGKILL

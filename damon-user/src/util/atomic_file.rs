@@ -125,10 +125,14 @@ fn open_write_through(path: &Path) -> io::Result<fs::File> {
     let stream =
         fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(
             |err| {
-                if err.raw_os_error() == Some(libc::ENXIO) {
-                    io::Error::other("a FIFO with no reader (start the reader first)")
-                } else {
-                    err
+                let fifo = || fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+                match err.raw_os_error() {
+                    Some(libc::ENXIO) if fifo() => {
+                        io::Error::other("a FIFO with no reader (start the reader first)")
+                    }
+                    // A device with nothing behind it (e.g. /dev/tty without a terminal).
+                    Some(libc::ENXIO) => io::Error::other("no device behind it"),
+                    _ => err,
                 }
             },
         )?;

@@ -282,7 +282,11 @@ struct Number<const KIND: u8>(i128);
 
 impl<const KIND: u8> Number<KIND> {
     fn unsigned(&self, what: &str) -> Result<u64> {
-        u64::try_from(self.0).with_context(|| format!("{what} is negative or too large"))
+        match u64::try_from(self.0) {
+            Ok(n) => Ok(n),
+            Err(_) if self.0 < 0 => bail!("{what} is negative ({})", self.0),
+            Err(_) => bail!("{what} is 2^64 or more ({})", self.0),
+        }
     }
 }
 

@@ -152,6 +152,10 @@ pub struct Loaded {
 
 /// Reads a record file of any of the formats, at most `max_input` bytes of it once inflated.
 pub fn load(path: &Path, max_input: u64) -> Result<Loaded> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        bail!("cannot read {}: it is a socket", path.display());
+    }
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     decode(BufReader::new(file), max_input)
@@ -171,6 +175,9 @@ pub fn decode(mut input: impl BufRead, max_input: u64) -> Result<Loaded> {
             break input.fill_buf()?;
         }
     };
+    if head.is_empty() {
+        bail!("it is empty");
+    }
     if head.starts_with(b"PERFILE2") {
         bail!("a perf.data file: convert it with `perf script -i FILE > FILE.txt` and read that");
     }
@@ -187,7 +194,7 @@ pub fn decode(mut input: impl BufRead, max_input: u64) -> Result<Loaded> {
             let text = std::str::from_utf8(&text).map_err(|_| not_a_record())?;
             let record = perf_script::parse(text)?;
             if record.is_empty() {
-                bail!("neither damo JSON (plain or compressed) nor damon_aggregated trace text");
+                return Err(not_a_record());
             }
             (record, Vec::new())
         }
@@ -200,7 +207,7 @@ pub fn decode(mut input: impl BufRead, max_input: u64) -> Result<Loaded> {
 }
 
 fn not_a_record() -> anyhow::Error {
-    anyhow::anyhow!("not a record: neither damo JSON (plain or compressed) nor trace text")
+    anyhow::anyhow!("neither damo JSON (plain or compressed) nor damon_aggregated trace text")
 }
 
 /// At most so many bytes of input, and whether reading went beyond them.
@@ -265,10 +272,16 @@ fn sniff(head: &[u8], skipped: usize) -> Option<Format> {
             Some(Format::JsonCompressed)
         }
         [b'[' | b'{', ..] => Some(Format::Json),
-        // Text (UTF-8 is checked once it is read whole); a NUL is never in trace text.
-        [first, ..] if *first != 0 => Some(Format::PerfScript),
+        // Text: what is buffered already is UTF-8 (but for a character cut at its end) without a
+        // NUL, so binary input is refused before a gigabyte of it is read.
+        [_, ..] if !head.contains(&0) && utf8_so_far(head) => Some(Format::PerfScript),
         _ => None,
     }
+}
+
+/// Whether `bytes` is UTF-8 but perhaps for a character cut short at its end.
+fn utf8_so_far(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).map_or_else(|err| err.error_len().is_none(), |_| true)
 }
 
 fn zlib(bytes: &[u8]) -> Result<Vec<u8>> {
@@ -359,6 +372,12 @@ pub(crate) mod tests {
         assert!(format!("{:#}", decode(b"PERFILE2\0\0\x01").unwrap_err()).contains("perf script"));
         assert!(format!("{:#}", decode(b"hello\n").unwrap_err()).contains("neither damo JSON"));
         assert!(decode(&[0xff, 0xfe, 0x00, 0x81]).is_err());
+        assert_eq!(format!("{:#}", decode(b"  \n").unwrap_err()), "it is empty");
+        // Binary input is refused from its first bytes, not read up to the limit.
+        let endless = std::io::BufReader::new(std::io::repeat(0xc3).take(1 << 40));
+        let err = format!("{:#}", super::decode(endless, DEFAULT_MAX_INPUT).unwrap_err());
+        assert!(err.starts_with("neither damo JSON"), "{err}");
+        assert!(utf8_so_far("é".as_bytes().split_last().unwrap().1), "a cut character");
         // `x ` passes zlib's header checksum: a trace of a command named x is still text.
         let trace =
             b"x 1 [000] 1.0: damon:damon_aggregated: target_id=1 nr_regions=1 0-4096: 1 0\n";

@@ -190,8 +190,12 @@ fn parse_line(line: &str, event: usize) -> Result<Line> {
     if (start, end, *accesses, *age) == (0, 0, "-1", "-1") {
         return Ok(Line::Padding { end_ns, target_id });
     }
-    let nr_accesses = accesses.parse().with_context(|| format!("bad access count `{accesses}`"))?;
-    let age = age.parse().with_context(|| format!("bad age `{age}`"))?;
+    let count = |text: &str, what: &str| -> Result<u32> {
+        text.parse().map_err(|_| {
+            anyhow::anyhow!("bad {what} `{text}`: not a whole number from 0 to 2^32 - 1")
+        })
+    };
+    let (nr_accesses, age) = (count(accesses, "access count")?, count(age, "age")?);
     if nr_regions == 0 || start >= end {
         bail!("an empty region or snapshot");
     }
@@ -259,7 +263,7 @@ some unrelated line
         let skipped = "unrelated\n".to_owned();
         assert_eq!(
             error(&[line("1.0", 1, "0-4096", "0"), skipped.clone(), line("2.0", 1, "0-4096", "x")]),
-            "line 3: bad access count `x`: invalid digit found in string"
+            "line 3: bad access count `x`: not a whole number from 0 to 2^32 - 1"
         );
         assert_eq!(
             error(&[
@@ -267,7 +271,7 @@ some unrelated line
                 line("1.0", 2, "4096-8192", "-5"),
                 line("2.0", 2, "0-4096", "0")
             ]),
-            "line 2: bad access count `-5`: invalid digit found in string"
+            "line 2: bad access count `-5`: not a whole number from 0 to 2^32 - 1"
         );
         // A region line lost (here: mangled into a skipped one) is found where the next
         // snapshot begins, naming where the incomplete one did.
