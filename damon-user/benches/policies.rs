@@ -92,7 +92,7 @@ fn json_lines(out: std::process::Output) -> Result<Vec<Value>, String> {
 /// run) and snapshots.
 fn demo(policy: &str) -> Result<(Vec<Area>, Vec<Snap>), String> {
     let out = Command::new(UDAMON)
-        .args(["demo", "--json", "--duration", DURATION, "--phase-change", "600s"])
+        .args(["demo", "--json", "--duration", DURATION, "--phase-change", "never"])
         .args(["--split-policy", policy])
         .output()
         .map_err(|e| e.to_string())?;

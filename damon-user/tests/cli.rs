@@ -524,7 +524,7 @@ fn bad_input_is_one_line_naming_the_problem() {
         (vec!["sim", "stairs", "--duration", "0ms"], "--duration 0ms: give a length of time above zero".into()),
         (
             vec!["demo", "--phase-change", "20s"],
-            "--phase-change 20s is not before the demo's end (--duration 10s): the change would not be seen".into(),
+            "--phase-change 20s is not before the demo's end (--duration 10s): the change would not be seen (`never` keeps the hole cold)".into(),
         ),
         (
             vec!["monitor", "--monitoring_intervals_goal", "4%", "3", "0", "5ms", "1"],

@@ -34,8 +34,8 @@ pub struct DemoArgs {
     /// How long to monitor.
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     duration: String,
-    /// When the cold hole in the hot area turns hot.
-    #[arg(long, default_value = "4s", value_name = "DURATION")]
+    /// When the cold hole in the hot area turns hot, before the end; `never` keeps it cold.
+    #[arg(long, default_value = "4s", value_name = "DURATION|never")]
     phase_change: String,
     /// Print only every Nth aggregation.
     #[arg(long, default_value_t = 1, value_parser = options::at_least_one)]
@@ -61,11 +61,15 @@ pub(super) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     let span = |text: &str, option: &str| {
         options::span(text, option).map(Duration::from_micros).map_err(Failure::Input)
     };
-    let (duration, phase_change) =
-        (span(&args.duration, "duration")?, span(&args.phase_change, "phase-change")?);
-    if phase_change >= duration {
+    let duration = span(&args.duration, "duration")?;
+    let phase_change = match args.phase_change.as_str() {
+        // After the end: the workload is stopped first.
+        "never" => duration * 2,
+        text => span(text, "phase-change")?,
+    };
+    if phase_change >= duration && args.phase_change != "never" {
         return Err(Failure::Input(anyhow!(
-            "--phase-change {} is not before the demo's end (--duration {}): the change would not be seen",
+            "--phase-change {} is not before the demo's end (--duration {}): the change would not be seen (`never` keeps the hole cold)",
             args.phase_change,
             args.duration
         )));
