@@ -571,14 +571,24 @@ fn bad_input_is_one_line_naming_the_problem() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `-o /dev/stdout` writes through whatever stdout is (here a pipe), as a FIFO is.
+/// `-o /dev/stdout` (or `-o -`) writes through whatever stdout is (here a pipe), as a FIFO is;
+/// `-i -` reads standard input.
 #[test]
 fn output_to_dev_stdout_goes_through_the_pipe() {
     let record = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/two-targets.json");
-    let out = udamon(&["convert", "-i", record, "-o", "/dev/stdout", "--format", "json"]);
+    for output in ["/dev/stdout", "-"] {
+        let out = udamon(&["convert", "-i", record, "-o", output, "--format", "json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let written: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the record");
+        assert_eq!(written.as_array().map(Vec::len), Some(2), "both targets");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_udamon"))
+        .args(["report", "nr-regions", "-i", "-"])
+        .stdin(std::fs::File::open(record).unwrap())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let written: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the record");
-    assert_eq!(written.as_array().map(Vec::len), Some(2), "both targets");
+    assert!(text(&out.stdout).starts_with("# target "), "{}", text(&out.stdout));
 }
 
 /// A pid that has exited but is not reaped yet (a zombie) is bad input, said as such.

@@ -300,6 +300,9 @@ pub fn at_least_one(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(n @ 1..) => Ok(n),
         Ok(_) => Err("give 1 or more".into()),
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            Err("too large".into())
+        }
         Err(_) => Err("not a whole number".into()),
     }
 }
@@ -386,6 +389,7 @@ mod tests {
         );
         assert_eq!(at_least_one("0").unwrap_err(), "give 1 or more");
         assert_eq!(at_least_one("-1").unwrap_err(), "not a whole number");
+        assert_eq!(at_least_one("18446744073709551616").unwrap_err(), "too large");
     }
 
     #[test]

@@ -35,10 +35,12 @@ enum How {
 }
 
 impl Output {
-    /// Fails now, with one line saying why, if `path` could not be written later.
+    /// Fails now, with one line saying why, if `path` could not be written later. `-` is
+    /// standard output.
     pub fn new(path: &Path) -> Result<Self> {
         let cannot = || format!("cannot write {}", path.display());
-        let real = follow_links(path).with_context(cannot)?;
+        let named = if path == Path::new("-") { Path::new("/dev/stdout") } else { path };
+        let real = follow_links(named).with_context(cannot)?;
         // A descriptor's link opens what the descriptor is; anything else there is the kernel's,
         // never a file for udamon's output.
         let descriptor = match kernel_fs(&real) {
@@ -67,7 +69,7 @@ impl Output {
                 }
             }
         };
-        let output = Self { given: path.to_owned(), how };
+        let output = Self { given: named.to_owned(), how };
         output.probe().with_context(cannot)?;
         Ok(output)
     }

@@ -150,9 +150,11 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Reads a record file of any of the formats, at most `max_input` bytes of it once inflated.
+/// Reads a record file of any of the formats, at most `max_input` bytes of it once inflated;
+/// `-` is standard input.
 pub fn load(path: &Path, max_input: u64) -> Result<Loaded> {
     use std::os::unix::fs::FileTypeExt as _;
+    let path = if path == Path::new("-") { Path::new("/dev/stdin") } else { path };
     if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         bail!("cannot read {}: it is a socket", path.display());
     }
