@@ -6,6 +6,14 @@ fn udamon(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_udamon")).args(args).output().expect("run udamon")
 }
 
+/// A two-target damo record, written under `dir` (the tests also run in VM guests, where the
+/// source tree is not).
+fn sample_record(dir: &std::path::Path) -> String {
+    let path = dir.join("two-targets.json");
+    std::fs::write(&path, include_str!("data/two-targets.json")).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -506,7 +514,7 @@ fn bad_input_is_one_line_naming_the_problem() {
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_owned()
     };
-    let record = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/two-targets.json");
+    let record = &sample_record(&dir);
     let goal = file("goal.toml", "monitoring-intervals-goal = \"0 3 5ms 10s\"\n");
     let scenario = |attrs: &str| {
         file(
@@ -575,7 +583,9 @@ fn bad_input_is_one_line_naming_the_problem() {
 /// `-i -` reads standard input.
 #[test]
 fn output_to_dev_stdout_goes_through_the_pipe() {
-    let record = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/two-targets.json");
+    let dir = std::env::temp_dir().join(format!("udamon-cli-stdout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = &sample_record(&dir);
     for output in ["/dev/stdout", "-"] {
         let out = udamon(&["convert", "-i", record, "-o", output, "--format", "json"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -589,6 +599,7 @@ fn output_to_dev_stdout_goes_through_the_pipe() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("# target "), "{}", text(&out.stdout));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A pid that has exited but is not reaped yet (a zombie) is bad input, said as such.
