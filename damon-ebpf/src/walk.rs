@@ -135,7 +135,8 @@ fn handle(ctx: &BtfTracePointContext) {
     }
 }
 
-/// `bpf_loop` callback: walks the addresses of batch `batch` and reports them in one record.
+/// `bpf_loop` callback: walks the addresses of batch `batch`, then looks up the folios of those
+/// to be cleared (a second pass), and reports them in one record.
 /// Each address is walked by another `bpf_loop` callback rather than an inline loop, so the
 /// verifier checks the walk once instead of once per unrolled iteration (7.2's gives up at a
 /// million instructions on the inline form).
@@ -151,10 +152,11 @@ extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
         (*scratch).first = first as u32;
         (*scratch).count = 0;
     }
-    // SAFETY: the callbacks match bpf_loop's signature; `walk` outlives the calls.
+    // SAFETY: the callbacks match bpf_loop's signature; `walk` outlives the calls; the folio
+    // pass covers what the walk filled (it stops early on an unreadable address).
     unsafe {
         bpf_loop(n, walk_one as *mut c_void, ctx, 0);
-        bpf_loop(n, folio_one as *mut c_void, ctx, 0);
+        bpf_loop((*scratch).count, folio_one as *mut c_void, ctx, 0);
     }
     let Some(mut record) = WALK_RESULTS.reserve::<WalkRecord>(0) else {
         if let Some(stats) = WALK_STATS.get_ptr_mut(0) {

@@ -91,8 +91,8 @@ fn write_exact(
 }
 
 /// Reads a bare number or a text with units through `parse`; a number that is not a whole
-/// unsigned one (`1.5e9`, `-5`) is read as the text it would be written as, so it gets the text's
-/// checks and messages.
+/// unsigned one (`-5`, `1.5`, or a float such as `1.5e9`) is read as the text it would be written
+/// as, so it gets the text's checks and messages.
 fn number_or_text<'de, D: Deserializer<'de>>(
     d: D,
     parse: fn(&str) -> Result<u64>,
@@ -107,7 +107,11 @@ fn number_or_text<'de, D: Deserializer<'de>>(
             Ok(n)
         }
         fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
-            self.visit_str(&n.to_string())
+            // TOML's integers come as i64: whole ones read exactly, negative ones as text.
+            match u64::try_from(n) {
+                Ok(n) => Ok(n),
+                Err(_) => self.visit_str(&n.to_string()),
+            }
         }
         fn visit_f64<E: de::Error>(self, n: f64) -> Result<u64, E> {
             self.visit_str(&n.to_string())

@@ -528,6 +528,10 @@ fn bad_input_is_one_line_naming_the_problem() {
         r#"[{"target_id": 1, "snapshots": [{"start_time": 200, "end_time": 100, "regions": [{"start": 0, "end": 4096}]}]}]"#,
     );
     let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["sim", "new\nline"],
+            "unknown scenario `new\\nline`: not a built-in (seed-corner, seed-reproducer, stairs, flat, sparse-spots, needle, gradient, phases, mixed-spots) and no such file".into(),
+        ),
         (vec!["monitor", "--duration", "0s", "1"], "--duration 0s: give a length of time above zero".into()),
         (vec!["sim", "stairs", "--duration", "0ms"], "--duration 0ms: give a length of time above zero".into()),
         (
@@ -552,7 +556,7 @@ fn bad_input_is_one_line_naming_the_problem() {
         ),
         (
             vec!["report", "wss", "-i", record, "--skip", "3"],
-            "--skip 3 leaves no snapshot: the record has 3 in its longest target".into(),
+            "--skip 3 leaves no snapshot of target 4242: it has 3 snapshots".into(),
         ),
         (
             vec!["convert", "-i", record, "-o", "/proc/self/mem"],

@@ -116,7 +116,7 @@ fn golden_distributions() {
     assert_eq!(
         wss,
         "\
-# target 7: working-set size over 3 snapshots (the first 0 skipped)
+# target 7: working-set size over 3 snapshots
 avg       1.3 MiB
   0           0 B  |                                                  |
  25           0 B  |                                                  |

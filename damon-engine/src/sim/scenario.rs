@@ -176,9 +176,13 @@ impl Scenario {
             bail!("duration ({}) is shorter than one aggregation interval", self.duration);
         }
         // A run's time grows with its sample intervals times its regions: bounded, so that a
-        // run ends within minutes whatever it asks for.
-        let (samples, aggregations) =
-            (self.duration.0 / self.attrs.sample_us, self.duration.0 / self.attrs.aggr_us);
+        // run ends within minutes whatever it asks for; with the intervals tuned, at the
+        // shortest they may be tuned to (an aggregation keeps its number of samples).
+        let goal = &self.attrs.intervals_goal;
+        let sample_us =
+            if goal.aggrs == 0 { self.attrs.sample_us } else { goal.min_sample_us.max(1) };
+        let samples = self.duration.0 / sample_us;
+        let aggregations = samples / u64::from(self.attrs.samples_per_aggr());
         if aggregations > MAX_AGGREGATIONS {
             bail!(
                 "{aggregations} aggregation intervals in {}: at most {MAX_AGGREGATIONS}",
@@ -494,6 +498,8 @@ to = "960MiB"
             "max_nr_regions 100000000: the simulator holds at most 1000000"
         );
         assert!(run("max_nr_regions = 1000000", "2h").contains("checks: at most 100000000000"));
+        let tuned = "[attrs.intervals_goal]\naccess_bp = 400\naggrs = 3\nmin_sample_us = 1\nmax_sample_us = 10000000";
+        assert_eq!(run(tuned, "1h"), "180000000 aggregation intervals in 1h: at most 1000000");
         let event = "[[events]]\nat = \"1s\"\nkind = \"disappear\"\nstart = 0\nend = 4096\n";
         let many =
             format!("name = \"x\"\nsize = \"1GiB\"\nduration = \"10s\"\n{}", event.repeat(10_001));

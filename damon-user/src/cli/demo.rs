@@ -34,9 +34,10 @@ pub struct DemoArgs {
     /// How long to monitor.
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     duration: String,
-    /// When the cold hole in the hot area turns hot, before the end; `never` keeps it cold.
-    #[arg(long, default_value = "4s", value_name = "DURATION|never")]
-    phase_change: String,
+    /// When the cold hole in the hot area turns hot, before the end (0s: hot from the start);
+    /// `never` keeps it cold [default: 4s, or half the duration if that is sooner].
+    #[arg(long, value_name = "DURATION|never")]
+    phase_change: Option<String>,
     /// Print only every Nth aggregation.
     #[arg(long, default_value_t = 1, value_parser = options::at_least_one)]
     every: u64,
@@ -46,6 +47,8 @@ pub struct DemoArgs {
     #[command(flatten)]
     monitoring: MonitoringArgs,
 }
+
+const DEFAULT_PHASE_CHANGE: Duration = Duration::from_secs(4);
 
 /// The workload child, killed when the demo ends however it ends.
 struct Workload(Child);
@@ -58,22 +61,26 @@ impl Drop for Workload {
 }
 
 pub(super) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
-    let span = |text: &str, option: &str| {
-        options::span(text, option).map(Duration::from_micros).map_err(Failure::Input)
-    };
-    let duration = span(&args.duration, "duration")?;
-    let phase_change = match args.phase_change.as_str() {
+    let duration = options::span(&args.duration, "duration")
+        .map(Duration::from_micros)
+        .map_err(Failure::Input)?;
+    let phase_change = match args.phase_change.as_deref() {
+        None => DEFAULT_PHASE_CHANGE.min(duration / 2),
         // After the end: the workload is stopped first.
-        "never" => duration * 2,
-        text => span(text, "phase-change")?,
+        Some("never") => duration.saturating_mul(2),
+        Some(text) => {
+            let at = options::offset(text, "phase-change")
+                .map(Duration::from_micros)
+                .map_err(Failure::Input)?;
+            if at >= duration {
+                return Err(Failure::Input(anyhow!(
+                    "--phase-change {text} is not before the demo's end (--duration {}): the change would not be seen (`never` keeps the hole cold)",
+                    args.duration
+                )));
+            }
+            at
+        }
     };
-    if phase_change >= duration && args.phase_change != "never" {
-        return Err(Failure::Input(anyhow!(
-            "--phase-change {} is not before the demo's end (--duration {}): the change would not be seen (`never` keeps the hole cold)",
-            args.phase_change,
-            args.duration
-        )));
-    }
     let config =
         args.monitoring.resolve().and_then(|s| s.monitor_config()).map_err(Failure::Input)?;
     // Whether monitoring can work is checked once, by the session (the workload is cheap to

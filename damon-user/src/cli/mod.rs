@@ -105,21 +105,14 @@ pub fn main() -> ExitCode {
             run_workload(&phase_change, memory_loop.as_deref())
         }
     };
-    match result {
-        Ok(code) => code,
-        Err(Failure::Input(err)) => {
-            say!("udamon: {err:#}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(err)) => {
-            say!("udamon: {err:#}");
-            ExitCode::FAILURE
-        }
-        Err(Failure::Command(err, status)) => {
-            say!("udamon: {err:#}");
-            ExitCode::from(status)
-        }
-    }
+    let (err, code) = match result {
+        Ok(code) => return code,
+        Err(Failure::Input(err)) => (err, ExitCode::from(2)),
+        Err(Failure::Runtime(err)) => (err, ExitCode::FAILURE),
+        Err(Failure::Command(err, status)) => (err, ExitCode::from(status)),
+    };
+    say!("udamon: {}", crate::util::one_line(&format!("{err:#}")));
+    code
 }
 
 fn run_workload(phase_change: &str, memory_loop: Option<&str>) -> Result<ExitCode, Failure> {
@@ -130,7 +123,7 @@ fn run_workload(phase_change: &str, memory_loop: Option<&str>) -> Result<ExitCod
         }
         None => {
             let phase_change =
-                options::span(phase_change, "phase-change").map_err(Failure::Input)?;
+                options::offset(phase_change, "phase-change").map_err(Failure::Input)?;
             crate::workload::run(std::time::Duration::from_micros(phase_change))
         }
     };

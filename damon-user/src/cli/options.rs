@@ -279,20 +279,23 @@ fn backoff(text: &str) -> Result<Option<f64>> {
     }
 }
 
-/// A length of time for `--duration`, `--flush-every` and the like, above zero: a unit is
-/// required, since a bare number would be read as microseconds by damo's convention and surprise
-/// everyone.
+/// A length of time for `--duration`, `--flush-every` and the like, above zero.
 pub fn span(text: &str, option: &str) -> Result<u64> {
+    match offset(text, option)? {
+        0 => bail!("--{option} {text}: give a length of time above zero"),
+        us => Ok(us),
+    }
+}
+
+/// A time from the start (`--phase-change`), zero included: a unit is required, since a bare
+/// number would be read as microseconds by damo's convention and surprise everyone.
+pub fn offset(text: &str, option: &str) -> Result<u64> {
     let trimmed = text.trim();
     if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'_')
     {
         bail!("--{option} {text}: give a unit, e.g. {trimmed}s");
     }
-    let us = parse_duration_us(text).with_context(|| format!("--{option}"))?;
-    if us == 0 {
-        bail!("--{option} {text}: give a length of time above zero");
-    }
-    Ok(us)
+    parse_duration_us(text).with_context(|| format!("--{option}"))
 }
 
 /// A count of 1 or more (`--every`), as clap's value parser.

@@ -318,18 +318,21 @@ fn write_picture(path: &std::path::Path, maps: &[(u64, Heatmap)]) -> Result<(), 
     bytes.and_then(|bytes| output.write(&bytes)).map_err(Failure::Runtime)
 }
 
-/// The distributions of `metric`, after `skip` snapshots (a given one must leave some).
+/// The distributions of `metric`, after `skip` snapshots (a given one must leave some of every
+/// target's).
 fn distributions(
     targets: &[TargetRecord],
     metric: Metric,
     skip: Option<usize>,
     as_json: bool,
 ) -> Result<String, Failure> {
-    let longest = targets.iter().map(|t| t.snapshots.len()).max().unwrap_or(0);
-    if let Some(skip) = skip.filter(|&skip| skip >= longest) {
+    if let Some(skip) = skip
+        && let Some(short) = targets.iter().find(|t| t.snapshots.len() <= skip)
+    {
         return Err(Failure::Input(anyhow!(
-            "--skip {skip} leaves no snapshot: the record has {longest}{}",
-            if targets.len() > 1 { " in its longest target" } else { "" }
+            "--skip {skip} leaves no snapshot of target {}: it has {} snapshots",
+            short.target_id,
+            short.snapshots.len()
         )));
     }
     let dists: Vec<_> = targets

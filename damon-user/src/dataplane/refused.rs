@@ -31,7 +31,8 @@ fn refusal(io_error: &std::io::Error, log: &str, program: &str) -> String {
         return format!("refused ({io_error})");
     };
     // A one-line log is all in the message.
-    let kept = match log.lines().nth(1).is_some().then(|| save(log, program)).flatten() {
+    let longer = log.lines().filter(|line| !line.trim().is_empty()).nth(1).is_some();
+    let kept = match longer.then(|| save(log, program)).flatten() {
         Some(path) => format!("; the verifier's log is in {}", path.display()),
         None => String::new(),
     };

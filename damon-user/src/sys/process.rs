@@ -32,9 +32,16 @@ pub fn is_kernel_thread(pid: u32) -> Option<bool> {
     Some(flags & PF_KTHREAD != 0)
 }
 
-/// Whether process `pid` has exited and waits for its parent to reap it (state `Z`).
+/// Whether process `pid` has exited and waits for its parent to reap it: its leader is a zombie
+/// (state `Z`) and no other thread of it runs on.
 pub fn is_zombie(pid: u32) -> bool {
-    stat_field(pid, 3).is_some_and(|state| state == "Z")
+    let threads = fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+    });
+    stat_field(pid, 3).is_some_and(|state| state == "Z") && threads.is_none_or(|n| n <= 1)
 }
 
 /// Field `n` (from 3 on) of `/proc/PID/stat`, counted from the command's closing parenthesis,

@@ -38,18 +38,19 @@ impl Output {
     /// Fails now, with one line saying why, if `path` could not be written later. `-` is
     /// standard output.
     pub fn new(path: &Path) -> Result<Self> {
-        let cannot = || format!("cannot write {}", path.display());
         let named = if path == Path::new("-") { Path::new("/dev/stdout") } else { path };
+        let cannot = || format!("cannot write {}", named.display());
         let real = follow_links(named).with_context(cannot)?;
-        // A descriptor's link opens what the descriptor is; anything else there is the kernel's,
-        // never a file for udamon's output.
-        let descriptor = match kernel_fs(&real) {
-            Some(_) if fs::symlink_metadata(&real).is_ok_and(|m| m.file_type().is_symlink()) => {
-                true
-            }
-            Some(fs) => bail!("{}: it is in {fs}, a kernel interface, not a file", cannot()),
-            None => false,
-        };
+        // A descriptor's link opens what the descriptor is, if it is open.
+        let descriptor = is_descriptor(&real);
+        if descriptor && fs::metadata(&real).is_err() {
+            let n = real.file_name().unwrap_or_default().display();
+            bail!("{}: descriptor {n} is not open", cannot());
+        }
+        // A kernel interface's files are the kernel's, never a file for udamon's output.
+        if let Some(fs) = kernel_fs(&real) {
+            bail!("{}: it is in {fs}, a kernel interface, not a file", cannot());
+        }
         let how = match fs::metadata(&real) {
             Err(err) if err.kind() == io::ErrorKind::NotFound && !descriptor => How::Replace(real),
             Err(err) => return Err(err).with_context(cannot),
@@ -167,14 +168,14 @@ fn replace(real: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// `path` with every symlink of its last component followed, even to a target that does not
-/// exist yet (the directories above are the kernel's to resolve), up to a link in /proc, whose
-/// target (`pipe:[123]`, a deleted file) may be no path at all.
+/// exist yet (the directories above are the kernel's to resolve), up to a descriptor's link,
+/// whose target (`pipe:[123]`, a deleted file) may be no path at all.
 fn follow_links(path: &Path) -> io::Result<PathBuf> {
     let mut path = path.to_owned();
     // As the kernel's limit on nested links (ELOOP).
     for _ in 0..40 {
         match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() && kernel_fs(&path).is_none() => {
+            Ok(meta) if meta.file_type().is_symlink() && !is_descriptor(&path) => {
                 let target = fs::read_link(&path)?;
                 path = path.parent().map_or_else(|| target.clone(), |dir| dir.join(&target));
             }
@@ -184,26 +185,46 @@ fn follow_links(path: &Path) -> io::Result<PathBuf> {
     Err(io::Error::from_raw_os_error(libc::ELOOP))
 }
 
-/// The kernel interface `path` lies in (by the file system of its directory), if it does.
+/// Whether `path` names a descriptor of a process: `/proc/PID/fd/N` (so `/dev/stdout`,
+/// `/dev/fd/N` once followed).
+fn is_descriptor(path: &Path) -> bool {
+    path.parent().is_some_and(|dir| {
+        dir.file_name().is_some_and(|name| name == "fd") && fs_type(dir) == Some(PROC_MAGIC)
+    })
+}
+
+const PROC_MAGIC: i64 = 0x9fa0;
+
+/// The kernel interface `path` lies in, if it does: by the file system of what it names (a
+/// descriptor's link followed), or of its directory while it does not exist yet.
 fn kernel_fs(path: &Path) -> Option<&'static str> {
-    const PROC: i64 = 0x9fa0;
-    const SYSFS: i64 = 0x6265_6572;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    let kind = fs_type(path).or_else(|| fs_type(path.parent()?))?;
+    Some(match kind {
+        PROC_MAGIC => "/proc",
+        0x6265_6572 => "/sys",
+        0x6367_7270 | 0x0027_e0eb => "a cgroup file system",
+        0x7472_6163 => "tracefs",
+        0x6462_6720 => "debugfs",
+        0xcafe_4a11 => "the BPF file system",
+        0x7363_6673 => "securityfs",
+        0xde5e_81e4 => "efivarfs",
+        0x6265_6570 => "configfs",
+        0x6165_676c => "pstore",
+        _ => return None,
+    })
+}
+
+/// `statfs`'s file system type of `path` (links followed); None if it cannot be read.
+fn fs_type(path: &Path) -> Option<i64> {
+    let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: a NUL-terminated path and a zeroed buffer statfs fills.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    if unsafe { libc::statfs(dir.as_ptr(), &mut stat) } != 0 {
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
         return None;
     }
-    match stat.f_type as i64 {
-        PROC => Some("/proc"),
-        SYSFS => Some("/sys"),
-        _ => None,
-    }
+    Some(stat.f_type as i64)
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -335,6 +356,25 @@ mod tests {
                 format!("cannot write {kernel}: it is in {fs}, a kernel interface, not a file")
             );
         }
-        assert!(Output::new(Path::new("/proc/self/fd/999999")).is_err());
+        // Links in /proc that are not descriptors are followed to what they name, and a
+        // descriptor to a kernel file is refused as the file is.
+        let err = format!("{:#}", Output::new(Path::new("/proc/mounts")).unwrap_err());
+        assert_eq!(
+            err,
+            "cannot write /proc/mounts: it is in /proc, a kernel interface, not a file"
+        );
+        let kernel = fs::File::open("/proc/self/status").unwrap();
+        let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&kernel));
+        assert!(
+            format!("{:#}", Output::new(Path::new(&through)).unwrap_err())
+                .ends_with("it is in /proc, a kernel interface, not a file")
+        );
+        let err = format!("{:#}", Output::new(Path::new("/dev/fd/999999")).unwrap_err());
+        assert_eq!(err, "cannot write /dev/fd/999999: descriptor 999999 is not open");
+        if let Some(cgroup) =
+            ["/sys/fs/cgroup/cgroup.procs"].into_iter().find(|p| Path::new(p).exists())
+        {
+            assert!(Output::new(Path::new(cgroup)).is_err());
+        }
     }
 }

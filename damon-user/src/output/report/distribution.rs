@@ -57,10 +57,12 @@ pub fn distribution(target: &TargetRecord, metric: Metric, skip: usize) -> Distr
 /// Text like damo's: a header, the average, one line per percentile with a bar.
 pub fn render(d: &Distribution, name: &str, format: impl Fn(u64) -> String) -> String {
     const BAR: u64 = 50;
-    let mut out = format!(
-        "# target {}: {name} over {} snapshots (the first {} skipped)\n",
-        d.target_id, d.snapshots, d.skipped
-    );
+    let skipped = match d.skipped {
+        0 => String::new(),
+        n => format!(" (the first {n} skipped)"),
+    };
+    let mut out =
+        format!("# target {}: {name} over {} snapshots{skipped}\n", d.target_id, d.snapshots);
     if d.percentiles.is_empty() {
         return out;
     }
@@ -110,7 +112,7 @@ mod tests {
         assert_eq!((d.snapshots, d.skipped), (4, 0));
         assert!(
             render(&d, "regions", |v| v.to_string())
-                .starts_with("# target 9: regions over 4 snapshots (the first 0 skipped)\n")
+                .starts_with("# target 9: regions over 4 snapshots\n")
         );
     }
 }
