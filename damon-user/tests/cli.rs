@@ -590,7 +590,10 @@ fn output_to_dev_stdout_goes_through_the_pipe() {
     let dir = std::env::temp_dir().join(format!("udamon-cli-stdout-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let record = &sample_record(&dir);
-    for output in ["/dev/stdout", "-"] {
+    // A minimal system (the VM guests) may have no /dev/stdout; `-` needs none.
+    for output in
+        ["/dev/stdout", "-"].into_iter().filter(|o| *o == "-" || std::path::Path::new(o).exists())
+    {
         let out = udamon(&["convert", "-i", record, "-o", output, "--format", "json"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let written: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the record");

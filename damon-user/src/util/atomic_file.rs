@@ -38,7 +38,8 @@ impl Output {
     /// Fails now, with one line saying why, if `path` could not be written later. `-` is
     /// standard output.
     pub fn new(path: &Path) -> Result<Self> {
-        let named = if path == Path::new("-") { Path::new("/dev/stdout") } else { path };
+        // Through /proc, which every system has (a minimal one may lack /dev/stdout).
+        let named = if path == Path::new("-") { Path::new("/proc/self/fd/1") } else { path };
         let cannot = || format!("cannot write {}", named.display());
         let real = follow_links(named).with_context(cannot)?;
         // A descriptor's link opens what the descriptor is, if it is open.

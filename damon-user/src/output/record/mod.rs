@@ -154,7 +154,7 @@ pub struct Loaded {
 /// `-` is standard input.
 pub fn load(path: &Path, max_input: u64) -> Result<Loaded> {
     use std::os::unix::fs::FileTypeExt as _;
-    let path = if path == Path::new("-") { Path::new("/dev/stdin") } else { path };
+    let path = if path == Path::new("-") { Path::new("/proc/self/fd/0") } else { path };
     if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         bail!("cannot read {}: it is a socket", path.display());
     }
