@@ -11,9 +11,10 @@ pub mod kdamond;
 /// them, and a test checks the built object against this list.
 pub mod names {
     pub const WALK_CONFIG: &str = "WALK_CONFIG";
-    pub const WALK_RESULTS: &str = "WALK_RESULTS";
+    pub const WALK_SEGMENTS: &str = "WALK_SEGMENTS";
+    pub const WALK_ADDRS: &str = "WALK_ADDRS";
+    pub const WALK_OUT: &str = "WALK_OUT";
     pub const WALK_STATS: &str = "WALK_STATS";
-    pub const WALK_SCRATCH: &str = "WALK_SCRATCH";
     pub const WALK_PTES: &str = "WALK_PTES";
     pub const FAULT_TARGETS: &str = "FAULT_TARGETS";
     pub const FAULT_EVENTS: &str = "FAULT_EVENTS";
@@ -26,11 +27,12 @@ pub mod names {
     pub const KDAMOND_REGIONS: &str = "KDAMOND_REGIONS";
     pub const KDAMOND_LOST: &str = "KDAMOND_LOST";
     pub const KDAMOND_SCHEMES: &str = "KDAMOND_SCHEMES";
-    pub const MAPS: [&str; 16] = [
+    pub const MAPS: [&str; 17] = [
         WALK_CONFIG,
-        WALK_RESULTS,
+        WALK_SEGMENTS,
+        WALK_ADDRS,
+        WALK_OUT,
         WALK_STATS,
-        WALK_SCRATCH,
         WALK_PTES,
         FAULT_TARGETS,
         FAULT_EVENTS,
@@ -45,11 +47,10 @@ pub mod names {
         KDAMOND_SCHEMES,
     ];
 
-    pub const WALK_ON_LOCK: &str = "walk_on_lock";
+    pub const WALK: &str = "walk";
     pub const PAGE_FAULT_USER: &str = "page_fault_user";
     pub const PEEK: &str = "peek";
     pub const PROBE_TRACEPOINT: &str = "probe_tracepoint";
-    pub const PROBE_TP_BTF: &str = "probe_tp_btf";
     pub const PROBE_RAW_TP: &str = "probe_raw_tp";
     pub const PROBE_PERF_EVENT: &str = "probe_perf_event";
     pub const PROBE_KPROBE: &str = "probe_kprobe";
@@ -57,12 +58,11 @@ pub mod names {
     pub const DAMON_AGGREGATED: &str = "damon_aggregated";
     pub const DAMOS_BEFORE_APPLY: &str = "damos_before_apply";
     pub const DAMOS_ESZ: &str = "damos_esz";
-    pub const PROGRAMS: [&str; 12] = [
-        WALK_ON_LOCK,
+    pub const PROGRAMS: [&str; 11] = [
+        WALK,
         PAGE_FAULT_USER,
         PEEK,
         PROBE_TRACEPOINT,
-        PROBE_TP_BTF,
         PROBE_RAW_TP,
         PROBE_PERF_EVENT,
         PROBE_KPROBE,
@@ -74,8 +74,6 @@ pub mod names {
 
     /// The global the loader sets to its own process id, so probes ignore other processes.
     pub const PROBE_TGID: &str = "PROBE_TGID";
-    /// The tracepoint the walker and its probe attach to (tp_btf).
-    pub const MMAP_LOCK_TRACEPOINT: &str = "mmap_lock_acquire_returned";
 }
 
 /// x86-64 page-table entry bits, the same at every level.
@@ -128,14 +126,13 @@ pub const FAULT_RING_BYTES: u32 = 1 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Probe {
     TracePoint = 0,
-    BtfTracePoint = 1,
-    RawTracePointTestRun = 2,
-    PerfEvent = 3,
-    KProbe = 4,
-    FEntry = 5,
+    RawTracePointTestRun = 1,
+    PerfEvent = 2,
+    KProbe = 3,
+    FEntry = 4,
 }
 
-pub const NR_PROBES: u32 = 6;
+pub const NR_PROBES: u32 = 5;
 
 /// The value the raw_tp probe returns from a test run for argument `arg`: proves both that the
 /// program ran and that arguments reach it.
@@ -143,27 +140,21 @@ pub const fn raw_tp_probe_answer(arg: u64) -> u64 {
     arg ^ 0x5a5a
 }
 
-/// Addresses one walk request can carry.
-pub const MAX_WALK: usize = 1024;
+/// Addresses one walk run can carry (a power of two: indexes are masked with it).
+pub const WALK_CAPACITY: usize = 4096;
 
 /// What the userspace sampler tells the walker about this kernel; set once after calibration.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalkConfig {
-    /// Thread id of the sampler: only its `process_madvise` calls trigger walks.
-    pub sampler_tid: u32,
     /// 4 or 5 levels of page tables.
     pub levels: u32,
+    pub _pad: u32,
     /// Start of the kernel's direct map (`page_offset_base`), calibrated at start-up.
     pub page_offset_base: u64,
-    /// Byte offsets from BTF.
+    /// Byte offsets from BTF: `mm_struct.pgd` and `mm_struct.mm_users`.
     pub mm_pgd_offset: u64,
-    pub task_mm_offset: u64,
-    /// The request, in the sampler's own memory (read with `bpf_probe_read_user`: no system
-    /// call hands it over).
-    pub request_addr: u64,
-    /// The last request walked (`WalkRequest::seq`), set by the walker.
-    pub done_seq: u64,
+    pub mm_users_offset: u64,
     pub folio: FolioLayout,
 }
 
@@ -194,22 +185,20 @@ pub const FOLIO_ORDER_MASK: u32 = 0xff;
 pub const FOLIO_INDEX_SHIFT: u32 = 8;
 pub const FOLIO_INDEX_MASK: u32 = 0xffff;
 
-/// The addresses to walk when the sampler next takes the target's mmap lock, in the sampler's
-/// memory. A request is walked once (`WalkConfig::done_seq`) even if the lock is taken again.
+/// A run of addresses in one address space, in the mmap-able segment array: the
+/// `mm_struct`, and which addresses of the request array are its. Consecutive addresses of one
+/// address space share their walk's upper tables.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct WalkRequest {
-    pub seq: u64,
-    pub count: u64,
-    /// Addresses from this index on are to be cleared next: their folios are looked up.
-    pub prepared_from: u64,
-    pub addrs: [u64; MAX_WALK],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkSegment {
+    pub mm: u64,
+    pub first: u32,
+    pub count: u32,
 }
 
-/// Byte offsets in `WalkRequest`, for the walker's reads of user memory.
-pub const REQUEST_COUNT: u64 = 8;
-pub const REQUEST_PREPARED_FROM: u64 = 16;
-pub const REQUEST_ADDRS: u64 = 24;
+/// Flag in the low bits of a page in the request array: the page is to be cleared next, so its
+/// folio is looked up.
+pub const WALK_FOLIO: u64 = 1;
 
 /// What the walk found for one address.
 #[repr(C)]
@@ -223,17 +212,9 @@ pub struct WalkResult {
     pub entry: u64,
 }
 
-/// Results travel in batches: one ring-buffer record per `WALK_BATCH` addresses.
+/// The walk goes in batches of this many addresses: each walked, then the folios of those to
+/// be cleared looked up (a pass of its own, for the verifier's sake).
 pub const WALK_BATCH: usize = 16;
-
-/// The results for `addrs[first..first + count]`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct WalkRecord {
-    pub first: u32,
-    pub count: u32,
-    pub results: [WalkResult; WALK_BATCH],
-}
 
 /// No mapping: an entry on the way was not present.
 pub const LEAF_NONE: u32 = 0;
@@ -244,6 +225,10 @@ pub const LEAF_PMD: u32 = 2;
 pub const LEAF_PUD: u32 = 3;
 /// Reading a table failed.
 pub const LEAF_FAULT: u32 = 4;
+/// The address space is gone (its last user left: the process exited or replaced it by exec).
+pub const LEAF_GONE: u32 = 5;
+/// Set by userspace before a run: a slot the walk never reached keeps it.
+pub const LEAF_UNSET: u32 = u32::MAX;
 
 /// Walk totals, per CPU: how many walks and addresses, and how long they took.
 #[repr(C)]
@@ -252,8 +237,6 @@ pub struct WalkStats {
     pub walks: u64,
     pub addresses: u64,
     pub nanoseconds: u64,
-    /// Addresses whose results found the ring buffer full.
-    pub lost: u64,
 }
 
 /// `peek` test-run operations: arguments `[op, address]`; the answer lands in `PEEK_OUT`.
@@ -273,7 +256,7 @@ mod pod {
     // SAFETY: all `#[repr(C)]` plain integers without implicit padding.
     unsafe impl aya::Pod for super::FaultRecord {}
     unsafe impl aya::Pod for super::WalkConfig {}
-    unsafe impl aya::Pod for super::WalkRecord {}
+    unsafe impl aya::Pod for super::WalkSegment {}
     unsafe impl aya::Pod for super::WalkResult {}
     unsafe impl aya::Pod for super::WalkStats {}
     unsafe impl aya::Pod for super::PeekResult {}

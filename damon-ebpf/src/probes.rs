@@ -5,13 +5,11 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_loop, bpf_probe_read_kernel},
-    macros::{btf_tracepoint, fentry, kprobe, map, perf_event, raw_tracepoint, tracepoint},
+    helpers::{bpf_get_current_task, bpf_loop, bpf_probe_read_kernel},
+    macros::{fentry, kprobe, map, perf_event, raw_tracepoint, tracepoint},
     maps::Array,
     programs::{
-        BtfTracePointContext, FEntryContext, PerfEventContext, ProbeContext, RawTracePointContext,
-        TracePointContext,
+        FEntryContext, PerfEventContext, ProbeContext, RawTracePointContext, TracePointContext,
     },
 };
 use damon_common::{NR_PROBES, Probe, raw_tp_probe_answer};
@@ -41,25 +39,7 @@ pub fn probe_tracepoint(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// What the page-table walker needs: tp_btf on the mmap-lock tracepoint, `bpf_loop`, and
-/// `bpf_probe_read_kernel` (refused under lockdown=confidentiality).
-#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
-pub fn probe_tp_btf(ctx: BtfTracePointContext) -> i32 {
-    // SAFETY: slot 0 of the context is `struct mm_struct *mm`; read as a plain word.
-    let Ok(mm) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }) else {
-        return 0;
-    };
-    let mut word = mm;
-    // SAFETY: the callback and its context live for the duration of the call.
-    unsafe { bpf_loop(1, read_word as *mut c_void, &mut word as *mut u64 as *mut c_void, 0) };
-    if word == READ_OK {
-        mark(Probe::BtfTracePoint, 1);
-    }
-    0
-}
-
-/// What `read_word` leaves when the read worked (the word itself may be 0: on 6.1 the first
-/// word of `mm_struct` is an unlocked spinlock).
+/// What `read_word` leaves when the read worked (the word itself may be 0).
 const READ_OK: u64 = 1;
 
 /// `bpf_loop` callback: replaces `*ctx`, a kernel address, with whether it could be read.
@@ -70,10 +50,19 @@ extern "C" fn read_word(_index: u64, ctx: *mut c_void) -> i64 {
     1
 }
 
+/// What the page-table walker needs: a raw_tp program run on demand (`BPF_PROG_TEST_RUN`),
+/// `bpf_loop`, and `bpf_probe_read_kernel` (refused under lockdown=confidentiality). It answers
+/// only if all of them worked.
 #[raw_tracepoint]
 pub fn probe_raw_tp(ctx: RawTracePointContext) -> i32 {
     let arg: u64 = ctx.arg(0);
-    mark(Probe::RawTracePointTestRun, raw_tp_probe_answer(arg));
+    // SAFETY: returns a pointer value; the callback reads it with a checked helper.
+    let mut word = unsafe { bpf_get_current_task() };
+    // SAFETY: the callback and its context live for the duration of the call.
+    unsafe { bpf_loop(1, read_word as *mut c_void, &mut word as *mut u64 as *mut c_void, 0) };
+    if word == READ_OK {
+        mark(Probe::RawTracePointTestRun, raw_tp_probe_answer(arg));
+    }
     0
 }
 

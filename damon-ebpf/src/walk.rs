@@ -1,128 +1,81 @@
-//! The page-table walker. When the sampler thread calls `process_madvise` on a target, the kernel
-//! takes the target's mmap lock in the sampler's context, before touching any page-table entry:
-//! this tp_btf program fires there, with the target's `mm`, and walks its page tables for the
-//! requested addresses, which it reads from the sampler's own memory. One result per address
-//! goes to the ring buffer; for a page about to be cleared it also looks up the page's folio,
-//! so that a clear of a large folio covers all of it (part of one would split it).
+//! The page-table walker, run on demand by the sampler (`BPF_PROG_TEST_RUN` of a raw_tp
+//! program, so one system call walks every target): for each segment of the mmap-able request
+//! (an `mm` and a run of addresses) it walks that address space's page tables for each address
+//! and writes the leaf into the mmap-able result array. For a page about to be cleared it also looks up the page's folio, so that a
+//! clear of a large folio covers all of it (part of one would split it).
+//!
+//! No lock of the target is taken: as GUP-fast does, the walk reads the tables locklessly. A
+//! table freed meanwhile is freed after an RCU grace period (x86 frees page tables through RCU),
+//! and the program runs inside an RCU read-side section, so it reads a stale table at worst,
+//! never a reused page; every read is a checked one. Each `mm` is kept allocated by the pagemap
+//! file the sampler holds open on it; its users are checked first: with none left (an exit, or
+//! an exec that replaced it) its tables are gone, and so is every address in it.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::BPF_RB_NO_WAKEUP,
-    helpers::{
-        bpf_get_current_task, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel,
-        bpf_probe_read_user,
-    },
-    macros::{btf_tracepoint, map},
-    maps::{Array, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    bindings::BPF_F_MMAPABLE,
+    helpers::{bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint},
+    maps::{Array, PerCpuArray},
+    programs::RawTracePointContext,
 };
 use damon_common::{
     FOLIO_INDEX_MASK, FOLIO_INDEX_SHIFT, FOLIO_LOOKED_UP, FOLIO_ORDER_MASK, FOLIO_WHOLE_OK,
-    FolioLayout, LEAF_FAULT, LEAF_NONE, LEAF_PMD, LEAF_PTE, LEAF_PUD, MAX_WALK, REQUEST_ADDRS,
-    REQUEST_COUNT, REQUEST_PREPARED_FROM, WALK_BATCH, WalkConfig, WalkRecord, WalkResult,
-    WalkStats,
-    x86::{ADDRESS, HUGE, LEVEL_BITS, PAGE_SHIFT, PRESENT},
+    FolioLayout, LEAF_FAULT, LEAF_GONE, LEAF_NONE, LEAF_PMD, LEAF_PTE, LEAF_PUD, WALK_BATCH,
+    WALK_CAPACITY, WALK_FOLIO, WalkConfig, WalkResult, WalkSegment, WalkStats,
+    x86::{ACCESSED, ADDRESS, HUGE, LEVEL_BITS, PAGE_SHIFT, PRESENT},
 };
 
 #[map]
 static WALK_CONFIG: Array<WalkConfig> = Array::with_max_entries(1, 0);
 
-/// Two walks of a full request fit, with room to spare.
+/// The address spaces to walk, each with its run of addresses, written by the sampler through
+/// its mapping of this array.
 #[map]
-static WALK_RESULTS: RingBuf = RingBuf::with_byte_size(1 << 17, 0);
+static WALK_SEGMENTS: Array<WalkSegment> =
+    Array::with_max_entries(WALK_CAPACITY as u32, BPF_F_MMAPABLE);
+
+/// The pages to walk (`WALK_FOLIO` in their low bits), likewise.
+#[map]
+static WALK_ADDRS: Array<u64> = Array::with_max_entries(WALK_CAPACITY as u32, BPF_F_MMAPABLE);
+
+/// One result per address, read by the sampler through its mapping once the run returns.
+#[map]
+static WALK_OUT: Array<WalkResult> = Array::with_max_entries(WALK_CAPACITY as u32, BPF_F_MMAPABLE);
 
 #[map]
 static WALK_STATS: PerCpuArray<WalkStats> = PerCpuArray::with_max_entries(1, 0);
-
-/// The batch being walked: off the stack, which 6.1's verifier allows 512 bytes for the program
-/// and its `bpf_loop` callbacks together.
-#[map]
-static WALK_SCRATCH: PerCpuArray<WalkRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where each PTE of the batch being walked sits (0: not a PTE), for the folio pass.
 #[map]
 static WALK_PTES: PerCpuArray<[u64; WALK_BATCH]> = PerCpuArray::with_max_entries(1, 0);
 
-#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
-pub fn walk_on_lock(ctx: BtfTracePointContext) -> i32 {
-    handle(&ctx);
-    0
-}
-
-/// What every iteration of the walk needs, and the path of the last walk: consecutive addresses
-/// (regions are in address order) mostly share their upper tables, so a walk starts from the
-/// deepest table still valid for its address. The mmap lock is held throughout one request.
-#[repr(C)]
-struct Walk {
-    pgd: u64,
-    page_offset_base: u64,
-    levels: u32,
-    count: u32,
-    /// Addresses from here on are cleared next: their folios are looked up.
-    prepared_from: u32,
-    /// `path[l]`: the address prefix served by the table at level `l` (1: a PTE table) and that
-    /// table; prefix `u64::MAX` is unset. Slot 0 is unused; 8 slots so that an index masked
-    /// with 7 is in bounds for every verifier (6.1's loses a `min(5)` bound on some paths).
-    path: [(u64, u64); 8],
-}
-
-/// A word of the request in the sampler's memory (it is `current`, so user reads are its own).
-fn request_word(config: &WalkConfig, offset: u64) -> Option<u64> {
-    // SAFETY: a checked read of user memory.
-    unsafe { bpf_probe_read_user((config.request_addr + offset) as *const u64) }.ok()
-}
-
-fn handle(ctx: &BtfTracePointContext) {
-    let Some(config) = WALK_CONFIG.get_ptr_mut(0) else { return };
-    // SAFETY: a valid map value pointer; only the sampler (single writer) triggers this path.
-    let config = unsafe { &mut *config };
-    if crate::current_tid() != config.sampler_tid || config.sampler_tid == 0 {
-        return;
-    }
-    let Some(seq) = request_word(config, 0) else { return };
-    // One walk per request, even if the call takes the lock again.
-    if seq == config.done_seq {
-        return;
-    }
-    // SAFETY: slot 0 of the context is `struct mm_struct *mm`; read it as a plain word, since
-    // arithmetic on the typed pointer is refused.
-    let Ok(mm) = (unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }) else { return };
-    // The sampler's own memory (a page fault while it fills the request) is never the target.
-    // SAFETY: returns a pointer value; nothing is dereferenced here.
-    let task = unsafe { bpf_get_current_task() };
-    // SAFETY: checked reads of kernel memory.
-    let own_mm = unsafe { bpf_probe_read_kernel((task + config.task_mm_offset) as *const u64) };
-    if own_mm == Ok(mm) {
-        return;
-    }
-    // SAFETY: a checked read of `mm->pgd`.
-    let Ok(pgd) = (unsafe { bpf_probe_read_kernel((mm + config.mm_pgd_offset) as *const u64) })
-    else {
-        return;
-    };
-    let (Some(count), Some(prepared_from)) =
-        (request_word(config, REQUEST_COUNT), request_word(config, REQUEST_PREPARED_FROM))
-    else {
-        return;
-    };
-    config.done_seq = seq;
-    let count = count.min(MAX_WALK as u64) as u32;
+/// Argument 0: how many segments of the request to walk; argument 1: how many addresses they
+/// hold, for the statistics.
+#[raw_tracepoint]
+pub fn walk(ctx: RawTracePointContext) -> i32 {
+    let (segments, addresses): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    let Some(config) = WALK_CONFIG.get(0) else { return 1 };
     let mut walk = Walk {
-        pgd,
+        pgd: 0,
         page_offset_base: config.page_offset_base,
         levels: config.levels,
-        count,
-        prepared_from: prepared_from.min(MAX_WALK as u64) as u32,
+        start: 0,
+        end: 0,
+        first: 0,
         path: [(u64::MAX, 0); 8],
     };
-    let batches = count.div_ceil(WALK_BATCH as u32);
     // SAFETY: a helper without arguments.
     let started = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the callback matches bpf_loop's signature; `walk` outlives the call.
     unsafe {
-        bpf_loop(batches, walk_batch as *mut c_void, &mut walk as *mut Walk as *mut c_void, 0)
+        bpf_loop(
+            segments.min(WALK_CAPACITY as u64) as u32,
+            walk_segment as *mut c_void,
+            &mut walk as *mut Walk as *mut c_void,
+            0,
+        )
     };
     // SAFETY: as above.
     let took = unsafe { bpf_ktime_get_ns() } - started;
@@ -130,88 +83,127 @@ fn handle(ctx: &BtfTracePointContext) {
         // SAFETY: this CPU's slot.
         let stats = unsafe { &mut *stats };
         stats.walks += 1;
-        stats.addresses += count as u64;
+        stats.addresses += addresses;
         stats.nanoseconds += took;
     }
-}
-
-/// `bpf_loop` callback: walks the addresses of batch `batch`, then looks up the folios of those
-/// to be cleared (a second pass), and reports them in one record.
-/// Each address is walked by another `bpf_loop` callback rather than an inline loop, so the
-/// verifier checks the walk once instead of once per unrolled iteration (7.2's gives up at a
-/// million instructions on the inline form).
-extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Walk` on `handle`'s stack.
-    let walk = unsafe { &mut *(ctx as *mut Walk) };
-    let first = batch as usize * WALK_BATCH;
-    let remaining = (walk.count as usize).saturating_sub(first);
-    let n = remaining.min(WALK_BATCH) as u32;
-    let Some(scratch) = WALK_SCRATCH.get_ptr_mut(0) else { return 1 };
-    // SAFETY: this CPU's slot; the program runs to completion on this CPU.
-    unsafe {
-        (*scratch).first = first as u32;
-        (*scratch).count = 0;
-    }
-    // SAFETY: the callbacks match bpf_loop's signature; `walk` outlives the calls; the folio
-    // pass covers what the walk filled (it stops early on an unreadable address).
-    unsafe {
-        bpf_loop(n, walk_one as *mut c_void, ctx, 0);
-        bpf_loop((*scratch).count, folio_one as *mut c_void, ctx, 0);
-    }
-    let Some(mut record) = WALK_RESULTS.reserve::<WalkRecord>(0) else {
-        if let Some(stats) = WALK_STATS.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot. The rest of the walk is lost with this batch.
-            unsafe { (*stats).lost += remaining as u64 };
-        }
-        return 1;
-    };
-    // SAFETY: as above; results past `count` are stale and ignored by the reader.
-    record.write(unsafe { *scratch });
-    // The sampler reads the results as soon as its syscall returns, never waiting on the ring:
-    // a wakeup would only cost an irq_work self-IPI (a VM exit on virtual machines).
-    record.submit(BPF_RB_NO_WAKEUP as u64);
     0
 }
 
-/// `bpf_loop` callback: walks address `j` of the batch into its record.
-extern "C" fn walk_one(j: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Walk` on `handle`'s stack.
+/// What every iteration of the walk needs, and the path of the last walk: consecutive addresses
+/// of one address space (regions are in address order) mostly share their upper tables, so a
+/// walk starts from the deepest table still valid for its address.
+#[repr(C)]
+struct Walk {
+    /// The root table of the address space being walked.
+    pgd: u64,
+    page_offset_base: u64,
+    levels: u32,
+    /// The segment being walked (indexes of the request), and the first address of the batch
+    /// being walked.
+    start: u32,
+    end: u32,
+    first: u32,
+    /// `path[l]`: the address prefix served by the table at level `l` (1: a PTE table) and that
+    /// table; prefix `u64::MAX` is unset. Slot 0 is unused; 8 slots so that an index masked
+    /// with 7 is in bounds for every verifier (6.1's loses a `min(5)` bound on some paths).
+    path: [(u64, u64); 8],
+}
+
+/// `bpf_loop` callback: walks segment `s`: its address space's root table, unless the space has
+/// no users left (then every address in it is gone), then its addresses in batches.
+extern "C" fn walk_segment(s: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` on `walk`'s stack.
     let walk = unsafe { &mut *(ctx as *mut Walk) };
-    let (Some(config), Some(record), Some(ptes)) =
-        (WALK_CONFIG.get(0), WALK_SCRATCH.get_ptr_mut(0), WALK_PTES.get_ptr_mut(0))
+    let (Some(config), Some(segment)) = (WALK_CONFIG.get(0), WALK_SEGMENTS.get(s as u32)) else {
+        return 1;
+    };
+    let (first, count) = (segment.first.min(WALK_CAPACITY as u32), segment.count);
+    let count = count.min(WALK_CAPACITY as u32 - first);
+    walk.path = [(u64::MAX, 0); 8];
+    (walk.start, walk.end) = (first, first + count);
+    // SAFETY: a checked read of `mm->mm_users` (an atomic_t).
+    let users =
+        unsafe { bpf_probe_read_kernel((segment.mm + config.mm_users_offset) as *const i32) };
+    walk.pgd = match users {
+        Ok(users) if users > 0 => read(segment.mm + config.mm_pgd_offset).unwrap_or(0),
+        _ => 0,
+    };
+    walk.first = first;
+    if walk.pgd == 0 {
+        // SAFETY: the callback matches bpf_loop's signature; `walk` outlives the call.
+        unsafe { bpf_loop(count, gone_one as *mut c_void, ctx, 0) };
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { bpf_loop(count.div_ceil(WALK_BATCH as u32), walk_batch as *mut c_void, ctx, 0) };
+    0
+}
+
+/// `bpf_loop` callback: address `j` of the segment lies in an address space that is gone.
+extern "C" fn gone_one(j: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` on `walk`'s stack.
+    let walk = unsafe { &*(ctx as *const Walk) };
+    let index = (walk.first + j as u32) & (WALK_CAPACITY as u32 - 1);
+    if let Some(out) = WALK_OUT.get_ptr_mut(index) {
+        // SAFETY: a slot of the result array.
+        unsafe { *out = WalkResult { leaf: LEAF_GONE, folio: 0, entry: 0 } };
+    }
+    0
+}
+
+/// `bpf_loop` callback: walks the addresses of batch `batch` of the segment, then looks up the
+/// folios of those to be cleared (a second pass). Each address is walked by another `bpf_loop`
+/// callback rather than an inline loop, so the verifier checks the walk once instead of once
+/// per unrolled iteration; and the folio lookup is a pass of its own, reading the walk's
+/// results back, so it is checked once rather than once for every way a walk can end (6.18's
+/// verifier gave up at a million instructions with the two in one callback).
+extern "C" fn walk_batch(batch: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` on `walk`'s stack.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    walk.first = walk.start + batch as u32 * WALK_BATCH as u32;
+    let n = walk.end.saturating_sub(walk.first).min(WALK_BATCH as u32);
+    // SAFETY: the callbacks match bpf_loop's signature; `walk` outlives the calls.
+    unsafe {
+        bpf_loop(n, walk_one as *mut c_void, ctx, 0);
+        bpf_loop(n, folio_one as *mut c_void, ctx, 0);
+    }
+    0
+}
+
+/// `bpf_loop` callback: walks address `j` of the batch into its result slot.
+extern "C" fn walk_one(j: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` on `walk`'s stack.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let index = (walk.first + j as u32) & (WALK_CAPACITY as u32 - 1);
+    let (Some(&page), Some(out), Some(ptes)) =
+        (WALK_ADDRS.get(index), WALK_OUT.get_ptr_mut(index), WALK_PTES.get_ptr_mut(0))
     else {
         return 1;
     };
-    // SAFETY: this CPU's slots, filled by `walk_batch` above us.
-    let (record, ptes) = unsafe { (&mut *record, &mut *ptes) };
-    let index = (record.first as usize + j as usize) & (MAX_WALK - 1);
-    let Some(addr) = request_word(config, REQUEST_ADDRS + 8 * index as u64) else { return 1 };
-    let found = translate(walk, addr);
-    let slot = j as usize & (WALK_BATCH - 1);
-    record.results[slot] = WalkResult { leaf: found.leaf, folio: 0, entry: found.entry };
-    ptes[slot] = found.pte;
-    record.count += 1;
+    let found = translate(walk, page);
+    // SAFETY: a slot of the result array and this CPU's PTE slots.
+    unsafe {
+        *out = WalkResult { leaf: found.leaf, folio: 0, entry: found.entry };
+        (*ptes)[j as usize & (WALK_BATCH - 1)] = found.pte;
+    }
     0
 }
 
 /// `bpf_loop` callback: looks up the folio of address `j` of the batch if it is to be cleared.
-/// A pass of its own, reading the walk's results back from the map, so that the verifier checks
-/// the lookup once rather than once for every way a walk can end (6.18's gave up at a million
-/// instructions with the two in one callback).
 extern "C" fn folio_one(j: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Walk` on `handle`'s stack.
+    // SAFETY: `ctx` is the `Walk` on `walk`'s stack.
     let walk = unsafe { &*(ctx as *const Walk) };
-    let (Some(config), Some(record), Some(ptes)) =
-        (WALK_CONFIG.get(0), WALK_SCRATCH.get_ptr_mut(0), WALK_PTES.get(0))
+    let index = (walk.first + j as u32) & (WALK_CAPACITY as u32 - 1);
+    let (Some(config), Some(&page), Some(out), Some(ptes)) =
+        (WALK_CONFIG.get(0), WALK_ADDRS.get(index), WALK_OUT.get_ptr_mut(index), WALK_PTES.get(0))
     else {
         return 1;
     };
-    // SAFETY: this CPU's slot, filled by `walk_one`.
-    let record = unsafe { &mut *record };
-    let slot = j as usize & (WALK_BATCH - 1);
-    let result = &mut record.results[slot];
-    if result.leaf == LEAF_PTE && record.first + j as u32 >= walk.prepared_from {
-        result.folio = folio_of(&config.folio, result.entry, ptes[slot]);
+    // SAFETY: a slot of the result array, written by `walk_one`.
+    let out = unsafe { &mut *out };
+    // Only an accessed page is cleared, so only its folio matters.
+    if out.leaf == LEAF_PTE && page & WALK_FOLIO != 0 && out.entry & ACCESSED != 0 {
+        out.folio = folio_of(&config.folio, out.entry, ptes[j as usize & (WALK_BATCH - 1)]);
     }
     0
 }
@@ -306,9 +298,7 @@ fn translate(walk: &mut Walk, addr: u64) -> Found {
     for _ in 0..5 {
         walk.path[level as usize & 7] = (addr >> (PAGE_SHIFT + LEVEL_BITS * level), table);
         let index = (addr >> (PAGE_SHIFT + LEVEL_BITS * (level - 1))) & 511;
-        // SAFETY: a checked read of kernel memory.
-        let Ok(entry) = (unsafe { bpf_probe_read_kernel((table + index * 8) as *const u64) })
-        else {
+        let Some(entry) = read(table + index * 8) else {
             return leaf(LEAF_FAULT, 0);
         };
         if entry & PRESENT == 0 {

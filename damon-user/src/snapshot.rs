@@ -43,8 +43,6 @@ pub struct SamplerStats {
     pub late_ticks: u64,
     /// CPU time of the sampler thread so far.
     pub cpu_seconds: f64,
-    /// Walk results the eBPF side could not deliver (ring buffer full).
-    pub walk_lost: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

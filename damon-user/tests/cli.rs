@@ -67,8 +67,7 @@ fn check_json_is_one_json_document_whose_verdict_matches_the_exit_code() {
         "tracefs",
         "kernel version",
         "lockdown",
-        "tp_btf + bpf_loop",
-        "raw_tp test run",
+        "raw_tp test run + bpf_loop",
         "tracepoint",
         "perf_event (software)",
         "kprobe attach",
@@ -99,7 +98,7 @@ fn check_as_root_says_monitoring_is_possible_here() {
     assert!(out.status.success(), "check failed as root:\n{stdout}");
     assert!(stdout.starts_with("REQUIREMENT"), "no table header:\n{stdout}");
     assert!(stdout.contains("\nmonitoring: possible\n"), "{stdout}");
-    for line in stdout.lines().filter(|l| l.starts_with("tp_btf") || l.starts_with("raw_tp")) {
+    for line in stdout.lines().filter(|l| l.starts_with("raw_tp")) {
         assert!(line.contains("loads, attaches, fires"), "{line}");
     }
     let layout = stdout.lines().find(|l| l.starts_with("page-table layout")).unwrap_or_default();
@@ -134,7 +133,11 @@ fn check_without_privileges_names_what_is_missing_and_fails() {
             .starts_with("monitoring: NOT possible; missing: CAP_BPF, CAP_PERFMON, CAP_SYS_NICE"),
         "{verdict}"
     );
-    assert!(stdout.lines().any(|l| l.starts_with("tp_btf + bpf_loop") && l.contains("skipped")));
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("raw_tp test run + bpf_loop") && l.contains("skipped"))
+    );
     assert!(text(&out.stderr).is_empty(), "no panic or noise on stderr: {}", text(&out.stderr));
 }
 

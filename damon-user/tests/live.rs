@@ -379,7 +379,7 @@ fn bpf_maps_of(pid: u32) -> Vec<String> {
 }
 
 /// One object per process: a monitoring udamon holds each of the object's maps once (the
-/// walker's and the fault stream's ring buffers included), not once per user.
+/// walker's shared arrays and the fault stream's ring buffer included), not once per user.
 #[test]
 fn the_data_plane_is_loaded_once_per_process() {
     if !privileged("the_data_plane_is_loaded_once_per_process") {
@@ -393,7 +393,7 @@ fn the_data_plane_is_loaded_once_per_process() {
     let mut maps = Vec::new();
     while Instant::now() < deadline {
         maps = bpf_maps_of(monitor.id());
-        if maps.iter().any(|m| m == "WALK_RESULTS") {
+        if maps.iter().any(|m| m == "WALK_OUT") {
             std::thread::sleep(Duration::from_millis(500));
             maps = bpf_maps_of(monitor.id());
             break;
@@ -406,7 +406,7 @@ fn the_data_plane_is_loaded_once_per_process() {
         let held = maps.iter().filter(|m| *m == name).count();
         assert!(held <= 1, "{name} is held {held} times: {maps:?}");
     }
-    for name in ["WALK_RESULTS", "WALK_CONFIG", "FAULT_EVENTS"] {
+    for name in ["WALK_SEGMENTS", "WALK_ADDRS", "WALK_OUT", "WALK_CONFIG", "FAULT_EVENTS"] {
         assert!(maps.iter().any(|m| m == name), "no {name}: {maps:?}");
     }
 }
@@ -498,4 +498,34 @@ fn a_second_monitor_of_a_process_is_refused_while_the_first_runs() {
         let out = udamon().args(["monitor", "--quiet", "--duration", "1s", &target.pid()]).output();
         succeed(out.unwrap());
     }
+}
+
+/// A target that replaces itself by exec keeps being monitored, in its new address space: the
+/// walker finds the old one without users and opens the new one; no exit, no problem.
+#[test]
+fn a_target_that_execs_is_followed_into_its_new_address_space() {
+    if !privileged("a_target_that_execs_is_followed_into_its_new_address_space") {
+        return;
+    }
+    // The demo's workload (hot areas of 64 MiB and more) after a second of a shell.
+    let exec = format!("sleep 1; exec {} workload --phase-change 1h", env!("CARGO_BIN_EXE_udamon"));
+    let mut shell = Command::new("sh").args(["-c", &exec]).spawn().unwrap();
+    let pid = shell.id().to_string();
+    let out = udamon().args(["monitor", "--json", "--duration", "5s", &pid]).output();
+    let _ = shell.kill();
+    let _ = shell.wait();
+    let text = succeed(out.unwrap());
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        lines.iter().all(|l| l.get("problem").is_none() && l.get("exited").is_none()),
+        "{text}"
+    );
+    // The last second: long after the exec, the workload's hot memory is seen.
+    let late: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["end_ns"].as_u64().is_some_and(|t| t >= 4_000_000_000))
+        .filter_map(|l| l["working_set_bytes"].as_u64())
+        .collect();
+    assert!(!late.is_empty(), "no snapshot in the last second: {text}");
+    assert!(late.iter().all(|&ws| ws >= 64 << 20), "working sets after the exec: {late:?}");
 }

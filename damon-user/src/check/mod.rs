@@ -130,14 +130,14 @@ mod tests {
             row("CAP_BPF", true, Status::Missing),
             row("kdamond", false, Status::Warn),
             row("fentry", false, Status::Missing),
-            row("tp_btf", true, Status::Skipped),
+            row("raw_tp", true, Status::Skipped),
             row("BTF", true, Status::Warn),
         ]);
         assert!(!report.monitoring_possible);
         let err = report.verdict().unwrap_err().to_string();
         assert_eq!(
             err,
-            "cannot monitor: missing CAP_BPF, tp_btf (run as root; `udamon check` shows details)"
+            "cannot monitor: missing CAP_BPF, raw_tp (run as root; `udamon check` shows details)"
         );
     }
 

@@ -28,20 +28,13 @@ struct Spec {
     if_missing: &'static str,
 }
 
-const SPECS: [Spec; 6] = [
-    Spec {
-        probe: Probe::BtfTracePoint,
-        program: names::PROBE_TP_BTF,
-        requirement: "tp_btf + bpf_loop",
-        required: true,
-        if_missing: "all monitoring: the page-table walk",
-    },
+const SPECS: [Spec; 5] = [
     Spec {
         probe: Probe::RawTracePointTestRun,
         program: names::PROBE_RAW_TP,
-        requirement: "raw_tp test run",
+        requirement: "raw_tp test run + bpf_loop",
         required: true,
-        if_missing: "all monitoring: page_offset_base calibration",
+        if_missing: "all monitoring: the page-table walk and its calibration",
     },
     Spec {
         probe: Probe::TracePoint,
@@ -154,11 +147,11 @@ fn walker_row() -> Row {
 /// Loads (not attaches) the walker and says how much of the verifier's budget it took.
 fn walker(object: &mut Object) -> Row {
     let row = walker_row();
-    let Some(Program::BtfTracePoint(program)) = object.bpf.program_mut(names::WALK_ON_LOCK) else {
+    let Some(Program::RawTracePoint(program)) = object.bpf.program_mut(names::WALK) else {
         return row.missing("the eBPF object has no walker");
     };
-    if let Err(err) = program.load(names::MMAP_LOCK_TRACEPOINT, &object.types.btf) {
-        return row.missing(format!("load: {}", refused::describe(&err, names::WALK_ON_LOCK)));
+    if let Err(err) = program.load() {
+        return row.missing(format!("load: {}", refused::describe(&err, names::WALK)));
     }
     match program.info().ok().and_then(|info| info.verified_instruction_count()) {
         Some(n) => row.ok(format!(
@@ -207,12 +200,6 @@ fn attach(object: &mut Object, spec: &Spec, facts: &Facts) -> Result<(), String>
                 p.attach(page_fault_user::CATEGORY, page_fault_user::NAME).map(drop)
             })
         }
-        (Probe::BtfTracePoint, Program::BtfTracePoint(p)) => load_then(
-            spec.program,
-            p,
-            |p| p.load(names::MMAP_LOCK_TRACEPOINT, btf),
-            |p| p.attach().map(drop),
-        ),
         (Probe::RawTracePointTestRun, Program::RawTracePoint(p)) => {
             load_then(spec.program, p, RawTracePoint::load, |p| {
                 let mut options = RawTracePointRunOptions::new();

@@ -104,7 +104,7 @@ fn kernel_version() -> Row {
 }
 
 fn btf(facts: &Facts) -> Row {
-    let row = Row::new(kernel::BTF_VMLINUX, true, "all monitoring: tp_btf, struct offsets");
+    let row = Row::new(kernel::BTF_VMLINUX, true, "all monitoring: struct offsets");
     let mib = |size: u64| size as f64 / (1 << 20) as f64;
     match (&facts.btf, &facts.types) {
         (Err(err), _) | (_, Some(Err(err))) => row.missing(err.clone()),

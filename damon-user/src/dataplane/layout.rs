@@ -58,13 +58,19 @@ trait KernelMemory {
     fn read(&self, address: u64) -> Option<u64>;
 }
 
-/// Reads kernel words by test-running `peek`.
-struct Peek<'a> {
+/// Reads kernel words by test-running `peek` (loaded by `discover`).
+pub(crate) struct Peek<'a> {
     program: &'a RawTracePoint,
     out: Array<&'a MapData, PeekResult>,
 }
 
-impl Peek<'_> {
+impl<'a> Peek<'a> {
+    pub(crate) fn of(bpf: &'a Ebpf) -> Result<Self> {
+        let program: &RawTracePoint = bpf.program(names::PEEK).context("peek")?.try_into()?;
+        let map = bpf.map(names::PEEK_OUT).context("eBPF object has no PEEK_OUT map")?;
+        Ok(Self { program, out: Array::try_from(map)? })
+    }
+
     fn run(&self, op: u64, address: u64) -> Option<u64> {
         let mut options = RawTracePointRunOptions::new();
         options.args[0] = op;
@@ -73,11 +79,20 @@ impl Peek<'_> {
         let result = self.out.get(&0, 0).ok()?;
         (result.error == 0).then_some(result.value)
     }
+
+    /// The calling thread's `task_struct`.
+    pub(crate) fn current_task(&self) -> Option<u64> {
+        self.run(PEEK_CURRENT_TASK, 0)
+    }
+
+    pub(crate) fn read(&self, address: u64) -> Option<u64> {
+        self.run(PEEK_READ, address)
+    }
 }
 
 impl KernelMemory for Peek<'_> {
     fn read(&self, address: u64) -> Option<u64> {
-        self.run(PEEK_READ, address)
+        Peek::read(self, address)
     }
 }
 
@@ -86,9 +101,7 @@ pub fn discover(bpf: &mut Ebpf, offsets: Offsets) -> Result<Layout> {
     let program: &mut RawTracePoint =
         bpf.program_mut(names::PEEK).context("eBPF object has no peek program")?.try_into()?;
     super::refused::load(program.load(), names::PEEK, "the peek program (raw_tp)")?;
-    let program: &RawTracePoint = bpf.program(names::PEEK).context("peek")?.try_into()?;
-    let map = bpf.map(names::PEEK_OUT).context("eBPF object has no PEEK_OUT map")?;
-    let peek = Peek { program, out: Array::try_from(map)? };
+    let peek = Peek::of(bpf)?;
     let mut last = None;
     for _ in 0..ATTEMPTS {
         match attempt(&peek, offsets) {
@@ -106,7 +119,7 @@ struct Anchors {
 }
 
 fn attempt(peek: &Peek, offsets: Offsets) -> Result<Layout> {
-    let task = peek.run(PEEK_CURRENT_TASK, 0).context("the peek program does not run here")?;
+    let task = peek.current_task().context("the peek program does not run here")?;
     let mm = peek.read(task + offsets.task_mm).context("cannot read current->mm")?;
     let pgd = peek.read(mm + offsets.mm_pgd).context("cannot read current->mm->pgd")?;
     let anchors = Anchors { pgd, others: [mm, task] };

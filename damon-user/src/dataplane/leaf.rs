@@ -2,7 +2,7 @@
 
 use damon_common::{
     FOLIO_INDEX_MASK, FOLIO_INDEX_SHIFT, FOLIO_LOOKED_UP, FOLIO_ORDER_MASK, FOLIO_WHOLE_OK,
-    LEAF_FAULT, LEAF_NONE, LEAF_PMD, LEAF_PTE, LEAF_PUD, WalkResult,
+    LEAF_FAULT, LEAF_GONE, LEAF_NONE, LEAF_PMD, LEAF_PTE, LEAF_PUD, WalkResult,
     x86::{ACCESSED, ADDRESS, PMD_SIZE, PUD_SIZE, WRITABLE},
 };
 
@@ -38,9 +38,11 @@ impl Folio {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Leaf {
-    /// No record came back (the walk did not run, or the ring buffer was full).
+    /// No result came back (the walk did not run, or stopped short).
     #[default]
     Missing,
+    /// The address space has no users left: the process exited, or replaced it by exec.
+    Gone,
     /// Not mapped: an entry on the way was not present.
     None,
     /// Reading a page table failed.
@@ -59,6 +61,7 @@ impl Leaf {
             LEAF_PMD => Self::Pmd(result.entry),
             LEAF_PUD => Self::Pud(result.entry),
             LEAF_FAULT => Self::Fault,
+            LEAF_GONE => Self::Gone,
             _ => Self::Missing,
         }
     }
@@ -69,7 +72,7 @@ impl Leaf {
             Self::Pte(e, _) => Some((e, PAGE)),
             Self::Pmd(e) => Some((e, PMD_SIZE)),
             Self::Pud(e) => Some((e, PUD_SIZE)),
-            Self::Missing | Self::None | Self::Fault => None,
+            Self::Missing | Self::Gone | Self::None | Self::Fault => None,
         }
     }
 

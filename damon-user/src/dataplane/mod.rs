@@ -1,6 +1,7 @@
 //! The eBPF data plane: the object (loaded once per process), the page-table layout it is
 //! calibrated with, the walker that reads accessed bits, and the page-fault stream.
 
+pub mod address_space;
 mod error;
 pub mod faults;
 pub mod kdamond;
@@ -8,6 +9,7 @@ pub mod layout;
 pub mod leaf;
 pub mod object;
 pub mod refused;
+mod shared;
 pub mod walker;
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 pub use self::{
+    address_space::AddressSpace,
     error::DataPlaneError,
     faults::FaultStream,
     layout::{Layout, Verified},
@@ -47,11 +50,11 @@ impl DataPlane {
         self.layout
     }
 
-    /// Attaches the walker and, with `faults`, the page-fault program. Faults are hints: their
-    /// failure comes back beside the walker for the caller to report.
+    /// Loads the walker and, with `faults`, attaches the page-fault program. Faults are hints:
+    /// their failure comes back beside the walker for the caller to report.
     pub fn start(self, faults: bool) -> Result<(Walker, Option<Result<FaultStream>>)> {
         let Object { mut bpf, types } = self.object;
-        walker::attach(&mut bpf, &types)?;
+        walker::load(&mut bpf, &types, &self.layout)?;
         let walk_maps = walker::WalkMaps::take(&mut bpf)?;
         let fault_maps = faults.then(|| faults::attach(&mut bpf));
         let object = Arc::new(bpf);

@@ -17,12 +17,41 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offsets {
     pub mm_pgd: u64,
+    pub mm_users: u64,
     pub task_mm: u64,
+    /// From our own task to the `mm` a pagemap file of ours holds.
+    pub files: FileOffsets,
     /// `struct page` and `struct folio`, to find a page's folio; `Err`: why not.
     pub folio: Result<FolioOffsets, &'static str>,
     /// `task_struct.worker_private`, `kthread.data` and `damon_ctx.kdamond`: from a kdamond's
     /// task to its DAMON context; `None` where the kernel's BTF lacks one.
     pub kdamond_ctx: Option<[u64; 3]>,
+}
+
+/// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`, `file.private_data` (a pagemap
+/// file's `mm`), `file.f_inode` and `inode.i_ino` (to check the file is the one we mean).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileOffsets {
+    pub task_files: u64,
+    pub files_fdt: u64,
+    pub fdtable_fd: u64,
+    pub private_data: u64,
+    pub inode: u64,
+    pub ino: u64,
+}
+
+impl FileOffsets {
+    fn read(btf: &Btf) -> Result<Self> {
+        let member = |s: &str, m: &str| btf.member_offset(s, m).map(|o| o as u64);
+        Ok(Self {
+            task_files: member("task_struct", "files")?,
+            files_fdt: member("files_struct", "fdt")?,
+            fdtable_fd: member("fdtable", "fd")?,
+            private_data: member("file", "private_data")?,
+            inode: member("file", "f_inode")?,
+            ino: member("inode", "i_ino")?,
+        })
+    }
 }
 
 /// Where a page's folio is told, from BTF (member names changed over the versions).
@@ -80,7 +109,9 @@ impl KernelTypes {
         let ours = Btf::parse(&data).with_context(|| format!("cannot parse {path}"))?;
         let offsets = Offsets {
             mm_pgd: ours.member_offset("mm_struct", "pgd")? as u64,
+            mm_users: ours.member_offset("mm_struct", "mm_users")? as u64,
             task_mm: ours.member_offset("task_struct", "mm")? as u64,
+            files: FileOffsets::read(&ours)?,
             folio: FolioOffsets::read(&ours),
             kdamond_ctx: [
                 ("task_struct", "worker_private"),

@@ -1,8 +1,7 @@
-//! Drives the eBPF walker: fills a request, makes the sampler's `process_madvise` call that fires
-//! it, and reads the records back from the ring buffer; and clears accessed bits.
+//! Drives the eBPF walker: fills the request array, test-runs the walk program (one system call
+//! for every target), and reads the results back; and clears accessed bits.
 
 use std::{
-    cell::Cell,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -10,23 +9,22 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    maps::{Array, MapData, PerCpuArray},
+    programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
 };
-use bytes::Buf as _;
-use damon_common::{MAX_WALK, WalkConfig, WalkRecord, WalkRequest, WalkResult, WalkStats, names};
+use damon_common::{
+    LEAF_UNSET, WALK_CAPACITY, WALK_FOLIO, WalkConfig, WalkResult, WalkSegment, WalkStats, names,
+};
 
 use super::{
     DataPlaneError,
-    layout::Layout,
+    address_space::AddressSpace,
+    layout::{Layout, Peek},
     leaf::Leaf,
     object::{KernelTypes, take_map},
+    shared::SharedArray,
 };
 use crate::sys::pidfd::PidFd;
-
-/// A range `process_madvise` can take without effect: page 0 is never mapped (mmap_min_addr),
-/// so the call takes the mmap lock, fires the walk, and fails harmlessly with ENOMEM.
-const NOTHING: libc::iovec = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 4096 };
 
 /// Ranges of the target's address space for `process_madvise`. The pointers are the target's
 /// addresses, never dereferenced here, so the buffer may move to the sampler thread.
@@ -59,93 +57,112 @@ impl From<Refusal> for DataPlaneError {
     }
 }
 
+/// `process_madvise` takes at most this many ranges per call.
+const IOV_MAX: usize = 1024;
+
+/// What one walk is asked: runs of addresses, each in one address space.
+#[derive(Default)]
+pub struct Request {
+    /// Each run's address space (its `mm`) and where its pages start.
+    runs: Vec<(u64, usize)>,
+    /// Page addresses, with `WALK_FOLIO` in their low bits.
+    pages: Vec<u64>,
+}
+
+impl Request {
+    pub fn clear(&mut self) {
+        self.runs.clear();
+        self.pages.clear();
+    }
+
+    /// Addresses pushed from now on lie in `space`.
+    pub fn space(&mut self, space: &AddressSpace) {
+        self.runs.push((space.mm(), self.pages.len()));
+    }
+
+    /// Adds `addr`, in the last space given; `folio`: it is to be cleared next, so its folio
+    /// is looked up too.
+    pub fn push(&mut self, addr: u64, folio: bool) {
+        debug_assert!(!self.runs.is_empty(), "an address before its space");
+        self.pages.push(addr & !0xfff | if folio { WALK_FOLIO } else { 0 });
+    }
+
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// The runs as `(mm, pages)`.
+    fn runs(&self) -> impl Iterator<Item = (u64, &[u64])> {
+        let ends = self.runs.iter().skip(1).map(|&(_, start)| start).chain([self.pages.len()]);
+        self.runs.iter().zip(ends).map(|(&(mm, start), end)| (mm, &self.pages[start..end]))
+    }
+}
+
 pub struct Walker {
     times: CallTimes,
-    config: Array<MapData, WalkConfig>,
-    results: RingBuf<MapData>,
     stats: PerCpuArray<MapData, WalkStats>,
-    current: WalkConfig,
-    /// Read by the walker straight from our memory: it must not move (a box's contents do not).
-    request: Box<WalkRequest>,
+    segments: SharedArray<WalkSegment>,
+    addrs: SharedArray<u64>,
+    out: SharedArray<WalkResult>,
     iovecs: Iovecs,
     layout: Layout,
-    /// Keeps the programs attached.
-    _object: Arc<Ebpf>,
+    /// Holds the walk and peek programs.
+    object: Arc<Ebpf>,
 }
 
-thread_local! {
-    /// This thread's id: the walker answers the thread that calls (a syscall saved per walk).
-    static TID: Cell<u32> = const { Cell::new(0) };
-}
-
-fn current_tid() -> u32 {
-    TID.with(|tid| {
-        if tid.get() == 0 {
-            // SAFETY: gettid cannot fail.
-            tid.set(unsafe { libc::gettid() } as u32);
-        }
-        tid.get()
-    })
-}
-
-/// Attaches the walk program; its maps go to the walker built by `finish`.
-pub(crate) fn attach(bpf: &mut Ebpf, types: &KernelTypes) -> Result<()> {
-    let program: &mut BtfTracePoint =
-        bpf.program_mut(names::WALK_ON_LOCK).context("eBPF object has no walker")?.try_into()?;
-    super::refused::load(
-        program.load(names::MMAP_LOCK_TRACEPOINT, &types.btf),
-        names::WALK_ON_LOCK,
-        &format!("the page-table walker (tp_btf {})", names::MMAP_LOCK_TRACEPOINT),
+/// Loads the walk program and sets its configuration; its maps go to the walker built by
+/// `WalkMaps::into_walker`.
+pub(crate) fn load(bpf: &mut Ebpf, types: &KernelTypes, layout: &Layout) -> Result<()> {
+    let program: &mut RawTracePoint =
+        bpf.program_mut(names::WALK).context("eBPF object has no walker")?.try_into()?;
+    super::refused::load(program.load(), names::WALK, "the page-table walker (raw_tp)")?;
+    let mut config: Array<_, WalkConfig> = Array::try_from(
+        bpf.map_mut(names::WALK_CONFIG).context("eBPF object has no WALK_CONFIG map")?,
     )?;
-    program.attach().context("cannot attach the page-table walker")?;
+    let walk = WalkConfig {
+        levels: layout.levels,
+        _pad: 0,
+        page_offset_base: layout.page_offset_base,
+        mm_pgd_offset: types.offsets.mm_pgd,
+        mm_users_offset: types.offsets.mm_users,
+        folio: layout.folio.unwrap_or_default(),
+    };
+    config.set(0, walk, 0).context("cannot configure the page-table walker")?;
     Ok(())
 }
 
 /// The walker's maps, taken from the object before it is shared.
 pub(crate) struct WalkMaps {
-    config: Array<MapData, WalkConfig>,
-    results: RingBuf<MapData>,
     stats: PerCpuArray<MapData, WalkStats>,
+    segments: SharedArray<WalkSegment>,
+    addrs: SharedArray<u64>,
+    out: SharedArray<WalkResult>,
 }
 
 impl WalkMaps {
     pub fn take(bpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
-            config: Array::try_from(take_map(bpf, names::WALK_CONFIG)?)?,
-            results: RingBuf::try_from(take_map(bpf, names::WALK_RESULTS)?)?,
             stats: PerCpuArray::try_from(take_map(bpf, names::WALK_STATS)?)?,
+            segments: SharedArray::map(names::WALK_SEGMENTS, take_map(bpf, names::WALK_SEGMENTS)?)?,
+            addrs: SharedArray::map(names::WALK_ADDRS, take_map(bpf, names::WALK_ADDRS)?)?,
+            out: SharedArray::map(names::WALK_OUT, take_map(bpf, names::WALK_OUT)?)?,
         })
     }
 
     pub fn into_walker(self, layout: Layout, object: Arc<Ebpf>) -> Walker {
-        let request =
-            Box::new(WalkRequest { seq: 0, count: 0, prepared_from: 0, addrs: [0; MAX_WALK] });
-        // Resident, so the walker's reads of it never fault (best effort: a lost walk reads
-        // unknown and is reported).
-        // SAFETY: locking our own allocation, which lives as long as the walker.
-        unsafe {
-            libc::mlock((&raw const *request).cast(), size_of::<WalkRequest>());
-        }
-        let current = WalkConfig {
-            sampler_tid: 0,
-            levels: layout.levels,
-            page_offset_base: layout.page_offset_base,
-            mm_pgd_offset: layout.offsets.mm_pgd,
-            task_mm_offset: layout.offsets.task_mm,
-            request_addr: &raw const *request as u64,
-            done_seq: 0,
-            folio: layout.folio.unwrap_or_default(),
-        };
         Walker {
             times: CallTimes::default(),
-            config: self.config,
-            results: self.results,
             stats: self.stats,
-            current,
-            request,
-            iovecs: Iovecs(Vec::with_capacity(MAX_WALK)),
+            segments: self.segments,
+            addrs: self.addrs,
+            out: self.out,
+            iovecs: Iovecs(Vec::with_capacity(IOV_MAX)),
             layout,
-            _object: object,
+            object,
         }
     }
 }
@@ -166,34 +183,73 @@ impl Walker {
             walks: a.walks + s.walks,
             addresses: a.addresses + s.addresses,
             nanoseconds: a.nanoseconds + s.nanoseconds,
-            lost: a.lost + s.lost,
         }))
     }
 
-    /// Reads the page-table leaves of `addrs` in the target, into `out` (same order), changing
-    /// nothing: the lock is taken by a call on an empty range. The folios of the pages from
-    /// `prepared_from` on (those to be cleared) are looked up too.
-    pub fn walk(
+    /// Process `pid`'s address space, for walks.
+    pub fn address_space(&self, pid: u32) -> Result<AddressSpace> {
+        AddressSpace::open(pid, &Peek::of(&self.object)?, &self.layout.offsets)
+    }
+
+    /// Reads the page-table leaves of the request's addresses into `out` (same order),
+    /// changing nothing; the folios of the pages to be cleared are looked up too. One system
+    /// call per `WALK_CAPACITY` addresses.
+    pub fn walk(&mut self, request: &Request, out: &mut Vec<Leaf>) -> Result<(), DataPlaneError> {
+        out.clear();
+        let started = Instant::now();
+        let result = self.walk_runs(request, out);
+        self.times.walking += started.elapsed();
+        result
+    }
+
+    fn walk_runs(&mut self, request: &Request, out: &mut Vec<Leaf>) -> Result<(), DataPlaneError> {
+        let (mut segments, mut pages) = (0, 0);
+        for (mm, mut run) in request.runs() {
+            while !run.is_empty() {
+                let take = run.len().min(WALK_CAPACITY - pages);
+                self.segments.as_mut_slice()[segments] =
+                    WalkSegment { mm, first: pages as u32, count: take as u32 };
+                self.addrs.as_mut_slice()[pages..pages + take].copy_from_slice(&run[..take]);
+                (segments, pages, run) = (segments + 1, pages + take, &run[take..]);
+                if pages == WALK_CAPACITY || segments == WALK_CAPACITY {
+                    self.run(segments, pages, out)?;
+                    (segments, pages) = (0, 0);
+                }
+            }
+        }
+        if pages > 0 {
+            self.run(segments, pages, out)?;
+        }
+        Ok(())
+    }
+
+    /// Walks the first `segments` segments, `pages` addresses in all, and appends their leaves.
+    fn run(
         &mut self,
-        target: &PidFd,
-        addrs: &[u64],
-        prepared_from: usize,
+        segments: usize,
+        pages: usize,
         out: &mut Vec<Leaf>,
     ) -> Result<(), DataPlaneError> {
-        out.clear();
-        out.resize(addrs.len(), Leaf::Missing);
-        for (k, (chunk, leaves)) in addrs.chunks(MAX_WALK).zip(out.chunks_mut(MAX_WALK)).enumerate()
-        {
-            let started = Instant::now();
-            self.request(chunk, prepared_from.saturating_sub(k * MAX_WALK))?;
-            match target.madvise_cold(&[NOTHING]) {
-                Ok(_) => {}
-                Err(err) if err.raw_os_error() == Some(libc::ENOMEM) => {}
-                Err(err) => return Err(DataPlaneError::syscall("process_madvise", &err)),
-            }
-            self.times.walking += started.elapsed();
-            self.collect(leaves);
+        self.out.as_mut_slice()[..pages].iter_mut().for_each(|r| r.leaf = LEAF_UNSET);
+        let program: &RawTracePoint = self
+            .object
+            .program(names::WALK)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DataPlaneError::Map { map: names::WALK, error: "no walk program".into() })?;
+        let mut options = RawTracePointRunOptions::new();
+        options.args[0] = segments as u64;
+        options.args[1] = pages as u64;
+        if let Err(err) = program.test_run(options) {
+            let errno = match err {
+                aya::programs::ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+                _ => None,
+            };
+            return Err(DataPlaneError::Syscall {
+                call: "BPF_PROG_TEST_RUN",
+                errno: errno.unwrap_or(0),
+            });
         }
+        out.extend(self.out.as_slice()[..pages].iter().map(Leaf::from_result));
         Ok(())
     }
 
@@ -206,7 +262,7 @@ impl Walker {
         pages: &[(u64, u64)],
         refused: &mut Vec<Refusal>,
     ) -> Result<(), DataPlaneError> {
-        for chunk in pages.chunks(MAX_WALK) {
+        for chunk in pages.chunks(IOV_MAX) {
             self.iovecs.0.clear();
             self.iovecs.0.extend(chunk.iter().map(|&(addr, size)| libc::iovec {
                 iov_base: (addr / size * size) as *mut libc::c_void,
@@ -220,56 +276,10 @@ impl Walker {
         }
         Ok(())
     }
-
-    /// Hands `addrs` to the walker for the next lock this thread takes on another process: in
-    /// our own memory, which the walker reads (no system call).
-    fn request(&mut self, addrs: &[u64], prepared_from: usize) -> Result<(), DataPlaneError> {
-        let tid = current_tid();
-        if self.current.sampler_tid != tid {
-            self.current.sampler_tid = tid;
-            self.config
-                .set(0, self.current, 0)
-                .map_err(|err| map_error(names::WALK_CONFIG, err))?;
-        }
-        let request = &mut *self.request;
-        request.seq += 1;
-        request.count = addrs.len() as u64;
-        request.prepared_from = prepared_from.min(addrs.len()) as u64;
-        request.addrs[..addrs.len()].copy_from_slice(addrs);
-        // The kernel reads the request during the coming system call: the stores come first.
-        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn collect(&mut self, leaves: &mut [Leaf]) {
-        while let Some(item) = self.results.next() {
-            let Some(record) = parse_record(&item) else { continue };
-            let first = record.first as usize;
-            let count = (record.count as usize).min(record.results.len());
-            if let Some(slots) = leaves.get_mut(first..first + count) {
-                for (slot, result) in slots.iter_mut().zip(&record.results) {
-                    *slot = Leaf::from_result(result);
-                }
-            }
-        }
-    }
 }
 
 fn map_error(map: &'static str, err: aya::maps::MapError) -> DataPlaneError {
     DataPlaneError::Map { map, error: err.to_string() }
-}
-
-/// A `WalkRecord` from a ring item (native byte order, the eBPF side's layout); `None` if short.
-fn parse_record(mut bytes: &[u8]) -> Option<WalkRecord> {
-    if bytes.len() < size_of::<WalkRecord>() {
-        return None;
-    }
-    let (first, count) = (bytes.get_u32_ne(), bytes.get_u32_ne());
-    let results = std::array::from_fn(|_| {
-        let (leaf, folio) = (bytes.get_u32_ne(), bytes.get_u32_ne());
-        WalkResult { leaf, folio, entry: bytes.get_u64_ne() }
-    });
-    Some(WalkRecord { first, count, results })
 }
 
 /// `process_madvise(MADV_COLD)` over all of `iovecs`. A call stops at the first range it cannot
@@ -305,24 +315,4 @@ fn advise(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_parse_from_their_bytes() {
-        let results = [WalkResult::default(); damon_common::WALK_BATCH];
-        let mut record = WalkRecord { first: 32, count: 2, results };
-        record.results[1] = WalkResult { leaf: 2, folio: 1 << 31 | 4, entry: 0x1234_5067 };
-        // SAFETY: a plain-data record viewed as its bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<WalkRecord>())
-        };
-        let parsed = parse_record(bytes).unwrap();
-        assert_eq!((parsed.first, parsed.count), (32, 2));
-        assert_eq!(parsed.results[1], record.results[1]);
-        assert!(parse_record(&bytes[..20]).is_none());
-    }
 }

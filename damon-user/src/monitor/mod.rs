@@ -197,14 +197,13 @@ fn sample<S: Source>(
         while let Ok((pid, addr)) = inputs.faults.try_recv() {
             ctx.record_fault(pid as u64, addr);
         }
-        let step = ctx.step(&mut source, |ctx, source| {
+        let step = ctx.step(&mut source, |ctx, _| {
             let now = started.elapsed();
             let stats = SamplerStats {
                 counters: *ctx.counters(),
                 ticks: ticker.ticks,
                 late_ticks: ticker.late,
                 cpu_seconds: cpu(libc::RUSAGE_THREAD).as_secs_f64(),
-                walk_lost: source.stats().walk_lost,
             };
             let _ = events.send(Event::Snapshot(Snapshot::of(ctx, window_start, now, stats)));
             window_start = now;

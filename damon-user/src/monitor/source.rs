@@ -43,8 +43,6 @@ pub struct OpsStats {
     /// The eBPF walker's own time, and on how many addresses.
     pub walk_time: Duration,
     pub walked_addresses: u64,
-    /// Walk results the eBPF side could not deliver (ring buffer full).
-    pub walk_lost: u64,
     /// Filling walk requests and the walk-only calls (the kernel's walk included).
     pub walking: Duration,
     /// The clearing calls, and the pages they cleared.

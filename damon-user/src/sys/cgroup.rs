@@ -3,24 +3,29 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 use anyhow::{Context as _, Result, bail};
 
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
-/// hybrid systems.
+/// hybrid systems. Read once: the sampler asks for every target every update interval.
 pub fn root() -> Result<PathBuf> {
-    let mounts =
-        fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
-            (kind == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .min_by_key(|dir| dir.as_os_str().len())
-        .context("no cgroup v2 hierarchy is mounted")
+    static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let mounts = fs::read_to_string("/proc/self/mounts")
+            .map_err(|err| format!("cannot read /proc/self/mounts: {err}"))?;
+        mounts
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
+                (kind == "cgroup2").then(|| PathBuf::from(dir))
+            })
+            .min_by_key(|dir| dir.as_os_str().len())
+            .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_owned())
+    });
+    root.clone().map_err(anyhow::Error::msg)
 }
 
 /// Whether `dir` lies on a cgroup v2 filesystem.

@@ -17,6 +17,10 @@ impl Pagemap {
         File::open(&path).map(Self).with_context(|| format!("cannot open {path}"))
     }
 
+    pub fn file(&self) -> &File {
+        &self.0
+    }
+
     fn entry(&self, addr: u64) -> io::Result<u64> {
         let mut entry = [0u8; 8];
         match self.0.read_exact_at(&mut entry, addr / 4096 * 8) {

@@ -1,10 +1,10 @@
 //! The vaddr operations on processes.
 //!
-//! Each sample interval takes two calls per target. The first walks the addresses checked now
-//! and those chosen for the next interval (the kernel takes the mmap lock, the walker reads the
-//! page tables, the call itself advises nothing). The second clears the newly chosen pages that
-//! are marked accessed: whole pages, 2 MiB for a huge page, which is therefore never split.
-//! Idle pages need no clearing, which keeps idle memory cheap.
+//! Each sample interval takes one walk for every target together (the addresses checked now and
+//! those chosen for the next interval), then, per target with any, one call that clears the
+//! newly chosen pages that are marked accessed: whole pages, 2 MiB for a huge page, which is
+//! therefore never split. Idle pages need no clearing, which keeps idle memory cheap: a target
+//! none of whose new pages is accessed costs no system call of its own.
 //!
 //! Mappings whose accessed bits `MADV_COLD` refuses to clear (locked, hugetlb, PFN-mapped:
 //! smaps' `VmFlags`) are never cleared: a clear accessed bit there still proves idleness, a set
@@ -29,12 +29,15 @@ use damon_engine::{Access, NO_PREPARE, Operations, Target};
 
 use super::regions;
 use crate::{
-    dataplane::{DataPlane, DataPlaneError, Walker, leaf::Leaf, walker::Refusal},
+    dataplane::{
+        AddressSpace, DataPlane, DataPlaneError, Walker,
+        leaf::Leaf,
+        walker::{Refusal, Request},
+    },
     monitor::{OpsStats, Problem, Source, TargetError},
     sys::{
         claim::{self, Claim, Refused},
         damon_sysfs,
-        pagemap::Pagemap,
         pidfd::PidFd,
         pressure,
         proc_maps::{self, Mapping},
@@ -50,7 +53,8 @@ struct Process {
     pidfd: PidFd,
     /// This udamon's claim on the process; none where claims cannot be made (no /run).
     _claim: Option<Claim>,
-    pagemap: Pagemap,
+    /// What the walker walks; replaced when an exec replaces it.
+    space: AddressSpace,
     /// With their flags (from smaps), re-read when the layout changes or a clear is refused.
     mappings: Vec<Mapping>,
     /// Sampling addresses prepared without a clear (their accessed bit stays set), until their
@@ -93,12 +97,17 @@ pub struct VaddrOps {
     processes: HashMap<u64, Process>,
     /// Problems since the monitor last asked, per (pid, kind): the first message and a count.
     problems: HashMap<(u32, &'static str), (String, u64)>,
+    /// This tick's addresses, every target's in turn (its checked ones first), what the walker
+    /// is asked for them, and what it found.
     addrs: Vec<u64>,
+    request: Request,
     leaves: Vec<Leaf>,
+    /// Per target in this tick's walk: which of the above are its.
+    spans: Vec<Span>,
+    /// Per address above: whether it was left uncleared when prepared.
+    uncleared: Vec<bool>,
     pages: Vec<(u64, u64)>,
     refused: Vec<Refusal>,
-    /// Per checked address of the target being sampled: whether it was left uncleared.
-    uncleared: Vec<bool>,
     /// Memory pressure (PSI "some", %) from which clears back off; `None`: never.
     backoff: Option<f64>,
     /// Clears withheld for targets since closed.
@@ -114,10 +123,12 @@ impl VaddrOps {
             processes: HashMap::new(),
             problems: HashMap::new(),
             addrs: Vec::new(),
+            request: Request::default(),
             leaves: Vec::new(),
+            spans: Vec::new(),
+            uncleared: Vec::new(),
             pages: Vec::new(),
             refused: Vec::new(),
-            uncleared: Vec::new(),
         }
     }
 
@@ -185,13 +196,14 @@ impl VaddrOps {
     /// of pagemap.
     fn classify(process: &Process, addr: u64, leaf: Leaf, uncleared: bool) -> Access {
         match leaf {
-            Leaf::Missing | Leaf::Fault => Access::Unknown,
+            Leaf::Missing | Leaf::Fault | Leaf::Gone => Access::Unknown,
             _ if !leaf.accessed() => Access::Idle,
             // Set, and nothing reset it: it says nothing about this interval.
             _ if uncleared || !process.clearable(addr) => Access::Unknown,
             _ => {
                 let shared = process.mapping(addr).is_none_or(|m| m.shared);
-                if (leaf.writable() && !shared) || process.pagemap.exclusive(addr).unwrap_or(false)
+                if (leaf.writable() && !shared)
+                    || process.space.pagemap().exclusive(addr).unwrap_or(false)
                 {
                     Access::Accessed
                 } else {
@@ -201,92 +213,171 @@ impl VaddrOps {
         }
     }
 
-    /// Walks, for each target, its regions' current sampling addresses (the check, into
-    /// `results`) and/or `next` (chosen for the coming interval, then cleared).
+    /// Walks every target's current sampling addresses (the check, into `results`) and/or
+    /// `next` (chosen for the coming interval, then cleared) in one go, then clears per target.
     fn sample(
         &mut self,
         targets: &[Target],
         next: Option<&[u64]>,
         mut results: Option<&mut [Access]>,
     ) {
+        self.request(targets, next, results.as_deref_mut());
+        let walked = self.walker.walk(&self.request, &mut self.leaves);
+        if let Err(err) = &walked {
+            self.leaves.clear();
+            self.leaves.resize(self.request.len(), Leaf::Missing);
+            for id in self.spans.iter().map(|s| s.id).collect::<Vec<_>>() {
+                self.note_error(id, err);
+            }
+        }
+        for k in 0..self.spans.len() {
+            let span = self.spans[k].clone();
+            self.finish(&span, results.as_deref_mut().map(|out| &mut out[span.regions.clone()]));
+        }
+    }
+
+    /// This tick's walk request: for each target with a region due, its checked addresses,
+    /// then those to prepare.
+    fn request(
+        &mut self,
+        targets: &[Target],
+        next: Option<&[u64]>,
+        mut results: Option<&mut [Access]>,
+    ) {
+        self.addrs.clear();
+        self.request.clear();
+        self.uncleared.clear();
+        self.spans.clear();
         let mut offset = 0;
         for target in targets {
-            let n = target.regions.len();
-            let range = offset..offset + n;
-            offset += n;
+            let regions = offset..offset + target.regions.len();
+            offset = regions.end;
             let Some(process) = self.processes.get_mut(&target.id) else { continue };
-            // The regions checked now and those prepared now (adaptive sampling leaves some out).
-            let checked = |results: &Option<&mut [Access]>, i: usize| {
-                results.as_ref().is_some_and(|out| out[range.start + i] != Access::NotChecked)
-            };
-            let checks = (0..n).filter(|&i| checked(&results, i)).count();
-            self.addrs.clear();
-            self.addrs.extend(
-                target
-                    .regions
-                    .iter()
-                    .enumerate()
-                    .filter(|&(i, _)| checked(&results, i))
-                    .map(|(_, r)| r.sampling_addr),
-            );
-            if let Some(next) = next {
-                self.addrs.extend(next[range.clone()].iter().filter(|&&a| a != NO_PREPARE));
+            let start = self.addrs.len();
+            if let Some(out) = results.as_deref() {
+                let due = target.regions.iter().zip(&out[regions.clone()]);
+                self.addrs.extend(
+                    due.filter(|(_, a)| **a != Access::NotChecked).map(|(r, _)| r.sampling_addr),
+                );
             }
-            if self.addrs.is_empty() {
-                continue;
+            let checks = self.addrs.len() - start;
+            if let Some(next) = next {
+                self.addrs.extend(next[regions.clone()].iter().filter(|&&a| a != NO_PREPARE));
             }
             if process.exited {
                 // Gone between checks: nothing was accessed; the engine drops it at aggregation.
                 if let Some(out) = results.as_deref_mut() {
-                    checked_slots(&mut out[range.clone()]).for_each(|a| *a = Access::Idle);
+                    checked_slots(&mut out[regions]).for_each(|a| *a = Access::Idle);
                 }
+                self.addrs.truncate(start);
+                continue;
+            }
+            if self.addrs.len() == start {
                 continue;
             }
             // Whether each checked page was left uncleared when prepared: taken now, before
             // this walk prepares (and may leave uncleared) the next ones.
-            self.uncleared.clear();
-            self.uncleared.extend(self.addrs[..checks].iter().map(|a| process.uncleared.remove(a)));
-            self.refused.clear();
-            let outcome = walk_and_clear(
-                &mut self.walker,
-                process,
-                &self.addrs,
+            let addrs = &self.addrs[start..];
+            self.uncleared.extend(addrs[..checks].iter().map(|a| process.uncleared.remove(a)));
+            self.uncleared.resize(self.addrs.len(), false);
+            self.request.space(&process.space);
+            addrs.iter().enumerate().for_each(|(k, &a)| self.request.push(a, k >= checks));
+            self.spans.push(Span {
+                id: target.id,
+                regions,
+                addrs: start..self.addrs.len(),
                 checks,
-                (&mut self.leaves, &mut self.pages, &mut self.refused),
-            );
-            if let Some(out) = results.as_deref_mut() {
-                let checked = self.addrs.iter().zip(&self.leaves).zip(&self.uncleared);
-                for (slot, ((&addr, &leaf), &uncleared)) in
-                    checked_slots(&mut out[range.clone()]).zip(checked)
-                {
-                    *slot = Self::classify(process, addr, leaf, uncleared);
-                }
-            }
-            let unread = |kind| self.leaves.iter().filter(|&&l| l == kind).count();
-            let (failed, missing) = (unread(Leaf::Fault), unread(Leaf::Missing));
-            match outcome {
-                // A walk that ran reads every address; a failed read or a lost record is
-                // never expected, and its sample reads unknown.
-                Ok(()) if failed > 0 => self.note(target.id, "walk_failed", || {
-                    format!("{failed} page-table reads failed in one walk; their samples read unknown")
-                }),
-                Ok(()) if missing > 0 => self.note(target.id, "walk_lost", || {
-                    format!("{missing} walk results were lost (ring buffer full?); their samples read unknown")
-                }),
-                Ok(()) => {}
-                Err(DataPlaneError::Exited) => {
-                    process.exited = true;
-                    if let Some(out) = results.as_deref_mut() {
-                        checked_slots(&mut out[range.clone()]).for_each(|a| *a = Access::Idle);
-                    }
-                }
-                Err(err) => self.note_error(target.id, &err),
-            }
-            if !self.refused.is_empty() {
-                self.explain_refusals(target.id);
-            }
+            });
         }
     }
+
+    /// One target's part of the tick after the walk: its clears, and its checks' results
+    /// (`results`: its regions' slots).
+    fn finish(&mut self, span: &Span, results: Option<&mut [Access]>) {
+        let Some(process) = self.processes.get_mut(&span.id) else { return };
+        let (addrs, leaves) = (&self.addrs[span.addrs.clone()], &self.leaves[span.addrs.clone()]);
+        if leaves.contains(&Leaf::Gone) {
+            self.address_space_gone(span.id);
+            let Some(process) = self.processes.get(&span.id) else { return };
+            if let Some(out) = results {
+                let read = if process.exited { Access::Idle } else { Access::Unknown };
+                checked_slots(out).for_each(|a| *a = read);
+            }
+            return;
+        }
+        self.refused.clear();
+        let cleared = clear(
+            &mut self.walker,
+            process,
+            (&addrs[span.checks..], &leaves[span.checks..]),
+            (&mut self.pages, &mut self.refused),
+        );
+        if let Some(out) = results {
+            let uncleared = &self.uncleared[span.addrs.clone()];
+            let checked = addrs.iter().zip(leaves).zip(uncleared);
+            for (slot, ((&addr, &leaf), &uncleared)) in checked_slots(out).zip(checked) {
+                *slot = Self::classify(process, addr, leaf, uncleared);
+            }
+        }
+        let unread = |kind| leaves.iter().filter(|&&l| l == kind).count();
+        let (failed, missing) = (unread(Leaf::Fault), unread(Leaf::Missing));
+        let id = span.id;
+        if failed > 0 {
+            self.note(id, "walk_failed", || {
+                format!("{failed} page-table reads failed in one walk; their samples read unknown")
+            });
+        }
+        if missing > 0 {
+            self.note(id, "walk_incomplete", || {
+                format!("the walk returned no result for {missing} addresses; their samples read unknown")
+            });
+        }
+        match cleared {
+            Ok(()) => {}
+            Err(DataPlaneError::Exited) => {
+                if let Some(process) = self.processes.get_mut(&id) {
+                    process.exited = true;
+                }
+            }
+            Err(err) => self.note_error(id, &err),
+        }
+        if !self.refused.is_empty() {
+            self.explain_refusals(id);
+        }
+    }
+
+    /// The walker found a target's address space without users: it exited, or an exec
+    /// replaced the address space, which is then opened anew.
+    fn address_space_gone(&mut self, id: u64) {
+        let Some(process) = self.processes.get_mut(&id) else { return };
+        process.exited |= process.pidfd.exited();
+        if process.exited {
+            return;
+        }
+        match self.walker.address_space(id as u32) {
+            Ok(space) => {
+                process.space = space;
+                process.uncleared.clear();
+                if let Ok(mappings) = proc_maps::read_with_flags(id as u32) {
+                    process.mappings = mappings;
+                }
+            }
+            // On its way out (no address space to open): its pidfd will say so.
+            Err(err) if crate::sys::io_errno(&err) == Some(libc::ESRCH) => {}
+            Err(err) => self.note(id, "address_space", || format!("{err:#}")),
+        }
+    }
+}
+
+/// One target's share of a tick's walk.
+#[derive(Clone)]
+struct Span {
+    id: u64,
+    /// Its regions, in the engine's flat order.
+    regions: std::ops::Range<usize>,
+    /// Its addresses in the walk; the first `checks` are checked, the rest prepared.
+    addrs: std::ops::Range<usize>,
+    checks: usize,
 }
 
 /// The slots of regions checked now.
@@ -294,30 +385,23 @@ fn checked_slots(out: &mut [Access]) -> impl Iterator<Item = &mut Access> {
     out.iter_mut().filter(|a| **a != Access::NotChecked)
 }
 
-/// One target's walk of `addrs`, then the clearing of the accessed pages among them after the
-/// first `checked` (those are only checked), each over the range that splits nothing: a huge
-/// page or a large folio whole. A page no range can be cleared for, or that should not be
-/// cleared (a shared library's page: clearing it would cool it for every process), is left
-/// set and remembered, so its next check reads unknown. A walk that fails leaves its leaves
-/// missing (read unknown).
-fn walk_and_clear(
+/// Clears the accessed pages among the prepared `addrs` (walked into `leaves`), each over the
+/// range that splits nothing: a huge page or a large folio whole. A page no range can be
+/// cleared for, or that should not be cleared (a shared library's page: clearing it would cool
+/// it for every process), is left set and remembered, so its next check reads unknown; so is
+/// one the walk did not read.
+fn clear(
     walker: &mut Walker,
     process: &mut Process,
-    addrs: &[u64],
-    checked: usize,
-    (leaves, pages, refused): (&mut Vec<Leaf>, &mut Vec<(u64, u64)>, &mut Vec<Refusal>),
+    (addrs, leaves): (&[u64], &[Leaf]),
+    (pages, refused): (&mut Vec<(u64, u64)>, &mut Vec<Refusal>),
 ) -> Result<(), DataPlaneError> {
-    if let Err(err) = walker.walk(&process.pidfd, addrs, checked, leaves) {
-        leaves.clear();
-        leaves.resize(addrs.len(), Leaf::Missing);
-        return Err(err);
-    }
     pages.clear();
     let mut candidates = 0u64;
-    for (&addr, leaf) in addrs[checked..].iter().zip(&leaves[checked..]) {
+    for (&addr, leaf) in addrs.iter().zip(leaves) {
         process.uncleared.remove(&addr);
         // Not read: its bit may be set and is not cleared, so its check must not trust it.
-        if matches!(leaf, Leaf::Missing | Leaf::Fault) {
+        if matches!(leaf, Leaf::Missing | Leaf::Fault | Leaf::Gone) {
             process.uncleared.insert(addr);
             continue;
         }
@@ -385,7 +469,13 @@ impl Source for VaddrOps {
                 TargetError::Exited(pid)
             });
         }
-        let pagemap = Pagemap::open(pid).map_err(|err| denied_or(err, TargetError::Other))?;
+        let space = self.walker.address_space(pid).map_err(|err| {
+            if pidfd.exited() {
+                TargetError::Exited(pid)
+            } else {
+                denied_or(err, TargetError::Other)
+            }
+        })?;
         let claim = match claim::claim(pid) {
             Ok(claim) => Some(claim),
             Err(Refused::Held(holder)) => return Err(TargetError::Claimed(pid, holder)),
@@ -394,7 +484,7 @@ impl Source for VaddrOps {
         let process = Process {
             pidfd,
             _claim: claim,
-            pagemap,
+            space,
             mappings,
             uncleared: HashSet::new(),
             exited: false,
@@ -432,7 +522,6 @@ impl Source for VaddrOps {
         OpsStats {
             walk_time: std::time::Duration::from_nanos(walk.nanoseconds),
             walked_addresses: walk.addresses,
-            walk_lost: walk.lost,
             walking: calls.walking,
             clearing: calls.clearing,
             cleared_pages: calls.cleared_pages,
@@ -453,6 +542,8 @@ impl Operations for VaddrOps {
     }
 
     fn update(&mut self, targets: &mut [Target]) -> Result<()> {
+        // Targets of one group share its pressure file: read once per update.
+        let mut pressures: HashMap<PathBuf, Option<f64>> = HashMap::new();
         for target in targets {
             let Some(process) = self.processes.get_mut(&target.id) else { continue };
             let pid = target.id as u32;
@@ -474,7 +565,9 @@ impl Operations for VaddrOps {
             if let Some(threshold) = self.backoff {
                 // Read where it is now: a process may move to another group.
                 process.pressure = pressure::source(pid).or(process.pressure.take());
-                let now = process.pressure.as_deref().and_then(pressure::some_avg10);
+                let now = process.pressure.as_ref().and_then(|source| {
+                    *pressures.entry(source.clone()).or_insert_with(|| pressure::some_avg10(source))
+                });
                 process.backing_off = now.is_some_and(|p| p >= threshold);
             }
             match read {

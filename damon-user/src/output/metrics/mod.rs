@@ -179,10 +179,8 @@ impl Metrics {
             last: SamplerStats::default(),
             last_faults_lost: 0,
         };
-        // Both rings exist from the start, so a rate over them is defined before any loss.
-        for ring in ["walk", "faults"] {
-            m.lost.with_label_values(&[ring]).inc_by(0);
-        }
+        // The ring exists from the start, so a rate over it is defined before any loss.
+        m.lost.with_label_values(&["faults"]).inc_by(0);
         m
     }
 
@@ -225,7 +223,6 @@ impl Metrics {
         self.ticks.inc_by(new.ticks - old.ticks);
         self.late_ticks.inc_by(new.late_ticks - old.late_ticks);
         self.sampler_cpu.inc_by((new.cpu_seconds - old.cpu_seconds).max(0.0));
-        self.lost.with_label_values(&["walk"]).inc_by(new.walk_lost - old.walk_lost);
         let faults = faults_lost.saturating_sub(self.last_faults_lost);
         self.lost.with_label_values(&["faults"]).inc_by(faults);
         self.last = new;
@@ -352,7 +349,6 @@ mod tests {
             "udamon_aggregations_total 3",
             "udamon_sample_ticks_late_total 1",
             r#"udamon_ringbuf_records_lost_total{ring="faults"} 2"#,
-            r#"udamon_ringbuf_records_lost_total{ring="walk"} 0"#,
             "udamon_sampler_cpu_seconds_total 0.5",
             "udamon_sample_interval_seconds 0.005",
             "udamon_aggregation_interval_seconds 0.1",
