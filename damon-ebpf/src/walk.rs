@@ -4,10 +4,11 @@
 //! and writes the leaf into the mmap-able result array. For a page about to be cleared it also looks up the page's folio, so that a
 //! clear of a large folio covers all of it (part of one would split it).
 //!
-//! No lock of the target is taken: as GUP-fast does, the walk reads the tables locklessly. A
-//! table freed meanwhile is freed after an RCU grace period (x86 frees page tables through RCU),
-//! and the program runs inside an RCU read-side section, so it reads a stale table at worst,
-//! never a reused page; every read is a checked one. Each `mm` is kept allocated by the pagemap
+//! No lock of the target is taken: as GUP-fast does, the walk reads the tables locklessly. x86
+//! frees page tables after an RCU grace period (or an IPI when that batch cannot be allocated),
+//! and the program runs in an RCU read-side section, so a table freed meanwhile reads stale in
+//! the common case and, at worst, one sample reads wrong; every read is a checked one, so no
+//! read can fault. Each `mm` is kept allocated by the pagemap
 //! file the sampler holds open on it; its users are checked first: with none left (an exit, or
 //! an exec that replaced it) its tables are gone, and so is every address in it.
 

@@ -56,7 +56,7 @@ pub struct MonitoringArgs {
     #[arg(long, value_name = "VERSION", value_parser = named(CoreVersion::ALL.map(|v| (v.name(), v.about()))).map(|s| s.parse::<CoreVersion>().expect("a listed name")))]
     pub core_version: Option<CoreVersion>,
     /// Memory pressure (PSI "some avg10" of a target's cgroup, or of the system, in percent) from
-    /// which udamon clears only one in 4 of the accessed pages it samples, since each clear
+    /// which udamon clears only one in 16 of the accessed pages it samples, since each clear
     /// hurries its page towards reclaim; the others read unknown; `off`: never [default: 10].
     #[arg(long, value_name = "PERCENT|off")]
     pub reclaim_backoff: Option<String>,

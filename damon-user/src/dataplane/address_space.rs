@@ -43,7 +43,11 @@ impl AddressSpace {
                 "cannot find pid {pid}'s address space in the kernel: descriptor {fd} is another file"
             );
         }
-        let mm = read("mm", entry + f.private_data)?;
+        // A process past its exit's release of the address space opens a pagemap without one.
+        let mm = peek.read(entry + f.private_data).filter(|&mm| mm != 0).ok_or_else(|| {
+            anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ESRCH))
+                .context(format!("pid {pid} has no address space: it is exiting"))
+        })?;
         read("page tables", mm + offsets.mm_pgd)?;
         Ok(Self { pagemap, mm })
     }

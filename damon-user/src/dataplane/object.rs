@@ -93,7 +93,8 @@ impl FolioOffsets {
     }
 }
 
-/// The kernel's BTF, read once: aya's parse loads tp_btf programs, ours finds the offsets.
+/// The kernel's BTF, read once: aya's parse loads `udamon check`'s fentry probe, ours finds the
+/// offsets.
 pub struct KernelTypes {
     pub btf: aya::Btf,
     pub offsets: Offsets,

@@ -84,7 +84,7 @@ impl Cgroup {
     pub fn procs(&self) -> Result<Vec<u32>> {
         let path = self.dir.join("cgroup.procs");
         let text =
-            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            super::read_text(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
         pids.sort_unstable();
         Ok(pids)

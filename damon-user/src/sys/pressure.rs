@@ -1,11 +1,11 @@
 //! Memory pressure (PSI) as a process feels it: its cgroup v2 group's `memory.pressure`, or the
 //! system's `/proc/pressure/memory` where the group has none (cgroup v1, the root group).
 
-use std::{fs, path::PathBuf};
+use std::path::PathBuf;
 
 /// Where the pressure of `pid`'s memory is read, or `None` without PSI.
 pub fn source(pid: u32) -> Option<PathBuf> {
-    let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().and_then(|text| {
+    let own = super::read_text(format!("/proc/{pid}/cgroup")).ok().and_then(|text| {
         let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/');
         let file = super::cgroup::root().ok()?.join(path).join("memory.pressure");
         (!path.is_empty() && file.exists()).then_some(file)
@@ -18,7 +18,7 @@ pub fn source(pid: u32) -> Option<PathBuf> {
 
 /// The share of the last 10 s in which some task stalled on memory, in percent.
 pub fn some_avg10(source: &std::path::Path) -> Option<f64> {
-    parse_some_avg10(&fs::read_to_string(source).ok()?)
+    parse_some_avg10(&super::read_text(source).ok()?)
 }
 
 fn parse_some_avg10(text: &str) -> Option<f64> {

@@ -1,8 +1,6 @@
 //! `/proc/PID/maps` and `/proc/PID/smaps`: a process's mappings, for its regions, for telling
 //! shared pages apart, and (smaps' `VmFlags`) for knowing which mappings `MADV_COLD` refuses.
 
-use std::fs;
-
 use anyhow::{Context as _, Result};
 
 /// Above this, addresses are the kernel's (`[vsyscall]` is listed but is not a mapping of the mm).
@@ -60,7 +58,7 @@ pub fn read_with_flags(pid: u32) -> Result<Vec<Mapping>> {
 
 fn read_file(pid: u32, name: &str) -> Result<Vec<Mapping>> {
     let path = format!("/proc/{pid}/{name}");
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let text = super::read_text(&path).with_context(|| format!("cannot read {path}"))?;
     Ok(parse(&text))
 }
 

@@ -45,6 +45,10 @@ use crate::{
     },
 };
 
+/// A process may move to another group, and the group its pressure is read from with it; it is
+/// looked up again every this many updates (a file read per target otherwise).
+const PRESSURE_SOURCE_UPDATES: u64 = 10;
+
 /// Under memory pressure, one accessed page in this many is cleared.
 pub const CLEAR_ONE_IN: u64 = 16;
 
@@ -112,6 +116,9 @@ pub struct VaddrOps {
     backoff: Option<f64>,
     /// Clears withheld for targets since closed.
     withheld_closed: u64,
+    /// Updates so far: a target's pressure source is looked up again every
+    /// `PRESSURE_SOURCE_UPDATES`.
+    updates: u64,
 }
 
 impl VaddrOps {
@@ -120,6 +127,7 @@ impl VaddrOps {
             walker,
             backoff: None,
             withheld_closed: 0,
+            updates: 0,
             processes: HashMap::new(),
             problems: HashMap::new(),
             addrs: Vec::new(),
@@ -544,6 +552,8 @@ impl Operations for VaddrOps {
     fn update(&mut self, targets: &mut [Target]) -> Result<()> {
         // Targets of one group share its pressure file: read once per update.
         let mut pressures: HashMap<PathBuf, Option<f64>> = HashMap::new();
+        self.updates += 1;
+        let find_pressure = self.updates.is_multiple_of(PRESSURE_SOURCE_UPDATES);
         for target in targets {
             let Some(process) = self.processes.get_mut(&target.id) else { continue };
             let pid = target.id as u32;
@@ -563,8 +573,9 @@ impl Operations for VaddrOps {
             // Unreadable or empty maps are not an exit by themselves: the pidfd says.
             process.exited |= process.pidfd.exited();
             if let Some(threshold) = self.backoff {
-                // Read where it is now: a process may move to another group.
-                process.pressure = pressure::source(pid).or(process.pressure.take());
+                if find_pressure {
+                    process.pressure = pressure::source(pid).or(process.pressure.take());
+                }
                 let now = process.pressure.as_ref().and_then(|source| {
                     *pressures.entry(source.clone()).or_insert_with(|| pressure::some_avg10(source))
                 });
@@ -598,11 +609,11 @@ impl Operations for VaddrOps {
         self.sample(targets, Some(next), Some(results));
     }
 
+    /// Without a system call: an exit is seen by the walk (every target is walked at least
+    /// once per aggregation, and an exited one's address space has no users), confirmed by the
+    /// pidfd, and by every update's look at the pidfd.
     fn target_valid(&mut self, target: &Target) -> bool {
-        self.processes.get_mut(&target.id).is_some_and(|p| {
-            p.exited |= p.pidfd.exited();
-            !p.exited
-        })
+        self.processes.get(&target.id).is_some_and(|p| !p.exited)
     }
 }
 
