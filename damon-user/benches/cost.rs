@@ -32,7 +32,10 @@ struct Case {
     goal: &'static str,
 }
 
-const CASES: [Case; 4] = [
+/// DAMON's intervals auto-tuning as the service unit runs it.
+const TUNED: &[&str] = &["--monitoring_intervals_goal", "400", "3", "5ms", "10s"];
+
+const CASES: [Case; 7] = [
     Case {
         name: "one process sweeping 256 MiB continuously",
         loads: (1, 256, 0),
@@ -46,6 +49,24 @@ const CASES: [Case; 4] = [
         goal: "≤ 1 %",
     },
     Case { name: "one idle 64 MiB process", loads: (1, 64, -1), options: &[], goal: "≤ 0.1 %" },
+    Case {
+        name: "one process sweeping 256 MiB continuously, intervals goal 4 % 3 5ms 10s",
+        loads: (1, 256, 0),
+        options: TUNED,
+        goal: "reported",
+    },
+    Case {
+        name: "50 processes of 8 MiB in one cgroup, each sweeping every 200 ms, intervals goal 4 % 3 5ms 10s",
+        loads: (50, 8, 200),
+        options: TUNED,
+        goal: "reported",
+    },
+    Case {
+        name: "one idle 64 MiB process, intervals goal 4 % 3 5ms 10s",
+        loads: (1, 64, -1),
+        options: TUNED,
+        goal: "reported",
+    },
     Case {
         name: "100 processes of 8 MiB in one cgroup, sweeping every 200 ms, 20,000 regions at sample 50 ms, aggr 1 s",
         loads: (100, 8, 200),

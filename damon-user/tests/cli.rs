@@ -381,7 +381,15 @@ fn the_service_unit_runs_with_exactly_the_capabilities_it_needs() {
     assert!(layout.contains("checked by a read through the direct map"), "{layout}");
     let mut root_owned = std::process::Command::new("sleep").arg("60").spawn().unwrap();
     let pid = root_owned.id().to_string();
-    let out = udamon_as_nobody_with(&caps, &["monitor", "--duration", "1s", "--every", "5", &pid]);
+    // With the unit's own options beyond the group and the metrics address.
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+    let goal =
+        exec.split(" --monitoring_intervals_goal ").nth(1).expect("the unit tunes intervals");
+    let mut args = vec!["monitor", "--duration", "1s", "--every", "5"];
+    args.push("--monitoring_intervals_goal");
+    args.extend(goal.split_whitespace().take(4));
+    args.push(&pid);
+    let out = udamon_as_nobody_with(&caps, &args);
     let _ = root_owned.kill();
     let _ = root_owned.wait();
     let out = out.expect("setpriv");
