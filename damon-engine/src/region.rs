@@ -124,7 +124,15 @@ impl Region {
         }
         let observations = window.div_ceil(stride);
         let unread = u32::from(self.unknown).min(observations);
-        window / observations * (observations - unread)
+        self.span(window) * (observations - unread)
+    }
+
+    /// Intervals one sample of a window of `window` stands for: one, or a quiet sample's span.
+    pub(crate) fn span(&self, window: u32) -> u32 {
+        if self.plan & QUIET == 0 {
+            return 1;
+        }
+        window / window.div_ceil(1 << (self.plan & STRIDE)).max(1)
     }
 
     /// Whether tick `tick` of a window of `window` intervals (1 = the first) checks this region.

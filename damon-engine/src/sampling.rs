@@ -11,9 +11,11 @@
 //! Memory the evidence says is (nearly) never accessed, and memory no sample could read, is
 //! sampled *quietly*: each sample's page is cleared and checked at the same visit, so one
 //! sample spans every interval since the last, and a clear accessed bit proves them all idle.
-//! A quiet sample that finds an access counts one access, and ends the quiet: the region is
-//! sampled fully again from the next aggregation. Quiet memory costs a visit per `2^k`
-//! intervals, not two.
+//! A quiet sample that finds an access counts one access, and ends the quiet for a window:
+//! memory that was idle (the hit contradicts its evidence), or whose every long sample hit, is
+//! sampled fully again; memory known to be touched now and then (a slow sweep's) as often as
+//! its rate needs, and may go quiet again. Quiet samples are evidence of their whole span.
+//! Quiet memory costs a visit per `2^k` intervals, not two.
 
 use std::{fmt, str::FromStr};
 
@@ -90,16 +92,26 @@ fn rate((hits, samples): (f64, f64)) -> f64 {
 /// just split off keeps only its share of the quarters, but the whole history: without it, a
 /// piece of idle memory would be sampled every interval until its own evidence grew.
 fn evidence(r: &Region, window: u32, samples: u32) -> (f64, f64) {
-    let (hits, n) = quarters(&r.quarters);
+    let (hits, n) = per_interval(r, window);
     let windows = r.age.min(HISTORY_WINDOWS) as f64;
     let known = r.known(window) as f64 * windows;
     let rate = r.nr_accesses.min(samples) as f64 / samples.max(1) as f64;
     (hits + known * rate, n + known)
 }
 
-fn quarters(q: &Quarters) -> (f64, f64) {
-    let (hits, samples) = tally(q, 0..4);
-    (hits as f64, samples as f64)
+/// The quarters' hits and samples in samples of one interval. A quiet region's quarters hold
+/// long samples, each spanning `span` intervals and hit when any of them was: their hit rate q
+/// is that of the span, 1 − q = (1 − p)^span for the interval's p, and each stands for `span`
+/// intervals. Read as intervals, a slowly swept area (hit in a third of its long samples) would
+/// look busy, be sampled every interval for a window, look idle again, and so on.
+fn per_interval(r: &Region, window: u32) -> (f64, f64) {
+    let (hits, n) = tally(&r.quarters, 0..4);
+    let (hits, n, span) = (hits as f64, n as f64, r.span(window) as f64);
+    if span <= 1.0 || n == 0.0 {
+        return (hits, n);
+    }
+    let p = 1.0 - (1.0 - (hits / n).min(1.0)).powf(1.0 / span);
+    (p * n * span, n * span)
 }
 
 /// At the end of a window of `window` intervals (before the reset): forgets the region's
@@ -107,7 +119,7 @@ fn quarters(q: &Quarters) -> (f64, f64) {
 /// none of whose samples could be read is sampled least: it will most likely stay unreadable.
 pub(crate) fn plan(r: &mut Region, window: u32, samples: u32) {
     let woke = r.plan & QUIET != 0 && r.nr_accesses > 0;
-    let fresh = woke || surprised(r, window, samples);
+    let fresh = saturated(r, window, samples) || surprised(r, window, samples);
     if fresh {
         r.quarters = Quarters::default();
     }
@@ -119,7 +131,7 @@ pub(crate) fn plan(r: &mut Region, window: u32, samples: u32) {
     while log < 15 && (window >> (log + 1)) as f64 >= needed {
         log += 1;
     }
-    let quiet = unreadable || p < QUIET_RATE;
+    let quiet = unreadable || (p < QUIET_RATE && !woke);
     r.plan = r.plan & HOLD | log | if quiet { QUIET } else { 0 };
 }
 
@@ -127,6 +139,18 @@ pub(crate) fn plan(r: &mut Region, window: u32, samples: u32) {
 /// region's evidence.
 fn samples_needed(p: f64, window: u32) -> f64 {
     (4.0 * p * (1.0 - p) * window as f64).ceil().max(1.0)
+}
+
+/// Whether every long sample of a quiet window found an access: then quiet sampling cannot
+/// tell the rate, however low the evidence says it is, and the region is sampled fully again.
+/// (A single hit is weighed by `surprised`: a slow sweep's areas find some.)
+fn saturated(r: &Region, window: u32, samples: u32) -> bool {
+    if r.plan & QUIET == 0 {
+        return false;
+    }
+    let (span, known) = (r.span(window).max(1), r.known(window));
+    let hits = r.nr_accesses as u64 * known as u64 / samples.max(1) as u64;
+    known > 0 && hits >= (known / span) as u64
 }
 
 /// Whether the window just finished (its `nr_accesses`, on the scale of `samples`) contradicts
@@ -137,13 +161,14 @@ fn surprised(r: &Region, window: u32, samples: u32) -> bool {
         return false;
     }
     let hits = r.nr_accesses as f64 * known / samples.max(1) as f64;
-    let p = rate(quarters(&r.quarters));
+    let p = rate(per_interval(r, window));
     (hits - known * p).abs() > Z_SURPRISE * (known * p * (1.0 - p)).sqrt() + 0.5
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::region::STRIDE;
 
     fn evidence(hits: u8, samples: u8) -> Quarters {
         Quarters { hits: [hits; 4], samples: [samples; 4] }
@@ -178,6 +203,27 @@ mod tests {
     fn a_quiet_region_that_finds_an_access_is_sampled_fully_again() {
         let mut r = Region { quarters: evidence(0, 64), plan: 4 | QUIET, ..Region::new(0, 4096) };
         r.nr_accesses = 1;
+        plan(&mut r, 20, 20);
+        assert_eq!((r.plan, r.quarters), (0, Quarters::default()));
+    }
+
+    #[test]
+    fn a_slowly_swept_quiet_region_keeps_its_evidence_through_a_hit() {
+        // Hit in a third of its long samples (10 intervals each): about 4 % per interval.
+        let quiet = |hits| Region {
+            quarters: evidence(hits, 16),
+            plan: 4 | QUIET,
+            nr_accesses: 1,
+            ..Region::new(0, 1 << 20)
+        };
+        let mut r = quiet(5);
+        plan(&mut r, 20, 20);
+        assert_eq!(r.quarters, evidence(5, 16), "a hit it expects is no surprise");
+        assert_eq!(r.plan & QUIET, 0, "one window sampled by its rate");
+        assert!(r.plan & STRIDE >= 2, "not every interval: {}", r.plan);
+        // Both long samples hit: quiet sampling cannot tell the rate any more.
+        let mut r = quiet(5);
+        r.nr_accesses = 2;
         plan(&mut r, 20, 20);
         assert_eq!((r.plan, r.quarters), (0, Quarters::default()));
     }
