@@ -401,16 +401,17 @@ impl Context {
         }
     }
 
-    /// A random address in every region, into `self.addrs`.
-    /// For the regions the step at window tick `tick` prepares, a random address; the others
-    /// `NO_PREPARE`.
+    /// For the regions the step at window tick `tick` prepares, and the quiet ones whose sample
+    /// lies outside them (their bounds moved in an update: a quiet region is checked before it
+    /// is prepared again), a random address; the others `NO_PREPARE`.
     fn choose_addrs(&mut self, tick: u64) {
         let version = self.rand_version();
         let n = self.nr_regions();
         self.addrs.clear();
         reserve_modestly(&mut self.addrs, n);
         for r in self.targets.iter().flat_map(|t| &t.regions) {
-            let addr = if r.prepared_at(tick, self.aggr_samples) {
+            let outside = r.plan & QUIET != 0 && !(r.start..r.end).contains(&r.sampling_addr);
+            let addr = if outside || r.prepared_at(tick, self.aggr_samples) {
                 self.rng.range(r.start, r.end, version)
             } else {
                 NO_PREPARE

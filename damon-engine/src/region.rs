@@ -105,6 +105,20 @@ impl Region {
         self.end - self.start
     }
 
+    /// This new region, sampled as `template` was over the same memory: its plan, its
+    /// evidence where the quarters overlap, and its sample (the engine prepares a new one if
+    /// that lies outside).
+    pub(crate) fn sampled_like(self, template: &Region) -> Self {
+        let mut quarters = Quarters::default();
+        quarters.absorb(&template.quarters, (template.start, template.end), (self.start, self.end));
+        Self {
+            plan: template.plan & !HOLD,
+            quarters,
+            sampling_addr: template.sampling_addr,
+            ..self
+        }
+    }
+
     /// Whether none of the window's samples could tell accessed from idle: the region's memory
     /// cannot be monitored now. `window` is the sample intervals per aggregation. Past 255
     /// unknown samples (windows that long), a region with no access reads as unknown.

@@ -27,6 +27,9 @@ pub fn set_regions(regions: &mut Vec<Region>, ranges: &[(u64, u64)], min_sz: u64
         return Ok(());
     }
     let mut cursor = 0;
+    // The last region cut short at the end of a range, as it was: a range after it that it
+    // reached into gets a region that inherits how it was sampled.
+    let mut clipped: Option<Region> = None;
     for range in ranges {
         let mut first_last = None;
         let mut stopped_early = false;
@@ -45,12 +48,19 @@ pub fn set_regions(regions: &mut Vec<Region>, ranges: &[(u64, u64)], min_sz: u64
             None => {
                 // Before the region where the scan stopped, or at the tail.
                 let at = if stopped_early { cursor } else { regions.len() };
-                regions.insert(at, fresh(range));
+                let region = fresh(range);
+                let region = match clipped.filter(|c| intersects(c, &(region.start, region.end))) {
+                    Some(template) => region.sampled_like(&template),
+                    None => region,
+                };
+                regions.insert(at, region);
                 cursor = at + 1;
             }
             Some((first, last)) => {
                 regions[first].start = align_down(range.0, min_sz);
-                regions[last].end = align_up(range.1, min_sz);
+                let end = align_up(range.1, min_sz);
+                clipped = (regions[last].end > end).then_some(regions[last]);
+                regions[last].end = end;
                 let filled = fill_holes(regions, first, last);
                 cursor += filled;
             }
@@ -120,6 +130,24 @@ mod tests {
         );
         let counts: Vec<(u32, u32)> = regions.iter().map(|r| (r.nr_accesses, r.age)).collect();
         assert_eq!(counts, vec![(2, 5), (0, 0), (3, 5), (4, 5)]);
+    }
+
+    /// A region cut at a range's end (memory set apart inside what it covered) leaves the
+    /// ranges it reached into regions sampled as it was: no window of full sampling after
+    /// every update for memory whose rate is known.
+    #[test]
+    fn a_range_cut_from_a_region_is_sampled_as_it_was() {
+        let quiet = Region { plan: 4 | crate::region::QUIET, ..counted(0, 8 * P, 0) };
+        let mut regions = vec![quiet];
+        set_regions(&mut regions, &[(0, 4 * P), (4 * P, 6 * P), (6 * P, 8 * P)], P).unwrap();
+        assert_eq!(bounds(&regions), vec![(0, 4 * P), (4 * P, 6 * P), (6 * P, 8 * P)]);
+        assert_eq!(regions[1].plan, quiet.plan);
+        // Counts are the kernel's: a region new to the range starts afresh.
+        assert_eq!((regions[1].nr_accesses, regions[1].age), (0, 0));
+        // Memory no region covered is sampled fully, as any new memory.
+        let mut regions = vec![quiet];
+        set_regions(&mut regions, &[(0, 8 * P), (20 * P, 21 * P)], P).unwrap();
+        assert_eq!(regions[1].plan, 0);
     }
 
     #[test]
