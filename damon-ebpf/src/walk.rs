@@ -4,11 +4,16 @@
 //! and writes the leaf into the mmap-able result array. For a page about to be cleared it also looks up the page's folio, so that a
 //! clear of a large folio covers all of it (part of one would split it).
 //!
-//! No lock of the target is taken: as GUP-fast does, the walk reads the tables locklessly. x86
-//! frees page tables after an RCU grace period (or an IPI when that batch cannot be allocated),
-//! and the program runs in an RCU read-side section, so a table freed meanwhile reads stale in
-//! the common case and, at worst, one sample reads wrong; every read is a checked one, so no
-//! read can fault. Each `mm` is kept allocated by the pagemap
+//! No lock of the target is taken: the walk reads the tables locklessly, as GUP-fast does, but
+//! without GUP-fast's disabled interrupts. Where x86 frees page tables after an RCU grace
+//! period (paravirt TLB flushes, and every kernel since RCU table freeing became unconditional)
+//! the test run's RCU read lock keeps a table freed meanwhile from reuse; elsewhere (6.1 and
+//! 6.12 on bare metal) a table freed during the walk (munmap, a THP collapse) may be reused
+//! before it is read. Every read is a checked one, so nothing can fault: such a race reads one
+//! sample wrong, and at worst gives one clear a wrong size (pages that were not sampled
+//! deactivated, or part of a large folio, which the kernel then splits). Re-reading the PMD
+//! entry after the PTE, as GUP-fast does, would narrow this; it is not done yet.
+//! Each `mm` is kept allocated by the pagemap
 //! file the sampler holds open on it; its users are checked first: with none left (an exit, or
 //! an exec that replaced it) its tables are gone, and so is every address in it.
 

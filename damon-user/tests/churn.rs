@@ -55,19 +55,103 @@ int main(void) {
 }
 "#;
 
+/// Starts a child that shares this process's address space (`clone(CLONE_VM)`, as vfork and
+/// posix_spawn do) and, a second later, execs `argv[1..]`; prints the child's pid, then keeps
+/// its own memory and waits.
+const SHARED_THEN_EXEC: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char stack[1 << 16];
+static char **program;
+
+static int child(void *unused) {
+    (void)unused;
+    sleep(1);
+    // Its own descriptors (no CLONE_FILES): only the parent prints, on a pipe read once.
+    dup2(open("/dev/null", O_WRONLY), 1);
+    execv(program[0], program);
+    return 127;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    program = argv + 1;
+    pid_t pid = clone(child, stack + sizeof stack, CLONE_VM | SIGCHLD, NULL);
+    if (pid < 0) return 1;
+    printf("%d\n", pid);
+    fflush(stdout);
+    waitpid(pid, NULL, 0);
+    return 0;
+}
+"#;
+
 fn udamon() -> Command {
     Command::new(env!("CARGO_BIN_EXE_udamon"))
 }
 
-fn build_storm() -> PathBuf {
+fn build_c(name: &str, source: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("udamon-churn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (source, binary) = (dir.join("storm.c"), dir.join("storm"));
-    std::fs::write(&source, STORM).unwrap();
-    let built =
-        Command::new("cc").args(["-O2", "-pthread", "-o"]).arg(&binary).arg(&source).status();
-    assert!(built.unwrap().success(), "cc storm.c failed");
+    let (file, binary) = (dir.join(format!("{name}.c")), dir.join(name));
+    std::fs::write(&file, source).unwrap();
+    let built = Command::new("cc").args(["-O2", "-pthread", "-o"]).arg(&binary).arg(&file).status();
+    assert!(built.unwrap().success(), "cc {name}.c failed");
     binary
+}
+
+/// A process opened while it shares another's address space (a vfork or posix_spawn child
+/// before its exec) is followed into its own after the exec: no walk of an address space its
+/// exec left, which the other process keeps alive.
+#[test]
+fn a_child_that_shared_its_parents_memory_is_followed_after_its_exec() {
+    if !damon_user::test_support::privileged(
+        "a_child_that_shared_its_parents_memory_is_followed_after_its_exec",
+    ) {
+        return;
+    }
+    let launcher = build_c("shared_then_exec", SHARED_THEN_EXEC);
+    let workload = env!("CARGO_BIN_EXE_udamon");
+    let mut parent = Command::new(launcher)
+        .args([workload, "workload", "--phase-change", "1h"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = parent.stdout.take().unwrap();
+    let parent = Storm(parent);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let pid: u32 = line.trim().parse().expect("the child's pid");
+    // Killed first, however the test ends: the parent only waits for it.
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            signal(self.0, libc::SIGKILL);
+        }
+    }
+    let (_child, _parent) = (Kill(pid), parent);
+    let out = udamon().args(["monitor", "--json", "--duration", "5s", &pid.to_string()]).output();
+    let out = out.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    // The last second: long after the exec and an update, the workload's hot memory is seen.
+    let late: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["end_ns"].as_u64().is_some_and(|t| t >= 4_000_000_000))
+        .filter_map(|l| l["working_set_bytes"].as_u64())
+        .collect();
+    assert!(!late.is_empty(), "no snapshot in the last second: {text}");
+    assert!(late.iter().all(|&ws| ws >= 64 << 20), "working sets after the exec: {late:?}");
+}
+
+fn build_storm() -> PathBuf {
+    build_c("storm", STORM)
 }
 
 struct Storm(Child);

@@ -306,7 +306,10 @@ impl VaddrOps {
         let (addrs, leaves) = (&self.addrs[span.addrs.clone()], &self.leaves[span.addrs.clone()]);
         if leaves.contains(&Leaf::Gone) {
             self.address_space_gone(span.id);
-            let Some(process) = self.processes.get(&span.id) else { return };
+            let Some(process) = self.processes.get_mut(&span.id) else { return };
+            // This tick's new samples were never cleared: their first check cannot trust a set
+            // bit.
+            process.uncleared.extend(&self.addrs[span.addrs.start + span.checks..span.addrs.end]);
             if let Some(out) = results {
                 let read = if process.exited { Access::Idle } else { Access::Unknown };
                 checked_slots(out).for_each(|a| *a = read);
@@ -356,6 +359,19 @@ impl VaddrOps {
 
     /// The walker found a target's address space without users: it exited, or an exec
     /// replaced the address space, which is then opened anew.
+    /// After a layout change: whether the process moved to another address space, which it
+    /// then walks. An exec shows as a walk of an `mm` without users, unless another process
+    /// shares that `mm` (a vfork child opened before its exec shares its parent's until then).
+    fn moved(walker: &Walker, process: &mut Process, pid: u32) -> bool {
+        match walker.address_space(pid) {
+            Ok(space) if space.mm() != process.space.mm() => {
+                process.space = space;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn address_space_gone(&mut self, id: u64) {
         let Some(process) = self.processes.get_mut(&id) else { return };
         process.exited |= process.pidfd.exited();
@@ -478,7 +494,8 @@ impl Source for VaddrOps {
             });
         }
         let space = self.walker.address_space(pid).map_err(|err| {
-            if pidfd.exited() {
+            // ESRCH: its exit released the address space after the maps were read.
+            if pidfd.exited() || crate::sys::io_errno(&err) == Some(libc::ESRCH) {
                 TargetError::Exited(pid)
             } else {
                 denied_or(err, TargetError::Other)
@@ -570,6 +587,12 @@ impl Operations for VaddrOps {
                     proc_maps::read_with_flags(pid)
                 }
             });
+            if read.as_ref().is_ok_and(|m| !proc_maps::same_layout(m, &process.mappings))
+                && Self::moved(&self.walker, process, pid)
+            {
+                // Every pending sample was prepared in the old space.
+                process.uncleared = pending.iter().copied().collect();
+            }
             // Unreadable or empty maps are not an exit by themselves: the pidfd says.
             process.exited |= process.pidfd.exited();
             if let Some(threshold) = self.backoff {
