@@ -79,3 +79,17 @@ pub fn assert_nothing_of_ours_loaded() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// For tests of a target that execs `udamon workload` early in a 5 s `udamon monitor --json`:
+/// its output's snapshots of the last second, long after the exec, all see the workload's hot
+/// memory (64 MiB and more).
+pub fn assert_workload_seen_in_last_second(monitor_json: &str) {
+    let late: Vec<u64> = monitor_json
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["end_ns"].as_u64().is_some_and(|t| t >= 4_000_000_000))
+        .filter_map(|l| l["working_set_bytes"].as_u64())
+        .collect();
+    assert!(!late.is_empty(), "no snapshot in the last second: {monitor_json}");
+    assert!(late.iter().all(|&ws| ws >= 64 << 20), "working sets after the exec: {late:?}");
+}

@@ -139,15 +139,8 @@ fn a_child_that_shared_its_parents_memory_is_followed_after_its_exec() {
     let out = out.unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    // The last second: long after the exec and an update, the workload's hot memory is seen.
-    let late: Vec<u64> = lines
-        .iter()
-        .filter(|l| l["end_ns"].as_u64().is_some_and(|t| t >= 4_000_000_000))
-        .filter_map(|l| l["working_set_bytes"].as_u64())
-        .collect();
-    assert!(!late.is_empty(), "no snapshot in the last second: {text}");
-    assert!(late.iter().all(|&ws| ws >= 64 << 20), "working sets after the exec: {late:?}");
+    // Long after the exec and an update.
+    damon_user::test_support::assert_workload_seen_in_last_second(&text);
 }
 
 fn build_storm() -> PathBuf {

@@ -520,12 +520,5 @@ fn a_target_that_execs_is_followed_into_its_new_address_space() {
         lines.iter().all(|l| l.get("problem").is_none() && l.get("exited").is_none()),
         "{text}"
     );
-    // The last second: long after the exec, the workload's hot memory is seen.
-    let late: Vec<u64> = lines
-        .iter()
-        .filter(|l| l["end_ns"].as_u64().is_some_and(|t| t >= 4_000_000_000))
-        .filter_map(|l| l["working_set_bytes"].as_u64())
-        .collect();
-    assert!(!late.is_empty(), "no snapshot in the last second: {text}");
-    assert!(late.iter().all(|&ws| ws >= 64 << 20), "working sets after the exec: {late:?}");
+    damon_user::test_support::assert_workload_seen_in_last_second(&text);
 }
