@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use damon_user::workload::Layout;
 use serde_json::Value;
 use tests::damon_admin::{self, ADMIN, read, write};
 
@@ -116,13 +117,13 @@ fn jaccard(a: &[(u64, u64)], b: &[(u64, u64)]) -> f64 {
 
 const SIDE: &str = "UDAMON-VM-SIDE-BY-SIDE:";
 
-/// The most udamon may cost per region-sample, as a multiple of kdamond's, on each kernel: the
-/// highest the one-walk data plane reached (6.12: 0.54–0.77, 7.2: 1.87–2.06; docs/vm-matrix.md)
-/// times the spread of this ratio between boots of one build under TCG, up to 1.7× (6.12:
-/// 1.05–1.71, 7.2: 2.69–4.54 over 9–10 boots of 26 Nov).
+/// The most udamon may cost per region-sample, as a multiple of kdamond's, in the median of
+/// `ROUNDS` rounds on each kernel: the highest single round the one-walk data plane gave
+/// (2026-12-07: 6.12 0.54–1.14, 7.2 1.87–2.06) with half again for TCG's noise, which a median
+/// of three narrows but does not remove. 7.2's gate fails the earlier data plane (3.55 there).
 const MAX_RATIO: [((u32, u32), f64); 2] = [((6, 12), MAX_RATIO_6_12), ((7, 2), MAX_RATIO_7_2)];
-const MAX_RATIO_6_12: f64 = 1.3;
-const MAX_RATIO_7_2: f64 = 3.5;
+const MAX_RATIO_6_12: f64 = 1.7;
+const MAX_RATIO_7_2: f64 = 3.1;
 
 /// Fails when udamon's cost per region-sample over kdamond's passes the gate of `version`.
 fn cost_gate(version: Option<(u32, u32)>, ratio: f64) -> Result<()> {
@@ -143,46 +144,60 @@ fn kernel_version() -> Option<(u32, u32)> {
 /// Least Jaccard index of udamon's hot bytes against the workload's hot areas that passes.
 const MIN_AGREEMENT: f64 = 0.8;
 
+/// Rounds of a kdamond phase then a udamon phase: under TCG one phase's cost swings up to 2×
+/// with the host (6.12's ratio read 0.54–1.14 in single rounds of one day), so the cost gate
+/// reads the median round.
+const ROUNDS: usize = 3;
+
+/// One round: its report line, udamon's agreement with the truth, and the cost ratio.
+fn round(udamon_path: &str, layout: &Layout, seconds: u64) -> Result<(String, f64, f64)> {
+    let kernel = kernel_damon(layout.pid, seconds)?;
+    let ours = udamon(udamon_path, layout.pid, seconds)?;
+    let truth: Vec<(u64, u64)> =
+        layout.areas.iter().filter(|a| a.hot).map(|a| (a.start, a.end)).collect();
+    let per = |run: &Run| run.cpu.as_nanos() as f64 / run.region_samples.max(1.0);
+    let ratio = per(&ours) / per(&kernel).max(1e-9);
+    let ours_vs_truth = jaccard(&ours.hot, &truth);
+    let line = format!(
+        "kdamond_ns_per_region_sample={:.0} udamon_ns_per_region_sample={:.0} ratio={ratio:.2} hot_agreement={:.2} kdamond_vs_truth={:.2} udamon_vs_truth={ours_vs_truth:.2} regions={}/{} hot_mib={}/{}/{}",
+        per(&kernel),
+        per(&ours),
+        jaccard(&kernel.hot, &ours.hot),
+        jaccard(&kernel.hot, &truth),
+        kernel.regions,
+        ours.regions,
+        bytes(&kernel.hot) >> 20,
+        bytes(&ours.hot) >> 20,
+        bytes(&truth) >> 20,
+    );
+    Ok((line, ours_vs_truth, ratio))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, udamon_path, seconds] = &args[..] else { bail!("usage: side_by_side UDAMON SECONDS") };
     let seconds: u64 = seconds.parse()?;
     let (mut workload, layout) = damon_admin::spawn_workload(udamon_path)?;
-    let result = (|| -> Result<(String, f64, f64)> {
-        let kernel = kernel_damon(layout.pid, seconds)?;
-        let ours = udamon(udamon_path, layout.pid, seconds)?;
-        let truth: Vec<(u64, u64)> =
-            layout.areas.iter().filter(|a| a.hot).map(|a| (a.start, a.end)).collect();
-        let per = |run: &Run| run.cpu.as_nanos() as f64 / run.region_samples.max(1.0);
-        let ours_vs_truth = jaccard(&ours.hot, &truth);
-        let line = format!(
-            "kdamond_ns_per_region_sample={:.0} udamon_ns_per_region_sample={:.0} ratio={:.2} hot_agreement={:.2} kdamond_vs_truth={:.2} udamon_vs_truth={ours_vs_truth:.2} regions={}/{} hot_mib={}/{}/{}",
-            per(&kernel),
-            per(&ours),
-            per(&ours) / per(&kernel).max(1e-9),
-            jaccard(&kernel.hot, &ours.hot),
-            jaccard(&kernel.hot, &truth),
-            kernel.regions,
-            ours.regions,
-            bytes(&kernel.hot) >> 20,
-            bytes(&ours.hot) >> 20,
-            bytes(&truth) >> 20,
-        );
-        Ok((line, ours_vs_truth, per(&ours) / per(&kernel).max(1e-9)))
-    })();
+    let rounds: Result<Vec<_>> =
+        (0..ROUNDS).map(|_| round(udamon_path, &layout, seconds)).collect();
     let _ = workload.kill();
     let _ = workload.wait();
-    let (line, ours_vs_truth, ratio) = result?;
-    println!("{SIDE} {line}");
+    let mut rounds = rounds?;
+    for (k, (line, ..)) in rounds.iter().enumerate() {
+        println!("side-by-side round {k}: {line}");
+    }
+    let ratios: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r.2)).collect();
+    rounds.sort_by(|a, b| a.2.total_cmp(&b.2));
+    let (line, _, ratio) = &rounds[ROUNDS / 2];
+    println!("{SIDE} {line} (median of rounds {})", ratios.join(", "));
     // A gate, not only a report: udamon gave 0.99–1.00 in every boot so far (kdamond 0.05–0.93).
-    if ours_vs_truth < MIN_AGREEMENT {
-        bail!(
-            "udamon's hot bytes agree with the workload's only {ours_vs_truth:.2} (< {MIN_AGREEMENT})"
-        );
+    if let Some(worst) = rounds.iter().map(|r| r.1).min_by(f64::total_cmp)
+        && worst < MIN_AGREEMENT
+    {
+        bail!("udamon's hot bytes agree with the workload's only {worst:.2} (< {MIN_AGREEMENT})");
     }
     // After the agreement: a cost failure must not hide a wrong answer.
-    cost_gate(kernel_version(), ratio)?;
-    Ok(())
+    cost_gate(kernel_version(), *ratio)
 }
 
 // Not `mod tests`: that name is this package's library.
