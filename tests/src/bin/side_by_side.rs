@@ -119,11 +119,11 @@ const SIDE: &str = "UDAMON-VM-SIDE-BY-SIDE:";
 
 /// The most udamon may cost per region-sample, as a multiple of kdamond's, in the median of
 /// `ROUNDS` rounds on each kernel: the highest single round the one-walk data plane gave
-/// (2026-12-07: 6.12 0.54–1.14, 7.2 1.87–2.06) with half again for TCG's noise, which a median
+/// (2026-12-07: 6.12 0.54–1.14, 7.2 1.87–2.25) with half again for TCG's noise, which a median
 /// of three narrows but does not remove. 7.2's gate fails the earlier data plane (3.55 there).
 const MAX_RATIO: [((u32, u32), f64); 2] = [((6, 12), MAX_RATIO_6_12), ((7, 2), MAX_RATIO_7_2)];
 const MAX_RATIO_6_12: f64 = 1.7;
-const MAX_RATIO_7_2: f64 = 3.1;
+const MAX_RATIO_7_2: f64 = 3.4;
 
 /// Fails when udamon's cost per region-sample over kdamond's passes the gate of `version`.
 fn cost_gate(version: Option<(u32, u32)>, ratio: f64) -> Result<()> {
