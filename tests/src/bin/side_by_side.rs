@@ -118,8 +118,9 @@ fn jaccard(a: &[(u64, u64)], b: &[(u64, u64)]) -> f64 {
 const SIDE: &str = "UDAMON-VM-SIDE-BY-SIDE:";
 
 /// The most udamon may cost per region-sample, as a multiple of kdamond's, in the median of
-/// `ROUNDS` rounds on each kernel: the highest single round the one-walk data plane gave
-/// (2026-12-07: 6.12 0.54–1.14, 7.2 1.87–2.25) with half again for TCG's noise, which a median
+/// `ROUNDS` rounds on each kernel. Single rounds of the one-walk data plane on 2026-12-07: 6.12
+/// 0.49–1.14 (median 0.59), 7.2 1.37–2.51 (median 1.94), over seven rounds each; the gates are
+/// 1.5× 6.12's highest round and 7.2's highest but one (2.25), for TCG's noise, which a median
 /// of three narrows but does not remove. 7.2's gate fails the earlier data plane (3.55 there).
 const MAX_RATIO: [((u32, u32), f64); 2] = [((6, 12), MAX_RATIO_6_12), ((7, 2), MAX_RATIO_7_2)];
 const MAX_RATIO_6_12: f64 = 1.7;
