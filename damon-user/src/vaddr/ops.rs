@@ -579,17 +579,16 @@ impl Operations for VaddrOps {
             let mut pending: Vec<u64> = target.regions.iter().map(|r| r.sampling_addr).collect();
             pending.sort_unstable();
             process.uncleared.retain(|addr| pending.binary_search(addr).is_ok());
-            // Flags are read again only when the layout changed: smaps costs a page walk.
+            // The new mappings if the layout changed (`None`: as before). Flags are read again
+            // only then: smaps costs a page walk.
             let read = proc_maps::read(pid).and_then(|m| {
                 if proc_maps::same_layout(&m, &process.mappings) {
-                    Ok(process.mappings.clone())
+                    Ok(None)
                 } else {
-                    proc_maps::read_with_flags(pid)
+                    proc_maps::read_with_flags(pid).map(Some)
                 }
             });
-            if read.as_ref().is_ok_and(|m| !proc_maps::same_layout(m, &process.mappings))
-                && Self::moved(&self.walker, process, pid)
-            {
+            if matches!(read, Ok(Some(_))) && Self::moved(&self.walker, process, pid) {
                 // Every pending sample was prepared in the old space.
                 process.uncleared = pending.iter().copied().collect();
             }
@@ -606,12 +605,14 @@ impl Operations for VaddrOps {
             }
             match read {
                 _ if process.exited => {}
-                Ok(mappings) if !mappings.is_empty() => {
-                    process.mappings = mappings;
+                Ok(Some(mappings)) if mappings.is_empty() => {}
+                Ok(changed) => {
+                    if let Some(mappings) = changed {
+                        process.mappings = mappings;
+                    }
                     // As the kernel: if the regions cannot be fitted, the target keeps its own.
                     let _ = Self::fit(process, target);
                 }
-                Ok(_) => {}
                 Err(err) => self.note(target.id, "maps_unreadable", || {
                     format!("{err:#}; its regions keep their last shape")
                 }),
