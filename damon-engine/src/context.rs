@@ -12,6 +12,7 @@ use crate::{
     region::{Access, QUIET, Region, STRIDE, Target},
     rng::{RandVersion, Rng},
     sampling::{self, Sampling},
+    schemes::{self, Running, Scheme, SchemeStatus},
     split::{self, Classic, Policy, SplitEnv, SplitPolicy},
     tune,
     waste::RecentSplits,
@@ -106,6 +107,8 @@ impl Default for Config {
 pub struct Step {
     /// When the step aggregated: how long merge, reset and split took.
     pub aggregation: Option<Duration>,
+    /// How long the schemes' actions took (apart from the aggregation's own time).
+    pub schemes: Duration,
     /// Targets the operations found gone; they were removed.
     pub dropped: Vec<u64>,
 }
@@ -115,9 +118,11 @@ pub struct Context {
     config: Config,
     /// Fixed at start; interval tuning keeps the samples per aggregation constant.
     aggr_samples: u64,
-    targets: Vec<Target>,
+    pub(crate) targets: Vec<Target>,
     rng: Rng,
     passed: u64,
+    /// Monitoring time in µs: the sample intervals passed, each as long as it was.
+    pub(crate) now_us: u64,
     next_aggregation: u64,
     next_ops_update: u64,
     next_tune: u64,
@@ -139,6 +144,7 @@ pub struct Context {
     counters: Counters,
     addrs: Vec<u64>,
     results: Vec<Access>,
+    schemes: Vec<Running>,
 }
 
 impl Context {
@@ -153,6 +159,7 @@ impl Context {
             config,
             targets,
             passed: 0,
+            now_us: 0,
             next_aggregation: 0,
             next_ops_update: 0,
             next_tune: 0,
@@ -167,7 +174,39 @@ impl Context {
             counters: Counters::default(),
             addrs: Vec::new(),
             results: Vec::new(),
+            schemes: Vec::new(),
         })
+    }
+
+    /// The schemes to apply at each aggregation, in order (replacing any before).
+    pub fn set_schemes(&mut self, schemes: Vec<Scheme>) -> Result<()> {
+        for (i, s) in schemes.iter().enumerate() {
+            s.validate().map_err(|err| anyhow::anyhow!("scheme {i}: {err:#}"))?;
+        }
+        self.schemes = schemes.into_iter().map(Running::new).collect();
+        Ok(())
+    }
+
+    /// Each scheme's stats, effective quota and activation, in order.
+    pub fn scheme_status(&self) -> Vec<SchemeStatus> {
+        self.schemes.iter().map(Running::status).collect()
+    }
+
+    /// When every scheme is held off by its watermarks (and there are schemes), how long until
+    /// they are read again: monitoring serves nothing meanwhile and may pause (the kernel's
+    /// `kdamond_wait_activation`). `None`: go on.
+    pub fn pause_us(&self) -> Option<u64> {
+        let waits: Option<Vec<u64>> =
+            self.schemes.iter().map(|s| s.wmark_wait_us(self.now_us)).collect();
+        waits?.into_iter().min()
+    }
+
+    /// After a pause of `us`: time passes for the schemes (quota intervals, watermark reads),
+    /// and the watermarks are read; true if any scheme may act again.
+    pub fn resume_after(&mut self, ops: &mut (impl Operations + ?Sized), us: u64) -> bool {
+        self.now_us += us;
+        let now = self.now_us;
+        self.schemes.iter_mut().fold(false, |any, s| s.check_watermarks(ops, now) | any)
     }
 
     pub fn attrs(&self) -> &Attrs {
@@ -264,6 +303,7 @@ impl Context {
     ) -> Result<Step> {
         let (next_aggregation, next_ops_update) = (self.next_aggregation, self.next_ops_update);
         self.passed += 1;
+        self.now_us += self.config.attrs.sample_us;
         let aggregate = self.passed >= next_aggregation;
         let update = self.passed >= next_ops_update;
         let n = self.nr_regions();
@@ -291,8 +331,8 @@ impl Context {
         if aggregate {
             let started = Instant::now();
             let max_nr_accesses = self.scale_to_known().max(max_nr_accesses);
-            self.aggregate(max_nr_accesses, next_aggregation, |ctx| on_aggregated(ctx, ops));
-            step.aggregation = Some(started.elapsed());
+            step.schemes = self.aggregate(max_nr_accesses, next_aggregation, ops, on_aggregated);
+            step.aggregation = Some(started.elapsed().saturating_sub(step.schemes));
             self.targets.retain(|t| {
                 let valid = ops.target_valid(t);
                 if !valid {
@@ -314,12 +354,14 @@ impl Context {
         Ok(step)
     }
 
-    fn aggregate(
+    /// Merges, applies the schemes, reports, and splits; returns the time the schemes took.
+    fn aggregate<O: Operations + ?Sized>(
         &mut self,
         max_nr_accesses: u32,
         next_aggregation: u64,
-        on_aggregated: impl FnOnce(&Self),
-    ) {
+        ops: &mut O,
+        on_aggregated: impl FnOnce(&Self, &O),
+    ) -> Duration {
         let attrs = self.config.attrs;
         self.window_attrs = attrs;
         let aggregation = self.counters.aggregations as u32;
@@ -351,7 +393,19 @@ impl Context {
         }
         self.next_aggregation = next_aggregation + self.config.attrs.aggr_in_samples();
         self.window_start = self.passed;
-        on_aggregated(self);
+        let started = Instant::now();
+        if !self.schemes.is_empty() {
+            let env = schemes::Env {
+                now_us: self.now_us,
+                aggr_us: attrs.aggr_us,
+                samples: attrs.samples_per_aggr(),
+                min_region_sz: self.config.min_region_sz,
+                page: MIN_REGION_SZ,
+            };
+            schemes::apply(&mut self.schemes, &mut self.targets, ops, &env);
+        }
+        let schemes_took = started.elapsed();
+        on_aggregated(self, ops);
         self.plan_samples();
         let rand_version = self.rand_version();
         let mut env = SplitEnv {
@@ -367,6 +421,7 @@ impl Context {
         split::reset_and_split(&mut self.targets, &mut *self.policy, &mut self.classic, &mut env);
         self.counters.aggregations += 1;
         self.note_strides();
+        schemes_took
     }
 
     /// `damon_set_attrs` from the tuner: same samples per aggregation, so counts keep their
@@ -463,6 +518,7 @@ impl Context {
     pub fn skip(&mut self, ticks: u64) {
         debug_assert!(ticks <= self.idle_ticks(), "skipping busy ticks");
         self.passed += ticks;
+        self.now_us += ticks * self.config.attrs.sample_us;
         self.counters.samples += ticks;
     }
 

@@ -21,6 +21,7 @@ mod ops;
 mod region;
 pub mod rng;
 mod sampling;
+pub mod schemes;
 pub mod set_regions;
 pub mod sim;
 mod split;

@@ -7,7 +7,10 @@
 
 use anyhow::Result;
 
-use crate::region::{Access, Target};
+use crate::{
+    region::{Access, Target},
+    schemes::{Action, Applied, Filter, Metric},
+};
 
 /// In the addresses to prepare: this region is not prepared now.
 pub const NO_PREPARE: u64 = u64::MAX;
@@ -37,4 +40,28 @@ pub trait Operations {
 
     /// Whether the target still exists (a process that exited does not).
     fn target_valid(&mut self, target: &Target) -> bool;
+
+    /// Applies a scheme's `action` to `range` of `target`, to the memory its operations-level
+    /// `filters` (anon, memcg, ...; in order, as `schemes::passes` reads them) let through.
+    /// Operations that cannot act apply nothing.
+    fn apply_scheme(
+        &mut self,
+        _target: &Target,
+        _range: (u64, u64),
+        _action: Action,
+        _filters: &[&Filter],
+    ) -> Applied {
+        Applied::default()
+    }
+
+    /// The current value of a quota goal's metric (a running total for cumulative ones);
+    /// `None` where it cannot be read.
+    fn metric(&mut self, _metric: &Metric) -> Option<u64> {
+        None
+    }
+
+    /// Free memory in permil of the total, for watermarks; `None` where it cannot be read.
+    fn free_mem_permil(&mut self) -> Option<u64> {
+        None
+    }
 }

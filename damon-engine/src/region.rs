@@ -105,6 +105,14 @@ impl Region {
         self.end - self.start
     }
 
+    /// The part `[start, end)` of this region, with its counts and the evidence of its quarters
+    /// that falls inside.
+    pub(crate) fn piece(&self, start: u64, end: u64) -> Self {
+        let mut quarters = Quarters::default();
+        quarters.absorb(&self.quarters, (self.start, self.end), (start, end));
+        Self { start, end, quarters, ..*self }
+    }
+
     /// This new region, sampled as `template` was over the same memory: its plan, its
     /// evidence where the quarters overlap, and its sample (the engine prepares a new one if
     /// that lies outside).

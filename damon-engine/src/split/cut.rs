@@ -2,7 +2,7 @@
 //! applied in place), and the kernel's classic path.
 
 use super::SplitEnv;
-use crate::region::{Quarters, Region, Target, align_down};
+use crate::region::{Region, Target, align_down};
 
 /// Regions of every target.
 pub(crate) fn count(targets: &[Target]) -> usize {
@@ -110,12 +110,10 @@ pub(crate) fn apply_cuts(targets: &mut [Target], env: &mut SplitEnv, mut plan: V
             let mut end = r.end;
             for start in offsets.iter().rev().map(|&(_, cut)| r.start + cut).chain([r.start]) {
                 write -= 1;
-                let mut quarters = Quarters::default();
-                quarters.absorb(&r.quarters, (r.start, r.end), (start, end));
                 if start != r.start {
                     env.recent.mark(target.id, start, env.aggregation);
                 }
-                regions[write] = Region { start, end, quarters, ..r };
+                regions[write] = r.piece(start, end);
                 end = start;
             }
         }
