@@ -11,6 +11,7 @@ mod monitor;
 pub(crate) mod options;
 mod record;
 mod report;
+mod schemes;
 mod sim;
 mod targets;
 

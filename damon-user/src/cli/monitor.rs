@@ -11,6 +11,7 @@ use super::{
     Failure, emit,
     options::{self, MonitoringArgs},
     print,
+    schemes::SchemeArgs,
     targets::{ServeArgs, TargetArgs},
 };
 use crate::{
@@ -55,6 +56,8 @@ pub struct MonitorArgs {
     heatmap_width: u64,
     #[command(flatten)]
     monitoring: MonitoringArgs,
+    #[command(flatten)]
+    schemes: SchemeArgs,
 }
 
 /// `--duration`, if given (a unit is required).
@@ -64,8 +67,12 @@ pub fn duration(text: Option<&str>) -> Result<Option<Duration>, Failure> {
 }
 
 pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
-    let config =
-        args.monitoring.resolve().and_then(|s| s.monitor_config()).map_err(Failure::Input)?;
+    let config = args
+        .monitoring
+        .resolve()
+        .and_then(|s| s.monitor_config())
+        .and_then(|c| args.schemes.with(c))
+        .map_err(Failure::Input)?;
     let duration = duration(args.duration.as_deref())?;
     let metrics = args.serve.addr()?;
     let targets = args.targets.resolve()?;

@@ -235,6 +235,7 @@ impl Settings {
             version: self.version.unwrap_or_default(),
             seed: self.seed.unwrap_or_else(random_seed),
             reclaim_backoff: self.reclaim_backoff.unwrap_or(Some(DEFAULT_RECLAIM_BACKOFF)),
+            schemes: Vec::new(),
         })
     }
 }

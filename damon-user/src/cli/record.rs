@@ -13,6 +13,7 @@ use super::{
     Failure,
     monitor::duration,
     options::{self, MonitoringArgs},
+    schemes::SchemeArgs,
     targets::{ServeArgs, TargetArgs},
 };
 use crate::{
@@ -47,11 +48,17 @@ pub struct RecordArgs {
     flush_every: String,
     #[command(flatten)]
     monitoring: MonitoringArgs,
+    #[command(flatten)]
+    schemes: SchemeArgs,
 }
 
 pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
-    let config =
-        args.monitoring.resolve().and_then(|s| s.monitor_config()).map_err(Failure::Input)?;
+    let config = args
+        .monitoring
+        .resolve()
+        .and_then(|s| s.monitor_config())
+        .and_then(|c| args.schemes.with(c))
+        .map_err(Failure::Input)?;
     let duration = duration(args.duration.as_deref())?;
     let flush_every = options::span(&args.flush_every, "flush-every")
         .map(Duration::from_micros)

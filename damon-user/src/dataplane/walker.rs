@@ -282,37 +282,18 @@ fn map_error(map: &'static str, err: aya::maps::MapError) -> DataPlaneError {
     DataPlaneError::Map { map, error: err.to_string() }
 }
 
-/// `process_madvise(MADV_COLD)` over all of `iovecs`. A call stops at the first range it cannot
-/// advise; the rest are advised by the next call. A range unmapped since it was chosen is
-/// skipped (ENOMEM), one the kernel refuses is skipped and recorded; an exit or any other
-/// failure ends the clear.
+/// `process_madvise(MADV_COLD)` over all of `iovecs` (see `PidFd::advise_all`): ranges the
+/// kernel refuses are recorded; an exit or any other failure ends the clear.
 fn advise(
     target: &PidFd,
     iovecs: &[libc::iovec],
     refused: &mut Vec<Refusal>,
 ) -> Result<(), DataPlaneError> {
-    let mut remaining = iovecs;
-    while let Some(first) = remaining.first() {
-        match target.madvise_cold(remaining) {
-            Ok(advised) => {
-                let mut done = 0;
-                let failed = remaining.iter().position(|v| {
-                    done += v.iov_len;
-                    done > advised
-                });
-                // The next call starts at the failed range, to learn why it failed.
-                remaining = failed.map_or(&[], |i| &remaining[i..]);
-            }
-            Err(err) => match err.raw_os_error() {
-                Some(libc::ENOMEM) => remaining = &remaining[1..],
-                Some(errno @ (libc::EINVAL | libc::EPERM | libc::EACCES)) => {
-                    let (addr, len) = (first.iov_base as u64, first.iov_len as u64);
-                    refused.push(Refusal { addr, len, errno });
-                    remaining = &remaining[1..];
-                }
-                _ => return Err(DataPlaneError::syscall("process_madvise", &err)),
-            },
-        }
-    }
-    Ok(())
+    let refuse = |v: &libc::iovec, errno| {
+        refused.push(Refusal { addr: v.iov_base as u64, len: v.iov_len as u64, errno });
+    };
+    target
+        .advise_all(iovecs, libc::MADV_COLD, refuse)
+        .map(drop)
+        .map_err(|err| DataPlaneError::syscall("process_madvise", &err))
 }

@@ -19,14 +19,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use damon_engine::{Attrs, Config, Context, CoreVersion, Counters, Sampling, SplitPolicy};
+use damon_engine::{
+    Attrs, Config, Context, CoreVersion, Counters, Sampling, SplitPolicy, schemes::Scheme,
+};
 use serde::Serialize;
 
 pub use self::source::{OpsStats, Problem, Source, TargetError};
 use self::ticker::Ticker;
 use crate::snapshot::{SamplerStats, Snapshot};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct MonitorConfig {
     pub attrs: Attrs,
     pub policy: SplitPolicy,
@@ -35,6 +37,8 @@ pub struct MonitorConfig {
     pub seed: u64,
     /// Memory pressure (PSI "some avg10", %) from which the clears back off; `None`: never.
     pub reclaim_backoff: Option<f64>,
+    /// DAMOS schemes applied at every aggregation.
+    pub schemes: Vec<Scheme>,
 }
 
 /// The default backoff threshold: a tenth of the time stalled on memory.
@@ -50,6 +54,7 @@ impl Default for MonitorConfig {
             version: CoreVersion::default(),
             seed: 0,
             reclaim_backoff: Some(DEFAULT_RECLAIM_BACKOFF),
+            schemes: Vec::new(),
         }
     }
 }
@@ -134,7 +139,8 @@ impl Monitor {
             seed: config.seed,
             ..Config::default()
         };
-        let ctx = Context::new(engine, targets)?;
+        let mut ctx = Context::new(engine, targets)?;
+        ctx.set_schemes(config.schemes)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (faults, fault_feed) = mpsc::channel();
         let (control, controls) = mpsc::channel();

@@ -126,6 +126,7 @@ pub async fn run(
     };
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let ops = VaddrOps::new(walker).with_backoff(config.reclaim_backoff);
+    let update_every = Duration::from_micros(config.attrs.ops_update_us);
     let monitor =
         Monitor::start(config, ops, &pids, events_tx, cgroup.is_some()).map_err(|err| {
             match err.downcast_ref::<TargetError>() {
@@ -142,7 +143,7 @@ pub async fn run(
     let fault_feed = monitor.faults();
     let control = monitor.control();
     let mut members = Members { requested: pids.iter().copied().collect(), ..Members::default() };
-    let mut membership = tokio::time::interval(Duration::from_micros(config.attrs.ops_update_us));
+    let mut membership = tokio::time::interval(update_every);
     // Whether the last membership read failed (said once, until one succeeds again).
     let mut unreadable = false;
     let mut output = Ok(());

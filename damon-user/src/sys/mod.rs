@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod claim;
 pub mod damon_sysfs;
 pub mod kernel;
+pub mod memory;
 pub mod pagemap;
 pub mod pidfd;
 pub mod pressure;

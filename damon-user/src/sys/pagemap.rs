@@ -5,6 +5,9 @@ use std::{fs::File, io, os::unix::fs::FileExt as _};
 use anyhow::{Context as _, Result};
 
 const PRESENT: u64 = 1 << 63;
+const SWAPPED: u64 = 1 << 62;
+/// A page of a file, or shared anonymous memory (shmem): not private anonymous memory.
+const FILE_OR_SHARED: u64 = 1 << 61;
 const EXCLUSIVE: u64 = 1 << 56;
 const FRAME: u64 = (1 << 55) - 1;
 
@@ -40,6 +43,47 @@ impl Pagemap {
     pub fn frame(&self, addr: u64) -> io::Result<Option<u64>> {
         let entry = self.entry(addr)?;
         Ok((entry & PRESENT != 0 && entry & FRAME != 0).then_some(entry & FRAME))
+    }
+}
+
+impl Pagemap {
+    /// The entries of the `pages` pages from `addr` into `out` (replacing its contents).
+    pub fn entries(&self, addr: u64, pages: usize, out: &mut Vec<Entry>) -> io::Result<()> {
+        let mut bytes = vec![0u8; pages * 8];
+        let mut read = 0;
+        while read < bytes.len() {
+            match self.0.read_at(&mut bytes[read..], addr / 4096 * 8 + read as u64) {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        out.clear();
+        out.extend(bytes.chunks_exact(8).map(|b| Entry(u64::from_le_bytes(b.try_into().unwrap()))));
+        out.resize(pages, Entry(0));
+        Ok(())
+    }
+}
+
+/// One page's pagemap entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry(pub u64);
+
+impl Entry {
+    /// Mapped, or swapped out: the page has contents.
+    pub fn populated(self) -> bool {
+        self.0 & (PRESENT | SWAPPED) != 0
+    }
+
+    /// Private anonymous memory (present or swapped out), as the kernel's `anon` filter sees it.
+    pub fn anon(self) -> bool {
+        self.populated() && self.0 & FILE_OR_SHARED == 0
+    }
+
+    /// The frame, when present (and readable: with CAP_SYS_ADMIN).
+    pub fn frame(self) -> Option<u64> {
+        (self.0 & PRESENT != 0 && self.0 & FRAME != 0).then_some(self.0 & FRAME)
     }
 }
 

@@ -30,6 +30,12 @@ impl PidFd {
     /// `process_madvise(MADV_COLD)` over `ranges` (at most IOV_MAX): clears the accessed bits of
     /// the pages mapped there. Returns the number of bytes advised.
     pub fn madvise_cold(&self, ranges: &[libc::iovec]) -> io::Result<usize> {
+        self.madvise(ranges, libc::MADV_COLD)
+    }
+
+    /// `process_madvise(advice)` over `ranges` (at most IOV_MAX). A call stops at the first
+    /// range it cannot advise; returns the bytes advised before it.
+    pub fn madvise(&self, ranges: &[libc::iovec], advice: libc::c_int) -> io::Result<usize> {
         // SAFETY: `ranges` is a valid iovec array for its length; the kernel only reads it.
         let advised = unsafe {
             libc::syscall(
@@ -37,7 +43,7 @@ impl PidFd {
                 self.0.as_raw_fd(),
                 ranges.as_ptr(),
                 ranges.len(),
-                libc::MADV_COLD,
+                advice,
                 0,
             )
         };
@@ -45,5 +51,47 @@ impl PidFd {
             return Err(io::Error::last_os_error());
         }
         Ok(advised as usize)
+    }
+
+    /// `madvise` over all of `iovecs` (at most IOV_MAX), as many calls as it takes: a range
+    /// unmapped since it was chosen is skipped (ENOMEM); one the kernel refuses (EINVAL,
+    /// EPERM, EACCES, EAGAIN, EBUSY) is skipped and handed to `refused` with its errno; any
+    /// other failure (ESRCH: the process exited) ends it. Returns the bytes advised.
+    pub fn advise_all(
+        &self,
+        iovecs: &[libc::iovec],
+        advice: libc::c_int,
+        mut refused: impl FnMut(&libc::iovec, i32),
+    ) -> io::Result<u64> {
+        let (mut remaining, mut total) = (iovecs, 0u64);
+        while let Some(first) = remaining.first() {
+            match self.madvise(remaining, advice) {
+                Ok(advised) => {
+                    total += advised as u64;
+                    let mut done = 0;
+                    let failed = remaining.iter().position(|v| {
+                        done += v.iov_len;
+                        done > advised
+                    });
+                    // The next call starts at the failed range, to learn why it failed.
+                    remaining = failed.map_or(&[], |i| &remaining[i..]);
+                }
+                Err(err) => match err.raw_os_error() {
+                    Some(libc::ENOMEM) => remaining = &remaining[1..],
+                    Some(
+                        errno @ (libc::EINVAL
+                        | libc::EPERM
+                        | libc::EACCES
+                        | libc::EAGAIN
+                        | libc::EBUSY),
+                    ) => {
+                        refused(first, errno);
+                        remaining = &remaining[1..];
+                    }
+                    _ => return Err(err),
+                },
+            }
+        }
+        Ok(total)
     }
 }

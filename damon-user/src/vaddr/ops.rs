@@ -25,9 +25,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use damon_engine::{Access, NO_PREPARE, Operations, Target};
+use damon_engine::{
+    Access, NO_PREPARE, Operations, Target,
+    schemes::{Action, Applied, Filter, Metric},
+};
 
-use super::regions;
+use super::{actions, regions};
 use crate::{
     dataplane::{
         AddressSpace, DataPlane, DataPlaneError, Walker,
@@ -37,7 +40,7 @@ use crate::{
     monitor::{OpsStats, Problem, Source, TargetError},
     sys::{
         claim::{self, Claim, Refused},
-        damon_sysfs,
+        damon_sysfs, memory,
         pidfd::PidFd,
         pressure,
         proc_maps::{self, Mapping},
@@ -119,6 +122,7 @@ pub struct VaddrOps {
     /// Updates so far: a target's pressure source is looked up again every
     /// `PRESSURE_SOURCE_UPDATES`.
     updates: u64,
+    actions: actions::Scratch,
 }
 
 impl VaddrOps {
@@ -128,6 +132,7 @@ impl VaddrOps {
             backoff: None,
             withheld_closed: 0,
             updates: 0,
+            actions: actions::Scratch::default(),
             processes: HashMap::new(),
             problems: HashMap::new(),
             addrs: Vec::new(),
@@ -638,6 +643,56 @@ impl Operations for VaddrOps {
     /// pidfd, and by every update's look at the pidfd.
     fn target_valid(&mut self, target: &Target) -> bool {
         self.processes.get(&target.id).is_some_and(|p| !p.exited)
+    }
+
+    fn apply_scheme(
+        &mut self,
+        target: &Target,
+        range: (u64, u64),
+        action: Action,
+        filters: &[&Filter],
+    ) -> Applied {
+        let Some(process) = self.processes.get_mut(&target.id).filter(|p| !p.exited) else {
+            return Applied::default();
+        };
+        let on = actions::Process {
+            pidfd: &process.pidfd,
+            space: &process.space,
+            mappings: &process.mappings,
+        };
+        match actions::apply(&mut self.walker, &mut self.actions, &on, range, action, filters) {
+            Ok(outcome) => {
+                // COLLAPSE fails where it cannot make a huge page now (EAGAIN, EINVAL for a
+                // mapping it cannot take): an outcome, not a problem.
+                let told = outcome
+                    .refused
+                    .iter()
+                    .find(|r| action != Action::Collapse || r.1 == libc::EPERM);
+                if let Some(&(addr, errno)) = told {
+                    let err = std::io::Error::from_raw_os_error(errno);
+                    self.note(target.id, "action_refused", || {
+                        format!("the kernel refused {} at {addr:#x}: {err}", action.name())
+                    });
+                }
+                outcome.applied
+            }
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {
+                process.exited = true;
+                Applied::default()
+            }
+            Err(err) => {
+                self.note(target.id, "action_failed", || format!("{}: {err}", action.name()));
+                Applied::default()
+            }
+        }
+    }
+
+    fn metric(&mut self, metric: &Metric) -> Option<u64> {
+        memory::metric(metric)
+    }
+
+    fn free_mem_permil(&mut self) -> Option<u64> {
+        memory::free_permil()
     }
 }
 

@@ -1,0 +1,267 @@
+//! DAMOS actions on a process's memory: `process_madvise` with the action's advice, over the
+//! parts of a region the action may touch.
+//!
+//! Without harm to the process: mappings the advice refuses (locked, hugetlb, PFN-mapped
+//! memory for COLD and PAGEOUT) are left out rather than failing the call; a range's ends are
+//! moved inwards off any large folio or huge page that straddles them, since advising part of
+//! one splits it (COLLAPSE works on whole 2 MiB-aligned ranges, which it is given). Filters on
+//! pages (anon, unmapped, memcg) are read from pagemap and, for memcg, `/proc/kpagecgroup`.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io,
+    os::unix::fs::{FileExt as _, MetadataExt as _},
+    sync::OnceLock,
+};
+
+use damon_common::x86::PMD_SIZE;
+use damon_engine::schemes::{Action, Applied, Filter, FilterKind, passes};
+
+use crate::{
+    dataplane::{AddressSpace, Walker, leaf::Leaf, walker::Request},
+    sys::{pagemap::Entry, pidfd::PidFd, proc_maps::Mapping},
+};
+
+const PAGE: u64 = 4096;
+/// Pagemap entries read per call: 512 KiB of entries cover 256 MiB.
+const ENTRIES_PER_READ: usize = 64 << 10;
+/// `process_madvise` takes at most this many ranges per call.
+const IOV_MAX: usize = 1024;
+
+/// The advice that performs `action` on another process, `None` for `stat` (nothing to do);
+/// `Err`: why udamon cannot perform it.
+pub fn advice(action: Action) -> Result<Option<libc::c_int>, &'static str> {
+    match action {
+        Action::Stat => Ok(None),
+        Action::Cold => Ok(Some(libc::MADV_COLD)),
+        Action::Pageout => Ok(Some(libc::MADV_PAGEOUT)),
+        Action::Willneed => Ok(Some(libc::MADV_WILLNEED)),
+        Action::Collapse => Ok(Some(libc::MADV_COLLAPSE)),
+        Action::Hugepage | Action::Nohugepage => Err(
+            "process_madvise does not take MADV_HUGEPAGE or MADV_NOHUGEPAGE: only the process itself can set them (`collapse` makes huge pages from outside)",
+        ),
+        Action::LruPrio => Err("no system call activates another process's pages"),
+        Action::LruDeprio => {
+            Err("use `cold`: MADV_COLD deactivates the pages, which is what lru_deprio does")
+        }
+        Action::MigrateHot | Action::MigrateCold => {
+            Err("not supported by udamon yet (it needs move_pages and two NUMA nodes)")
+        }
+    }
+}
+
+/// Whether `action` may be asked for in `m` at all: the advice would fail there (COLD and
+/// PAGEOUT refuse locked, hugetlb and PFN-mapped memory; COLLAPSE hugetlb and PFN maps).
+fn allowed(action: Action, m: &Mapping) -> bool {
+    match action {
+        Action::Cold | Action::Pageout => m.clearable(),
+        _ => !(m.flags.hugetlb || m.flags.pfnmap),
+    }
+}
+
+/// Buffers kept between applications, and cgroup inodes looked up once.
+#[derive(Default)]
+pub struct Scratch {
+    request: Request,
+    leaves: Vec<Leaf>,
+    entries: Vec<Entry>,
+    runs: Vec<(u64, u64)>,
+    memcgs: HashMap<String, Option<u64>>,
+}
+
+/// What one application did, and what went wrong on the way.
+pub struct Outcome {
+    pub applied: Applied,
+    /// Ranges the kernel refused, as (address, errno).
+    pub refused: Vec<(u64, i32)>,
+}
+
+/// The process the action is applied to.
+pub struct Process<'a> {
+    pub pidfd: &'a PidFd,
+    pub space: &'a AddressSpace,
+    pub mappings: &'a [Mapping],
+}
+
+/// Applies `action` to `range` of the process, where `filters` (the operations' own) let it.
+pub fn apply(
+    walker: &mut Walker,
+    scratch: &mut Scratch,
+    process: &Process,
+    range: (u64, u64),
+    action: Action,
+    filters: &[&Filter],
+) -> io::Result<Outcome> {
+    let mut outcome = Outcome { applied: Applied::default(), refused: Vec::new() };
+    let Ok(advice) = advice(action) else { return Ok(outcome) };
+    scratch.runs.clear();
+    let first = process.mappings.partition_point(|m| m.end <= range.0);
+    let overlapping = process.mappings[first..].iter().take_while(|m| m.start < range.1);
+    for m in overlapping.filter(|m| allowed(action, m)) {
+        scratch.runs.push((range.0.max(m.start), range.1.min(m.end)));
+    }
+    if !filters.is_empty() {
+        filter_pages(scratch, process.space, filters)?;
+    }
+    outcome.applied.passed = scratch.runs.iter().map(|r| r.1 - r.0).sum();
+    let Some(advice) = advice else { return Ok(outcome) };
+    if action == Action::Collapse || walker.layout().folio.is_err() {
+        // Whole 2 MiB ranges only: no folio (at most a huge page) straddles their ends.
+        for run in &mut scratch.runs {
+            *run = (run.0.next_multiple_of(PMD_SIZE), run.1 / PMD_SIZE * PMD_SIZE);
+        }
+    } else {
+        trim_to_folios(walker, scratch, process.space);
+    }
+    scratch.runs.retain(|r| r.0 < r.1);
+    let iovecs: Vec<libc::iovec> = scratch
+        .runs
+        .iter()
+        .map(|&(start, end)| libc::iovec {
+            iov_base: start as *mut libc::c_void,
+            iov_len: (end - start) as usize,
+        })
+        .collect();
+    for chunk in iovecs.chunks(IOV_MAX) {
+        let refuse = |v: &libc::iovec, errno| outcome.refused.push((v.iov_base as u64, errno));
+        outcome.applied.applied += process.pidfd.advise_all(chunk, advice, refuse)?;
+    }
+    Ok(outcome)
+}
+
+/// Moves each run's ends inwards off a large folio or huge page that lies across them.
+fn trim_to_folios(walker: &mut Walker, scratch: &mut Scratch, space: &AddressSpace) {
+    scratch.request.clear();
+    scratch.request.space(space);
+    for &(start, end) in &scratch.runs {
+        scratch.request.push(start, true);
+        scratch.request.push(end - PAGE, true);
+    }
+    if walker.walk(&scratch.request, &mut scratch.leaves).is_err() {
+        scratch.leaves.clear();
+    }
+    for (k, run) in scratch.runs.iter_mut().enumerate() {
+        let (start, end) = *run;
+        let first = scratch.leaves.get(2 * k).copied().unwrap_or_default();
+        let last = scratch.leaves.get(2 * k + 1).copied().unwrap_or_default();
+        let new_start = match folio(first, start) {
+            Edge::Clear => start,
+            Edge::Folio(s, len) if s < start => s + len,
+            Edge::Folio(..) => start,
+            Edge::Unknown => start.next_multiple_of(PMD_SIZE),
+        };
+        let new_end = match folio(last, end - PAGE) {
+            Edge::Clear => end,
+            Edge::Folio(s, len) if s + len > end => s,
+            Edge::Folio(..) => end,
+            Edge::Unknown => end / PMD_SIZE * PMD_SIZE,
+        };
+        *run = (new_start, new_end);
+    }
+}
+
+/// What lies at a range's end.
+enum Edge {
+    /// Nothing mapped: no folio to split.
+    Clear,
+    /// The folio (or huge page) there: its start and size.
+    Folio(u64, u64),
+    /// Not known: treated as if a folio up to 2 MiB could lie across it.
+    Unknown,
+}
+
+fn folio(leaf: Leaf, addr: u64) -> Edge {
+    match leaf {
+        Leaf::None => Edge::Clear,
+        Leaf::Pte(..) | Leaf::Pmd(_) | Leaf::Pud(_) => {
+            leaf.clear_range(addr).map_or(Edge::Unknown, |(s, len)| Edge::Folio(s, len))
+        }
+        Leaf::Missing | Leaf::Gone | Leaf::Fault => Edge::Unknown,
+    }
+}
+
+/// Narrows the runs to the pages `filters` let through, by their pagemap entries.
+fn filter_pages(
+    scratch: &mut Scratch,
+    space: &AddressSpace,
+    filters: &[&Filter],
+) -> io::Result<()> {
+    let memcg_ids: Vec<Option<u64>> = filters
+        .iter()
+        .map(|f| match &f.kind {
+            FilterKind::Memcg(path) => *scratch.memcgs.entry(path.clone()).or_insert_with(|| {
+                let root = crate::sys::cgroup::root().ok()?;
+                std::fs::metadata(root.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
+            }),
+            _ => None,
+        })
+        .collect();
+    let runs = std::mem::take(&mut scratch.runs);
+    let mut passing = Vec::new();
+    let mut frames = Vec::new();
+    for (start, end) in runs {
+        let mut addr = start;
+        while addr < end {
+            let pages = (((end - addr) / PAGE) as usize).min(ENTRIES_PER_READ);
+            space.pagemap().entries(addr, pages, &mut scratch.entries)?;
+            frames.clear();
+            frames.extend(scratch.entries.iter().map(|e| e.frame()));
+            let cgroups = if memcg_ids.iter().any(Option::is_some) {
+                page_cgroups(&frames)
+            } else {
+                Vec::new()
+            };
+            for (k, entry) in scratch.entries.iter().enumerate() {
+                let page = addr + k as u64 * PAGE;
+                let has = |kind: &FilterKind| match kind {
+                    FilterKind::Anon => entry.anon(),
+                    FilterKind::Unmapped => !entry.populated(),
+                    FilterKind::Memcg(_) => {
+                        let i = filters.iter().position(|f| &f.kind == kind).unwrap_or(0);
+                        cgroups.get(k).copied().flatten().is_some_and(|c| Some(c) == memcg_ids[i])
+                    }
+                    FilterKind::Addr(..) | FilterKind::Target(_) => false,
+                };
+                if passes(filters, false, has) {
+                    match passing.last_mut() {
+                        Some((_, e)) if *e == page => *e += PAGE,
+                        _ => passing.push((page, page + PAGE)),
+                    }
+                }
+            }
+            addr += pages as u64 * PAGE;
+        }
+    }
+    scratch.runs = passing;
+    Ok(())
+}
+
+/// The memory cgroup (its inode) of each frame, from `/proc/kpagecgroup`, one read per run of
+/// consecutive frames; `None` where unknown.
+fn page_cgroups(frames: &[Option<u64>]) -> Vec<Option<u64>> {
+    static KPAGECGROUP: OnceLock<Option<File>> = OnceLock::new();
+    let mut out = vec![None; frames.len()];
+    let Some(file) = KPAGECGROUP.get_or_init(|| File::open("/proc/kpagecgroup").ok()) else {
+        return out;
+    };
+    let mut i = 0;
+    while i < frames.len() {
+        let Some(first) = frames[i] else {
+            i += 1;
+            continue;
+        };
+        let mut n = 1;
+        while i + n < frames.len() && frames[i + n] == Some(first + n as u64) {
+            n += 1;
+        }
+        let mut bytes = vec![0u8; n * 8];
+        if file.read_exact_at(&mut bytes, first * 8).is_ok() {
+            for (k, b) in bytes.chunks_exact(8).enumerate() {
+                out[i + k] = Some(u64::from_le_bytes(b.try_into().unwrap()));
+            }
+        }
+        i += n;
+    }
+    out
+}
