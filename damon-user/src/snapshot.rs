@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use damon_engine::{Context, Counters};
+use damon_engine::{Context, Counters, schemes::SchemeStatus};
 use serde::{Deserialize, Serialize};
 
 /// One region of one aggregation, in DAMON's units.
@@ -65,6 +65,8 @@ pub struct Snapshot {
     pub samples: u32,
     pub targets: Vec<TargetSnapshot>,
     pub stats: SamplerStats,
+    /// Each DAMOS scheme's stats so far, in order.
+    pub schemes: Vec<SchemeStatus>,
 }
 
 impl Snapshot {
@@ -96,6 +98,7 @@ impl Snapshot {
                 })
                 .collect(),
             stats,
+            schemes: ctx.scheme_status(),
         }
     }
 

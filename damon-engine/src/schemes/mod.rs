@@ -171,7 +171,8 @@ impl Scheme {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Regions (pieces) and bytes the action was tried on: they matched the pattern, the quota
-    /// and the engine's filters.
+    /// and the engine's filters; bytes as the operations count them (vaddr: mapped memory, not
+    /// the holes between mappings a region spans, which the kernel counts too).
     pub nr_tried: u64,
     pub sz_tried: u64,
     /// Regions the action did something to, and the bytes it was applied to.
@@ -196,6 +197,10 @@ pub struct SchemeStatus {
 /// What the operations did with one request (`Operations::apply_scheme`), in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
+    /// Memory in the range the action could act on (vaddr: mapped, of a kind the action
+    /// takes): what the quota is charged, rather than the holes between mappings that
+    /// regions span.
+    pub tried: u64,
     /// Passed the operations' filters.
     pub passed: u64,
     /// The action was applied to.
@@ -403,8 +408,6 @@ fn apply_one(
                     sz = left;
                 }
             }
-            s.stats.nr_tried += 1;
-            s.stats.sz_tried += sz;
             let started = Instant::now();
             let applied = ops.apply_scheme(
                 &targets[ti],
@@ -413,7 +416,9 @@ fn apply_one(
                 &ops_filters,
             );
             s.charge.total_charged_ns += started.elapsed().as_nanos() as u64;
-            s.charge.charged_sz += sz;
+            s.charge.charged_sz += applied.tried.min(sz);
+            s.stats.nr_tried += (applied.tried > 0) as u64;
+            s.stats.sz_tried += applied.tried.min(sz);
             if quota_set && s.charge.exhausted() {
                 s.charge.resume = Some((ti, r.start + sz));
             }

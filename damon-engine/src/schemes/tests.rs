@@ -50,7 +50,7 @@ impl Operations for Half {
             range.1.saturating_sub(range.0.max(16 * MIB))
         };
         self.applied.push((range.0, range.1, action));
-        Applied { passed: bytes, applied: bytes }
+        Applied { tried: range.1 - range.0, passed: bytes, applied: bytes }
     }
     fn metric(&mut self, metric: &Metric) -> Option<u64> {
         (*metric == Metric::SomeMemPsiUs).then_some(self.psi_total)

@@ -1,6 +1,7 @@
 //! `udamon check`: the environment doctor. One row per requirement, what it found, and what a
 //! missing one disables; monitoring is possible when every required row passes.
 
+mod actions;
 mod programs;
 mod render;
 mod system;
@@ -107,6 +108,7 @@ pub fn run() -> Report {
     let facts = system::Facts::read(true);
     let mut rows = system::rows(&facts);
     rows.extend(programs::rows(facts));
+    rows.extend(actions::rows());
     Report::new(rows)
 }
 

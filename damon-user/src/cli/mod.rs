@@ -9,6 +9,7 @@ mod demo;
 mod kdamond;
 mod monitor;
 pub(crate) mod options;
+mod reclaim;
 mod record;
 mod report;
 mod schemes;
@@ -42,6 +43,7 @@ enum Command {
     },
     Monitor(monitor::MonitorArgs),
     Record(record::RecordArgs),
+    Reclaim(reclaim::ReclaimArgs),
     Report(report::ReportArgs),
     Convert(convert::ConvertArgs),
     Sim(sim::SimArgs),
@@ -87,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Check { json } => run_check(json),
         Command::Monitor(args) => monitor::run(args),
         Command::Record(args) => record::run(args),
+        Command::Reclaim(args) => reclaim::run(args),
         Command::Report(args) => report::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Sim(args) => sim::run(args),

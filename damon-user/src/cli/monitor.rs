@@ -11,7 +11,7 @@ use super::{
     Failure, emit,
     options::{self, MonitoringArgs},
     print,
-    schemes::SchemeArgs,
+    schemes::{SchemeArgs, status_line},
     targets::{ServeArgs, TargetArgs},
 };
 use crate::{
@@ -175,6 +175,9 @@ fn view(
             value["access_checks"] = s.stats.counters.checks.into();
             value["sample_us"] = s.sample_us.into();
             value["aggr_us"] = s.aggr_us.into();
+            if !s.schemes.is_empty() {
+                value["schemes"] = serde_json::to_value(&s.schemes).expect("stats serialize");
+            }
             out.push_str(&(value.to_string() + "\n"));
         } else {
             out.push_str(&access::render(
@@ -186,6 +189,9 @@ fn view(
         }
     }
     if !args.json {
+        for (i, scheme) in s.schemes.iter().enumerate() {
+            out.push_str(&status_line(i, scheme));
+        }
         if late > 0 {
             out.push_str(&format!(
                 "{late} sample ticks late since the last view: windows ran longer than {} ms\n",

@@ -6,14 +6,21 @@ use anyhow::{Context as _, Result, bail};
 use damon_engine::{
     Attrs,
     schemes::{
-        AccessPattern, Action, Filter, FilterKind, Goal, Metric, Quota, Scheme, Watermarks,
-        WmarkMetric,
+        AccessPattern, Action, Filter, FilterKind, Goal, Metric, Quota, Scheme, SchemeStatus,
+        Watermarks, WmarkMetric,
     },
-    units::{parse_duration_us, parse_size},
+    units::{format_size, parse_duration_us, parse_size},
 };
 use serde_json::Value;
 
-use crate::{monitor::MonitorConfig, sys::memory, vaddr::actions};
+use crate::{
+    monitor::MonitorConfig,
+    sys::{
+        caps::{CapSet, Capability},
+        memory,
+    },
+    vaddr::actions,
+};
 
 /// The `--damos_*` options, as damo takes them: each repeats once per scheme (in the order of
 /// the `--damos_action`s), and several take a variable number of words, so they are read by
@@ -369,11 +376,17 @@ fn split_per_scheme<'a>(
 }
 
 /// What udamon cannot do is refused before monitoring starts.
-fn check(s: &Scheme) -> Result<()> {
+pub fn check(s: &Scheme) -> Result<()> {
     actions::advice(s.action).map_err(anyhow::Error::msg)?;
     for g in &s.quota.goals {
         memory::readable(&g.metric)
             .map_err(|why| anyhow::anyhow!("quota goal {}: {why}", g.metric.name()))?;
+    }
+    let memcg = s.filters.iter().any(|f| matches!(f.kind, FilterKind::Memcg(_)));
+    if memcg && !CapSet::current().has(Capability::SysAdmin) {
+        bail!(
+            "the memcg filter needs CAP_SYS_ADMIN: without it pagemap hides which frame backs a page, and so its cgroup"
+        );
     }
     if s.wmarks.metric.is_some() && memory::free_permil().is_none() {
         bail!("watermarks: free memory cannot be read from /proc/meminfo");
@@ -712,6 +725,29 @@ fn scheme_json(v: &Value, attrs: &Attrs) -> Result<Scheme> {
         scheme.filters.extend(filters_v2(&words)?);
     }
     Ok(scheme)
+}
+
+/// A scheme's stats so far, for people.
+pub fn status_line(index: usize, s: &SchemeStatus) -> String {
+    let st = &s.stats;
+    let mut line = format!(
+        "scheme {index} ({}): tried {} regions, {}; applied to {}",
+        s.action.name(),
+        st.nr_tried,
+        format_size(st.sz_tried),
+        format_size(st.sz_applied)
+    );
+    if let Some(quota) = s.effective_quota {
+        line += &format!(
+            "; quota {} per interval, used up {} times",
+            format_size(quota),
+            st.qt_exceeds
+        );
+    }
+    if !s.active {
+        line += "; held off by its watermarks";
+    }
+    line + "\n"
 }
 
 #[cfg(test)]

@@ -218,6 +218,10 @@ fn sample<S: Source>(
             source.close(pid as u32);
             let _ = events.send(Event::TargetExited(pid as u32));
         }
+        if let Some(wait_us) = ctx.pause_us() {
+            pause(&mut ctx, &mut source, stop, wait_us);
+            ticker.restart();
+        }
         if step.aggregation.is_some() {
             for problem in source.problems() {
                 let _ = events.send(Event::Problem(problem));
@@ -233,6 +237,21 @@ fn sample<S: Source>(
         process_cpu: process_cpu(),
         ops: source.stats(),
     })
+}
+
+/// Every scheme is held off by its watermarks: monitoring serves nothing until they let one act
+/// again (as the kernel's kdamond waits), so the sampler sleeps, reading them when due.
+fn pause<S: Source>(ctx: &mut Context, source: &mut S, stop: &AtomicBool, mut wait_us: u64) {
+    const NAP: Duration = Duration::from_millis(100);
+    while !stop.load(Ordering::Acquire) {
+        let nap = Duration::from_micros(wait_us).min(NAP);
+        std::thread::sleep(nap);
+        let slept = nap.as_micros() as u64;
+        if ctx.resume_after(source, slept) {
+            return;
+        }
+        wait_us = ctx.pause_us().unwrap_or(0).max(1);
+    }
 }
 
 /// Adds and removes targets as asked, at an aggregation boundary where counts restart.

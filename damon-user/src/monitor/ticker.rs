@@ -27,6 +27,11 @@ impl Ticker {
         Self { deadline: nanos(now()), tolerance: 0, ticks: 0, late: 0 }
     }
 
+    /// The next tick counts from now (after a pause, which is not lateness).
+    pub fn restart(&mut self) {
+        self.deadline = nanos(now());
+    }
+
     /// Sleeps until one `interval` after the previous deadline; counts the tick late when it
     /// starts more than a tenth of the interval (at least 200 µs) after that. When far behind
     /// (a stalled machine), the schedule restarts from now instead of bursting to catch up.

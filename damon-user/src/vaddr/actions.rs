@@ -101,6 +101,7 @@ pub fn apply(
     for m in overlapping.filter(|m| allowed(action, m)) {
         scratch.runs.push((range.0.max(m.start), range.1.min(m.end)));
     }
+    outcome.applied.tried = scratch.runs.iter().map(|r| r.1 - r.0).sum();
     if !filters.is_empty() {
         filter_pages(scratch, process.space, filters)?;
     }

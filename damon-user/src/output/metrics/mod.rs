@@ -3,6 +3,7 @@
 //! seconds), `_total` on counters, and bounded labels (the pid and cgroup of a target, never an
 //! address).
 
+mod schemes;
 pub mod server;
 
 use std::collections::BTreeSet;
@@ -12,6 +13,7 @@ use prometheus::{
     Registry, TextEncoder, core::Collector,
 };
 
+use self::schemes::SchemeMetrics;
 use crate::{
     monitor::Problem,
     snapshot::{SamplerStats, Snapshot},
@@ -47,6 +49,7 @@ pub struct Metrics {
     sampler_cpu: Counter,
     sample_interval: Gauge,
     aggregation_interval: Gauge,
+    schemes: SchemeMetrics,
     /// Totals at the last update: counters grow by the difference.
     last: SamplerStats,
     last_faults_lost: u64,
@@ -66,6 +69,7 @@ impl Metrics {
     /// Metrics for targets found in `cgroup` (empty: targets given by pid).
     pub fn new(cgroup: &str) -> Self {
         let r = registry();
+        let schemes = SchemeMetrics::new(&r);
         let target = ["pid", "cgroup"];
         let m = Self {
             targets: add(&r, IntGauge::new("udamon_targets", "Processes being monitored")),
@@ -178,6 +182,7 @@ impl Metrics {
             cgroup: cgroup.to_owned(),
             last: SamplerStats::default(),
             last_faults_lost: 0,
+            schemes,
         };
         // The ring exists from the start, so a rate over it is defined before any loss.
         m.lost.with_label_values(&["faults"]).inc_by(0);
@@ -229,6 +234,7 @@ impl Metrics {
         self.last_faults_lost = faults_lost.max(self.last_faults_lost);
         self.sample_interval.set(s.sample_us as f64 / 1e6);
         self.aggregation_interval.set(s.aggr_us as f64 / 1e6);
+        self.schemes.update(&s.schemes);
     }
 
     /// Counts a target's problem.
