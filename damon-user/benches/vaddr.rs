@@ -171,9 +171,14 @@ fn overhead() {
     let mut before = throughput(&rx, pid, 2);
     for _ in 0..ROUNDS {
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let monitor =
-            Monitor::start(config, VaddrOps::load().expect("data plane"), &[pid], tx, false)
-                .expect("monitor");
+        let monitor = Monitor::start(
+            config.clone(),
+            VaddrOps::load().expect("data plane"),
+            &[pid],
+            tx,
+            false,
+        )
+        .expect("monitor");
         throughput(&rx, pid, 1); // the monitor's start-up is not the steady state
         let on = throughput(&rx, pid, 2);
         let summary = monitor.join().expect("monitor");

@@ -16,6 +16,22 @@ pub fn privileged(test: &str) -> bool {
     }
 }
 
+/// Builds a small C program for a test (in a directory of this test process) and returns its
+/// path.
+pub fn build_c(name: &str, source: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("udamon-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (file, binary) = (dir.join(format!("{name}.c")), dir.join(name));
+    std::fs::write(&file, source).unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&binary)
+        .arg(&file)
+        .status();
+    assert!(built.unwrap().success(), "cc {name}.c failed");
+    binary
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

@@ -95,16 +95,6 @@ fn udamon() -> Command {
     Command::new(env!("CARGO_BIN_EXE_udamon"))
 }
 
-fn build_c(name: &str, source: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("udamon-churn-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (file, binary) = (dir.join(format!("{name}.c")), dir.join(name));
-    std::fs::write(&file, source).unwrap();
-    let built = Command::new("cc").args(["-O2", "-pthread", "-o"]).arg(&binary).arg(&file).status();
-    assert!(built.unwrap().success(), "cc {name}.c failed");
-    binary
-}
-
 /// A process opened while it shares another's address space (a vfork or posix_spawn child
 /// before its exec) is followed into its own after the exec: no walk of an address space its
 /// exec left, which the other process keeps alive.
@@ -115,7 +105,7 @@ fn a_child_that_shared_its_parents_memory_is_followed_after_its_exec() {
     ) {
         return;
     }
-    let launcher = build_c("shared_then_exec", SHARED_THEN_EXEC);
+    let launcher = damon_user::test_support::build_c("shared_then_exec", SHARED_THEN_EXEC);
     let workload = env!("CARGO_BIN_EXE_udamon");
     let mut parent = Command::new(launcher)
         .args([workload, "workload", "--phase-change", "1h"])
@@ -144,7 +134,7 @@ fn a_child_that_shared_its_parents_memory_is_followed_after_its_exec() {
 }
 
 fn build_storm() -> PathBuf {
-    build_c("storm", STORM)
+    damon_user::test_support::build_c("storm", STORM)
 }
 
 struct Storm(Child);

@@ -198,10 +198,9 @@ pub struct SchemeStatus {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     /// Memory in the range the action could act on (vaddr: mapped, of a kind the action
-    /// takes): what the quota is charged, rather than the holes between mappings that
-    /// regions span.
+    /// takes), rather than the holes between mappings that regions span.
     pub tried: u64,
-    /// Passed the operations' filters.
+    /// Of that, what passed the operations' filters: what the quota is charged.
     pub passed: u64,
     /// The action was applied to.
     pub applied: u64,
@@ -342,17 +341,20 @@ fn apply_one(
     let quota_set = s.scheme.quota.is_set();
     let core: Vec<&Filter> = s.scheme.filters.iter().filter(|f| f.kind.is_core()).collect();
     let ops_filters: Vec<&Filter> = s.scheme.filters.iter().filter(|f| !f.kind.is_core()).collect();
+    if quota_set && s.charge.exhausted() {
+        return;
+    }
     // Past the last region of its target, the next round starts from the beginning.
     let resume = s.charge.resume.take().filter(|&(rt, addr)| {
         targets.get(rt).and_then(|t| t.regions.last()).is_some_and(|r| r.end > addr)
     });
-    for ti in 0..targets.len() {
+    for (ti, target) in targets.iter_mut().enumerate() {
         let mut i = 0;
-        while i < targets[ti].regions.len() {
+        while i < target.regions.len() {
             if quota_set && s.charge.exhausted() {
                 return;
             }
-            let r = targets[ti].regions[i];
+            let r = target.regions[i];
             if !s.scheme.pattern.matches(&r, env.aggr_us) {
                 i += 1;
                 continue;
@@ -363,7 +365,7 @@ fn apply_one(
                     i += 1;
                     continue;
                 }
-                if ti == rt && r.start < addr && cut(&mut targets[ti].regions, i, addr, env) {
+                if ti == rt && r.start < addr && cut(&mut target.regions, i, addr, env) {
                     i += 1;
                     continue;
                 }
@@ -383,11 +385,11 @@ fn apply_one(
                 _ => None,
             });
             if let Some(bound) = bound
-                && cut(&mut targets[ti].regions, i, bound, env)
+                && cut(&mut target.regions, i, bound, env)
             {
                 continue;
             }
-            let r = targets[ti].regions[i];
+            let r = target.regions[i];
             let has = |kind: &FilterKind| match *kind {
                 FilterKind::Addr(start, end) => start <= r.start && r.end <= end,
                 FilterKind::Target(index) => index == ti,
@@ -404,26 +406,24 @@ fn apply_one(
                     return;
                 }
                 if sz > left {
-                    cut(&mut targets[ti].regions, i, r.start + left, env);
+                    cut(&mut target.regions, i, r.start + left, env);
                     sz = left;
                 }
             }
             let started = Instant::now();
-            let applied = ops.apply_scheme(
-                &targets[ti],
-                (r.start, r.start + sz),
-                s.scheme.action,
-                &ops_filters,
-            );
+            let applied =
+                ops.apply_scheme(target, (r.start, r.start + sz), s.scheme.action, &ops_filters);
             s.charge.total_charged_ns += started.elapsed().as_nanos() as u64;
-            s.charge.charged_sz += applied.tried.min(sz);
+            // What passed the operations' filters is what the quota pays for: charging what
+            // they filter out (as the kernel does) would let rejected memory use it up.
+            s.charge.charged_sz += applied.passed.min(sz);
             s.stats.nr_tried += (applied.tried > 0) as u64;
             s.stats.sz_tried += applied.tried.min(sz);
             if quota_set && s.charge.exhausted() {
                 s.charge.resume = Some((ti, r.start + sz));
             }
             if s.scheme.action != Action::Stat {
-                targets[ti].regions[i].age = 0;
+                target.regions[i].age = 0;
             }
             s.stats.sz_ops_filter_passed += applied.passed;
             s.stats.nr_applied += (applied.applied > 0) as u64;

@@ -208,10 +208,8 @@ fn hot_score(r: &Region, quota: &Quota, max_nr_accesses: u32, aggr_us: u64) -> u
     }
     let age = ((age_log + MAX_AGE_IN_LOG) as u64) * MAX_SUBSCORE / MAX_AGE_IN_LOG as u64 / 2;
     let (wf, wa) = (quota.weight_nr_accesses as u64, quota.weight_age as u64);
-    let mut hotness = wf * freq + wa * age;
-    if wf + wa != 0 {
-        hotness /= wf + wa;
-    }
+    let weighted = wf * freq + wa * age;
+    let hotness = weighted.checked_div(wf + wa).unwrap_or(weighted);
     (hotness * MAX_SCORE as u64 / MAX_SUBSCORE).min(MAX_SCORE as u64) as u32
 }
 

@@ -126,23 +126,19 @@ fn the_size_quota_caps_each_interval_and_the_next_goes_on_where_it_stopped() {
 fn under_a_quota_the_oldest_idle_memory_goes_first() {
     let mut scheme = Scheme::new(idle(0), Action::Pageout);
     scheme.quota =
-        Quota { sz: 8 * MIB, reset_interval_ms: 60_000, weight_age: 1, ..Quota::default() };
-    let (mut ctx, mut ops) = context(vec![scheme]);
-    // Age the idle half, then make a young idle region by hand at its end.
-    aggregations(&mut ctx, &mut ops, 3);
+        Quota { sz: 16 * MIB, reset_interval_ms: 1000, weight_age: 1, ..Quota::default() };
+    let mut schemes = vec![Running::new(scheme)];
+    let region = |start: u64, age| Region { age, ..Region::new(start * MIB, (start + 16) * MIB) };
+    let mut targets = vec![Target::new(1)];
+    targets[0].regions = vec![region(0, 10), region(16, 1000), region(32, 100)];
+    let mut ops = Half::default();
+    let env =
+        |now_us| Env { now_us, aggr_us: 100_000, samples: 20, min_region_sz: 4096, page: 4096 };
+    apply(&mut schemes, &mut targets, &mut ops, &env(0));
+    assert_eq!(ops.applied, vec![(16 * MIB, 32 * MIB, Action::Pageout)], "the oldest first");
     ops.applied.clear();
-    let mut oldest = 0;
-    for r in ctx.targets.iter_mut().flat_map(|t| &mut t.regions) {
-        if r.start >= 48 * MIB {
-            r.age = 0;
-        }
-        oldest = oldest.max(r.age);
-    }
-    // A fresh interval (60 s later) with a full quota.
-    ctx.now_us += 60_000_000;
-    aggregations(&mut ctx, &mut ops, 1);
-    assert!(!ops.applied.is_empty());
-    assert!(ops.applied.iter().all(|&(_, end, _)| end <= 48 * MIB), "{:?}", ops.applied);
+    apply(&mut schemes, &mut targets, &mut ops, &env(1_000_000));
+    assert_eq!(ops.applied, vec![(32 * MIB, 48 * MIB, Action::Pageout)], "then the next oldest");
 }
 
 #[test]

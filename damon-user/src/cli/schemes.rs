@@ -198,9 +198,6 @@ impl clap::Args for SchemeArgs {
                 .action(ArgAction::Append)
                 .help_heading("DAMOS schemes (damo's options)");
             arg = arg.value_names(words.iter().copied());
-            if name != "damos_action" {
-                arg = arg.requires("damos_action");
-            }
             cmd = cmd.arg(arg);
         }
         cmd.arg(
@@ -234,7 +231,7 @@ impl SchemeArgs {
     pub fn resolve(&self, attrs: &Attrs) -> Result<Vec<Scheme>> {
         let schemes = match &self.schemes {
             Some(text) => from_json(text, attrs)?,
-            None => self.from_options(attrs)?,
+            None => self.schemes_of_options(attrs)?,
         };
         for (i, s) in schemes.iter().enumerate() {
             check(s).with_context(|| format!("scheme {i} ({})", s.action.name()))?;
@@ -242,7 +239,7 @@ impl SchemeArgs {
         Ok(schemes)
     }
 
-    fn from_options(&self, attrs: &Attrs) -> Result<Vec<Scheme>> {
+    fn schemes_of_options(&self, attrs: &Attrs) -> Result<Vec<Scheme>> {
         let n = self.action.len();
         let too_many = |given: usize, option: &str| -> Result<()> {
             if given > n {
@@ -620,7 +617,17 @@ fn from_json(text: &str, attrs: &Attrs) -> Result<Vec<Scheme>> {
 }
 
 fn scheme_json(v: &Value, attrs: &Attrs) -> Result<Scheme> {
+    let Value::Object(_) = v else { bail!("expected an object, found {v}") };
     let field = |v: &Value, key: &str| v.get(key).filter(|f| !f.is_null()).cloned();
+    // The parts that are objects in damo's format must be.
+    for key in ["access_pattern", "quotas", "watermarks"] {
+        if let Some(part) = field(v, key).filter(|p| !p.is_object()) {
+            bail!("{key} must be an object, not {part}");
+        }
+    }
+    if let Some(filters) = field(v, "filters").filter(|f| !f.is_array()) {
+        bail!("filters must be a list, not {filters}");
+    }
     let action = field(v, "action").context("no action")?;
     let action: Action = text(&action)?.parse()?;
     let mut pattern = AccessPattern::default();

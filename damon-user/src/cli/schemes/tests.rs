@@ -107,6 +107,11 @@ fn bad_schemes_are_one_clear_line() {
         ),
         ("--schemes [{\"action\":1}", "not JSON"),
         ("--schemes /no/such/file", "neither a file nor JSON"),
+        (
+            "--schemes [{\"action\":\"cold\",\"access_pattern\":3}]",
+            "access_pattern must be an object",
+        ),
+        ("--damos_age 1s max", "1 --damos_age for 0 --damos_action"),
     ] {
         let err = format!("{:#}", schemes(args).unwrap_err());
         assert!(err.contains(says), "{args}: {err}");

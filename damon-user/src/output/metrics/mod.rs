@@ -313,6 +313,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use damon_engine::schemes::{Action, SchemeStatus, Stats};
+
     use crate::snapshot::{Region, TargetSnapshot};
 
     fn snapshot(pid: u32, regions: &[(u64, u64, u32, u32)], samples: u64) -> Snapshot {
@@ -336,6 +338,12 @@ mod tests {
                     .collect(),
             }],
             stats,
+            schemes: vec![SchemeStatus {
+                action: Action::Pageout,
+                stats: Stats { nr_tried: 2, sz_tried: 8192, sz_applied: 4096, ..Stats::default() },
+                effective_quota: Some(1 << 20),
+                active: true,
+            }],
         }
     }
 
@@ -358,6 +366,10 @@ mod tests {
             "udamon_sampler_cpu_seconds_total 0.5",
             "udamon_sample_interval_seconds 0.005",
             "udamon_aggregation_interval_seconds 0.1",
+            r#"udamon_damos_tried_bytes_total{action="pageout",scheme="0"} 8192"#,
+            r#"udamon_damos_applied_bytes_total{action="pageout",scheme="0"} 4096"#,
+            r#"udamon_damos_effective_quota_bytes{action="pageout",scheme="0"} 1048576"#,
+            r#"udamon_damos_active{action="pageout",scheme="0"} 1"#,
             r#"udamon_build_info{version=""#,
             "udamon_targets 1",
         ] {

@@ -6,8 +6,11 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::add;
 
+/// Reads one of a scheme's stats.
+type Stat = fn(&Stats) -> u64;
+
 /// Each counter: its name, help, and the stat it counts.
-const COUNTERS: [(&str, &str, fn(&Stats) -> u64); 6] = [
+const COUNTERS: [(&str, &str, Stat); 6] = [
     ("udamon_damos_tried_regions_total", "Regions a scheme's action was tried on", |s| s.nr_tried),
     ("udamon_damos_tried_bytes_total", "Bytes a scheme's action was tried on", |s| s.sz_tried),
     ("udamon_damos_applied_regions_total", "Regions a scheme's action did something to", |s| {

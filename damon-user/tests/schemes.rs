@@ -1,0 +1,378 @@
+//! DAMOS schemes on real workloads (root; under CI=true these must run): a process with hot
+//! and cold anonymous and file-backed memory, the anonymous part over swap on zram (set up and
+//! torn down here). Pageout reclaims the cold memory and spares the hot, quotas hold, collapse
+//! makes huge pages of 4 KiB-backed hot memory, and bad schemes are refused with one line.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::fs::FileExt as _,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const PAGE: u64 = 4096;
+const MIB: u64 = 1 << 20;
+
+/// Hot and cold areas of anonymous memory and of a file (its first `hot` bytes hot), each 2 MiB
+/// aligned; prints their bounds, then reads every hot page in a loop, printing its passes every
+/// 100 ms.
+const HOT_COLD: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HUGE (2UL << 20)
+
+static char *area(size_t len, int fd) {
+    char *p = mmap(NULL, len + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *a = (char *)(((unsigned long)p + HUGE - 1) & ~(HUGE - 1));
+    if (fd >= 0) a = mmap(a, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+    if (a == MAP_FAILED) exit(1);
+    return a;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    size_t hot = strtoul(argv[1], 0, 10) << 20, cold = strtoul(argv[2], 0, 10) << 20;
+    int fd = open(argv[3], O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || ftruncate(fd, hot + cold)) return 1;
+    char *ah = area(hot, -1), *ac = area(cold, -1), *f = area(hot + cold, fd);
+    memset(ah, 1, hot);
+    memset(ac, 1, cold);
+    memset(f, 1, hot + cold);
+    fsync(fd);
+    printf("%lu %lu %lu %lu %lu %lu %lu %lu\n", (unsigned long)ah, (unsigned long)(ah + hot),
+           (unsigned long)ac, (unsigned long)(ac + cold), (unsigned long)f,
+           (unsigned long)(f + hot), (unsigned long)(f + hot), (unsigned long)(f + hot + cold));
+    fflush(stdout);
+    volatile unsigned long sum = 0;
+    unsigned long passes = 0;
+    double last = now();
+    for (;;) {
+        for (size_t i = 0; i < hot; i += 4096) sum += ah[i] + f[i];
+        passes++;
+        if (now() - last >= 0.1) {
+            last = now();
+            printf("%lu\n", passes);
+            fflush(stdout);
+        }
+    }
+}
+"#;
+
+/// One at a time: the tests share the swap device and the THP setting.
+fn begin(name: &str) -> Option<MutexGuard<'static, ()>> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    damon_user::test_support::privileged(name)
+        .then(|| SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+/// Swap on zram for the length of a test: swapped off and the device reset when dropped, on a
+/// failure too.
+struct ZramSwap;
+
+impl ZramSwap {
+    fn on() -> Self {
+        let disksize = std::fs::read_to_string("/sys/block/zram0/disksize")
+            .expect("a zram device (modprobe zram)");
+        let swaps = std::fs::read_to_string("/proc/swaps").unwrap();
+        assert!(
+            disksize.trim() == "0" && !swaps.contains("/dev/zram0"),
+            "/dev/zram0 is in use: this test sets up its own swap there"
+        );
+        std::fs::write("/sys/block/zram0/disksize", "512M").unwrap();
+        let swap = Self;
+        for (tool, arg) in [("mkswap", "/dev/zram0"), ("swapon", "/dev/zram0")] {
+            let out = Command::new(tool).arg(arg).output().unwrap();
+            assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        swap
+    }
+}
+
+impl Drop for ZramSwap {
+    fn drop(&mut self) {
+        let _ = Command::new("swapoff").arg("/dev/zram0").status();
+        let _ = std::fs::write("/sys/block/zram0/reset", "1");
+    }
+}
+
+/// A sysfs setting changed for a test, restored when dropped.
+struct Knob(&'static str, String);
+
+impl Knob {
+    fn set(path: &'static str, value: &str) -> Self {
+        let text = std::fs::read_to_string(path).unwrap();
+        let before = match (text.find('['), text.find(']')) {
+            (Some(open), Some(close)) => text[open + 1..close].to_owned(),
+            _ => text.trim().to_owned(),
+        };
+        std::fs::write(path, value).unwrap();
+        Self(path, before)
+    }
+}
+
+impl Drop for Knob {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0, &self.1);
+    }
+}
+
+/// The workload: its areas (anon hot, anon cold, file hot, file cold) and its hot passes as
+/// (when, total).
+struct Workload {
+    child: Child,
+    areas: [(u64, u64); 4],
+    passes: Arc<Mutex<Vec<(Instant, u64)>>>,
+    file: std::path::PathBuf,
+}
+
+impl Workload {
+    fn start(hot_mib: u64, cold_mib: u64) -> Self {
+        let binary = damon_user::test_support::build_c("hot_cold", HOT_COLD);
+        let file = std::env::temp_dir().join(format!("udamon-schemes-{}", std::process::id()));
+        let mut command = Command::new(binary);
+        command.args([hot_mib.to_string(), cold_mib.to_string()]).arg(&file);
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let n: Vec<u64> = first.split_whitespace().map(|w| w.parse().unwrap()).collect();
+        let areas = [(n[0], n[1]), (n[2], n[3]), (n[4], n[5]), (n[6], n[7])];
+        let passes = Arc::new(Mutex::new(Vec::new()));
+        let feed = passes.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let Ok(total) = line.trim().parse() else { continue };
+                feed.lock().unwrap().push((Instant::now(), total));
+            }
+        });
+        Self { child, areas, passes, file }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The share of `area`'s pages mapped now.
+    fn resident(&self, (start, end): (u64, u64)) -> f64 {
+        let pagemap = std::fs::File::open(format!("/proc/{}/pagemap", self.pid())).unwrap();
+        let mut bytes = vec![0u8; ((end - start) / PAGE * 8) as usize];
+        pagemap.read_exact_at(&mut bytes, start / PAGE * 8).unwrap();
+        let present = bytes
+            .chunks_exact(8)
+            .filter(|e| u64::from_le_bytes((*e).try_into().unwrap()) & (1 << 63) != 0)
+            .count();
+        present as f64 / (bytes.len() / 8) as f64
+    }
+
+    /// Hot passes per second between `from` and `to`.
+    fn rate(&self, from: Instant, to: Instant) -> f64 {
+        let passes = self.passes.lock().unwrap();
+        let inside: Vec<&(Instant, u64)> =
+            passes.iter().filter(|(t, _)| (from..to).contains(t)).collect();
+        let (first, last) = (inside.first().unwrap(), inside.last().unwrap());
+        (last.1 - first.1) as f64 / (last.0 - first.0).as_secs_f64()
+    }
+
+    /// KiB of this process's anonymous memory in huge pages.
+    fn anon_huge_kib(&self) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid())).unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("AnonHugePages:")?.trim().strip_suffix("kB")?.trim().parse().ok()
+            })
+            .unwrap()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// `udamon monitor --json` of the workload with `scheme` options, for `seconds`.
+fn monitor(pid: u32, seconds: u64, scheme: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_udamon"))
+        .args(["monitor", &pid.to_string(), "--json", "--duration", &format!("{seconds}s")])
+        .args(scheme)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The scheme stats of the last aggregation `udamon monitor --json` printed.
+fn last_stats(out: &std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().rev().find(|l| l.contains("\"schemes\"")).expect("scheme stats");
+    serde_json::from_str::<Value>(last).unwrap()["schemes"][0].clone()
+}
+
+#[test]
+fn pageout_reclaims_cold_memory_and_spares_the_hot() {
+    let Some(_serial) = begin("pageout_reclaims_cold_memory_and_spares_the_hot") else { return };
+    let _swap = ZramSwap::on();
+    let work = Workload::start(16, 64);
+    let [anon_hot, anon_cold, file_hot, file_cold] = work.areas;
+    let min_age = 2;
+    let started = Instant::now();
+    let run = monitor(
+        work.pid(),
+        3 * min_age + 2,
+        &["--damos_action", "pageout", "--damos_access_rate", "0", "0", "--damos_age", "2s", "max"],
+    );
+    // Until the cold memory is old enough nothing is paged out: the hot loop's rate then is
+    // the baseline (monitoring included).
+    std::thread::sleep(Duration::from_millis(1800));
+    let baseline = (started + Duration::from_millis(500), Instant::now());
+    let mut hot_low = 1.0f64;
+    let mut reclaimed_at = None;
+    while started.elapsed() < Duration::from_secs(3 * min_age) {
+        std::thread::sleep(Duration::from_millis(200));
+        hot_low = hot_low.min(work.resident(anon_hot)).min(work.resident(file_hot));
+        let cold = (work.resident(anon_cold) + work.resident(file_cold)) / 2.0;
+        if cold <= 0.2 && reclaimed_at.is_none() {
+            reclaimed_at = Some(started.elapsed());
+        }
+    }
+    let during = (started + Duration::from_secs(2 * min_age), Instant::now());
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (anon, file) = (work.resident(anon_cold), work.resident(file_cold));
+    println!(
+        "cold anon {:.0} % and file {:.0} % resident; reclaimed by {reclaimed_at:?}",
+        anon * 100.0,
+        file * 100.0
+    );
+    assert!(
+        reclaimed_at.is_some(),
+        "≥ 80 % of the cold bytes paged out within 3 × min age: anon {anon:.2}, file {file:.2} resident"
+    );
+    assert!(hot_low >= 0.99, "the hot areas stayed resident: {hot_low:.3} at worst");
+    let ratio = work.rate(during.0, during.1) / work.rate(baseline.0, baseline.1);
+    println!("hot loop rate while reclaiming / before: {ratio:.3}");
+    assert!(ratio >= 0.95, "the hot loop slowed by {:.1} %", (1.0 - ratio) * 100.0);
+    let stats = last_stats(&out);
+    let applied = stats["stats"]["sz_applied"].as_u64().unwrap();
+    assert!(applied >= 64 * MIB * 8 / 10, "{stats}");
+}
+
+#[test]
+fn a_size_quota_holds_per_interval_and_goes_on_where_it_stopped() {
+    let Some(_serial) = begin("a_size_quota_holds_per_interval_and_goes_on_where_it_stopped")
+    else {
+        return;
+    };
+    let _swap = ZramSwap::on();
+    let work = Workload::start(8, 64);
+    let anon_cold = work.areas[1];
+    let run = monitor(
+        work.pid(),
+        9,
+        &[
+            "--damos_action",
+            "pageout",
+            "--damos_access_rate",
+            "0",
+            "0",
+            "--damos_age",
+            "1s",
+            "max",
+            "--damos_quota_space",
+            "8MiB",
+            "--damos_quota_interval",
+            "1s",
+            "--damos_filter",
+            "allow",
+            "anon",
+            "--damos_filter",
+            "reject",
+            "none",
+            "anon",
+        ],
+    );
+    let started = Instant::now();
+    let mut over = Vec::new();
+    while started.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(250));
+        let paged = (1.0 - work.resident(anon_cold)) * 64.0;
+        // The first application comes at 1 s; each quota interval adds at most 8 MiB.
+        let allowed = 8.0 * (started.elapsed().as_secs_f64().ceil());
+        if paged > allowed + 1.0 {
+            over.push((started.elapsed(), paged, allowed));
+        }
+    }
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(over.is_empty(), "paged out past the quota: {over:?}");
+    let paged = (1.0 - work.resident(anon_cold)) * 64.0;
+    assert!(paged >= 32.0, "the quota's intervals went on through the cold area: {paged:.1} MiB");
+    let stats = last_stats(&out);
+    assert!(stats["stats"]["qt_exceeds"].as_u64().unwrap() >= 3, "{stats}");
+    assert_eq!(stats["effective_quota"].as_u64(), Some(8 * MIB));
+    assert!(work.resident(work.areas[3]) > 0.99, "file memory is filtered out: {stats}");
+}
+
+#[test]
+fn collapse_makes_huge_pages_of_hot_small_pages() {
+    let Some(_serial) = begin("collapse_makes_huge_pages_of_hot_small_pages") else { return };
+    // In `madvise` mode the workload's hot area, not advised MADV_HUGEPAGE, faults in as 4 KiB
+    // pages, and khugepaged leaves it alone: only MADV_COLLAPSE makes huge pages of it.
+    let _thp = Knob::set("/sys/kernel/mm/transparent_hugepage/enabled", "madvise");
+    let work = Workload::start(8, 8);
+    assert_eq!(work.anon_huge_kib(), 0, "the hot area starts as 4 KiB pages");
+    let run = monitor(
+        work.pid(),
+        4,
+        &[
+            "--damos_action",
+            "collapse",
+            "--damos_access_rate",
+            "50%",
+            "max",
+            "--damos_age",
+            "500ms",
+            "max",
+        ],
+    );
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let huge = work.anon_huge_kib();
+    println!("{huge} KiB of huge pages");
+    assert!(huge >= 4096, "{huge} KiB of huge pages: {}", last_stats(&out));
+}
+
+#[test]
+fn bad_schemes_exit_2_with_one_line() {
+    for args in [
+        &["--damos_action", "hugepage"][..],
+        &["--damos_action", "pageout", "--damos_quotas", "10", "lots"],
+        &["--damos_age", "1s", "max"],
+        &["--schemes", "[{\"action\": \"cold\", \"access_pattern\": 3}]"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_udamon"))
+            .args(["monitor", "1", "--duration", "1s"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}
