@@ -1,6 +1,6 @@
 //! DAMON's monitoring core, as of Linux 7.3, and a simulator to judge it: regions, sampling,
 //! aggregation, merge and split (with selectable split policies), ages, the size limit that
-//! keeps `min_nr_regions`, interval auto-tuning, and `damon_set_regions`.
+//! keeps `min_nr_regions`, interval auto-tuning, `damon_set_regions`, and DAMOS schemes.
 //!
 //! The engine knows nothing of processes, eBPF or command lines (this crate depends on none of
 //! them). Address spaces plug in through [`Operations`], as the kernel's `damon_operations` do:
@@ -10,7 +10,8 @@
 //! Context::start ─▶ Operations::init (regions), size limit, first sampling addresses
 //! Context::step (every sample interval)
 //!     ├─ Operations::check_and_prepare (or check, then prepare, when regions change)
-//!     ├─ at an aggregation: merge (ages), `on_aggregated` callback, reset, split (policy)
+//!     ├─ at an aggregation: merge (ages), DAMOS schemes (Operations::apply_scheme),
+//!     │  `on_aggregated` callback, reset, split (policy)
 //!     └─ at an ops update: Operations::update (regions re-fitted)
 //! ```
 

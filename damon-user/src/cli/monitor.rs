@@ -67,12 +67,7 @@ pub fn duration(text: Option<&str>) -> Result<Option<Duration>, Failure> {
 }
 
 pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
-    let config = args
-        .monitoring
-        .resolve()
-        .and_then(|s| s.monitor_config())
-        .and_then(|c| args.schemes.with(c))
-        .map_err(Failure::Input)?;
+    let config = args.schemes.config(&args.monitoring).map_err(Failure::Input)?;
     let duration = duration(args.duration.as_deref())?;
     let metrics = args.serve.addr()?;
     let targets = args.targets.resolve()?;

@@ -53,12 +53,7 @@ pub struct RecordArgs {
 }
 
 pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
-    let config = args
-        .monitoring
-        .resolve()
-        .and_then(|s| s.monitor_config())
-        .and_then(|c| args.schemes.with(c))
-        .map_err(Failure::Input)?;
+    let config = args.schemes.config(&args.monitoring).map_err(Failure::Input)?;
     let duration = duration(args.duration.as_deref())?;
     let flush_every = options::span(&args.flush_every, "flush-every")
         .map(Duration::from_micros)

@@ -13,6 +13,7 @@ use damon_engine::{
 };
 use serde_json::Value;
 
+use super::options::MonitoringArgs;
 use crate::{
     monitor::MonitorConfig,
     sys::{
@@ -220,8 +221,9 @@ impl clap::Args for SchemeArgs {
 const MAX_SCHEMES_FILE: u64 = 1 << 20;
 
 impl SchemeArgs {
-    /// `config` with the schemes asked for.
-    pub fn with(&self, mut config: MonitorConfig) -> Result<MonitorConfig> {
+    /// The monitoring run's settings with the schemes asked for.
+    pub fn config(&self, monitoring: &MonitoringArgs) -> Result<MonitorConfig> {
+        let mut config = monitoring.resolve()?.monitor_config()?;
         config.schemes = self.resolve(&config.attrs)?;
         Ok(config)
     }
