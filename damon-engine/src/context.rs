@@ -202,11 +202,21 @@ impl Context {
     }
 
     /// After a pause of `us`: time passes for the schemes (quota intervals, watermark reads),
-    /// and the watermarks are read; true if any scheme may act again.
+    /// and the watermarks are read; true if any scheme may act again. Then every region's
+    /// sampled page is prepared anew, so the first checks see accesses since, not since the
+    /// pause began.
     pub fn resume_after(&mut self, ops: &mut (impl Operations + ?Sized), us: u64) -> bool {
         self.now_us += us;
         let now = self.now_us;
-        self.schemes.iter_mut().fold(false, |any, s| s.check_watermarks(ops, now) | any)
+        let active =
+            self.schemes.iter_mut().fold(false, |any, s| s.check_watermarks(ops, now) | any);
+        if active {
+            self.addrs.clear();
+            self.addrs
+                .extend(self.targets.iter().flat_map(|t| &t.regions).map(|r| r.sampling_addr));
+            ops.prepare_access_checks(&self.targets, &self.addrs);
+        }
+        active
     }
 
     pub fn attrs(&self) -> &Attrs {
@@ -395,9 +405,10 @@ impl Context {
         self.window_start = self.passed;
         let started = Instant::now();
         if !self.schemes.is_empty() {
+            // Ages were rescaled to a retuned interval above: read them in it.
             let env = schemes::Env {
                 now_us: self.now_us,
-                aggr_us: attrs.aggr_us,
+                aggr_us: self.config.attrs.aggr_us,
                 samples: attrs.samples_per_aggr(),
                 min_region_sz: self.config.min_region_sz,
                 page: MIN_REGION_SZ,

@@ -18,6 +18,7 @@ fn big_record() -> Vec<TargetRecord> {
     let snapshots = (0..SNAPSHOTS)
         .map(|s| RecordedSnapshot {
             sample_us: None,
+            schemes: Vec::new(),
             start_ns: s * 100_000_000,
             end_ns: (s + 1) * 100_000_000,
             regions: (0..REGIONS)

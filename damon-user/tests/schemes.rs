@@ -18,7 +18,7 @@ const MIB: u64 = 1 << 20;
 
 /// Hot and cold areas of anonymous memory and of a file (its first `hot` bytes hot), each 2 MiB
 /// aligned; prints their bounds, then reads every hot page in a loop, printing its passes every
-/// 100 ms.
+/// 100 ms. With a fourth argument, `huge`, the cold anonymous area is advised MADV_HUGEPAGE.
 const HOT_COLD: &str = r#"
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -50,6 +50,7 @@ int main(int argc, char **argv) {
     int fd = open(argv[3], O_RDWR | O_CREAT | O_TRUNC, 0600);
     if (fd < 0 || ftruncate(fd, hot + cold)) return 1;
     char *ah = area(hot, -1), *ac = area(cold, -1), *f = area(hot + cold, fd);
+    if (argc > 4) madvise(ac, cold, MADV_HUGEPAGE);
     memset(ah, 1, hot);
     memset(ac, 1, cold);
     memset(f, 1, hot + cold);
@@ -80,33 +81,72 @@ fn begin(name: &str) -> Option<MutexGuard<'static, ()>> {
         .then(|| SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
-/// Swap on zram for the length of a test: swapped off and the device reset when dropped, on a
-/// failure too.
-struct ZramSwap;
+/// Swap on a zram device of its own for the length of a test (a new one from zram-control, so
+/// a zram0 the system uses is left alone): swapped off and removed when dropped, on a failure
+/// too.
+struct ZramSwap(String);
 
 impl ZramSwap {
     fn on() -> Self {
-        let disksize = std::fs::read_to_string("/sys/block/zram0/disksize")
-            .expect("a zram device (modprobe zram)");
-        let swaps = std::fs::read_to_string("/proc/swaps").unwrap();
-        assert!(
-            disksize.trim() == "0" && !swaps.contains("/dev/zram0"),
-            "/dev/zram0 is in use: this test sets up its own swap there"
-        );
-        std::fs::write("/sys/block/zram0/disksize", "512M").unwrap();
-        let swap = Self;
-        for (tool, arg) in [("mkswap", "/dev/zram0"), ("swapon", "/dev/zram0")] {
-            let out = Command::new(tool).arg(arg).output().unwrap();
+        let id = std::fs::read_to_string("/sys/class/zram-control/hot_add")
+            .expect("zram with zram-control (modprobe zram)");
+        let swap = Self(id.trim().to_owned());
+        std::fs::write(format!("/sys/block/zram{}/disksize", swap.0), "512M").unwrap();
+        let device = swap.device();
+        for tool in ["mkswap", "swapon"] {
+            let out = Command::new(tool).arg(&device).output().unwrap();
             assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
         }
         swap
+    }
+
+    fn device(&self) -> String {
+        format!("/dev/zram{}", self.0)
     }
 }
 
 impl Drop for ZramSwap {
     fn drop(&mut self) {
-        let _ = Command::new("swapoff").arg("/dev/zram0").status();
-        let _ = std::fs::write("/sys/block/zram0/reset", "1");
+        let _ = Command::new("swapoff").arg(self.device()).output();
+        let _ = std::fs::write(format!("/sys/block/zram{}/reset", self.0), "1");
+        let _ = std::fs::write("/sys/class/zram-control/hot_remove", &self.0);
+    }
+}
+
+/// A cgroup made for a test, removed when dropped (after the processes in it: declare it
+/// before them).
+struct Group(std::path::PathBuf);
+
+impl Group {
+    fn new(name: &str) -> Self {
+        let root = damon_user::sys::cgroup::root().expect("a cgroup v2 hierarchy");
+        let dir = root.join(format!("udamon-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Group {
+    /// A group whose memory is limited to `limit` bytes: cgroup v2's `memory.max` where the v2
+    /// hierarchy controls memory, else cgroup v1's `memory.limit_in_bytes` (a hybrid system).
+    fn limited(name: &str, limit: u64) -> Self {
+        let v2 = Self::new(name);
+        if std::fs::write(v2.0.join("memory.max"), limit.to_string()).is_ok() {
+            return v2;
+        }
+        drop(v2);
+        let dir = std::path::Path::new("/sys/fs/cgroup/memory")
+            .join(format!("udamon-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("a memory controller, v2 or v1");
+        let v1 = Self(dir);
+        std::fs::write(v1.0.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+        v1
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
@@ -142,10 +182,41 @@ struct Workload {
 
 impl Workload {
     fn start(hot_mib: u64, cold_mib: u64) -> Self {
+        Self::start_in(hot_mib, cold_mib, None)
+    }
+
+    /// Started in cgroup `group` (a directory of the hierarchy), so that its memory is charged
+    /// there from the first page.
+    fn start_in(hot_mib: u64, cold_mib: u64, group: Option<&std::path::Path>) -> Self {
+        Self::spawn(hot_mib, cold_mib, group, false)
+    }
+
+    fn spawn(hot_mib: u64, cold_mib: u64, group: Option<&std::path::Path>, huge: bool) -> Self {
+        use std::os::unix::process::CommandExt as _;
         let binary = damon_user::test_support::build_c("hot_cold", HOT_COLD);
-        let file = std::env::temp_dir().join(format!("udamon-schemes-{}", std::process::id()));
+        static FILES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = std::env::temp_dir().join(format!("udamon-schemes-{}-{n}", std::process::id()));
         let mut command = Command::new(binary);
         command.args([hot_mib.to_string(), cold_mib.to_string()]).arg(&file);
+        if huge {
+            command.arg("huge");
+        }
+        if let Some(group) = group {
+            let procs = std::ffi::CString::new(
+                group.join("cgroup.procs").into_os_string().into_encoded_bytes(),
+            )
+            .unwrap();
+            // SAFETY: between fork and exec only open, write and close, on memory made before.
+            unsafe {
+                command.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    let moved = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                    libc::close(fd);
+                    if moved { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+                });
+            }
+        }
         let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().unwrap().unwrap();
@@ -404,22 +475,150 @@ fn reclaim_pages_out_a_groups_cold_memory_as_the_unit_runs_it() {
         .collect();
     assert_eq!(unit_options, ["--report-every", "10min"]);
     let _swap = ZramSwap::on();
-    let root = damon_user::sys::cgroup::root().expect("a cgroup v2 hierarchy");
-    let group = root.join(format!("udamon-reclaim-{}", std::process::id()));
-    std::fs::create_dir(&group).unwrap();
-    let work = Workload::start(8, 32);
-    std::fs::write(group.join("cgroup.procs"), work.pid().to_string()).unwrap();
+    let group = Group::new("reclaim");
+    let work = Workload::start_in(8, 32, Some(&group.0));
     let out = Command::new(env!("CARGO_BIN_EXE_udamon"))
-        .args(["reclaim", "--cgroup", group.to_str().unwrap()])
+        .args(["reclaim", "--cgroup", group.0.to_str().unwrap()])
         .args(&unit_options)
-        .args(["--min-age", "1s", "--no-wmarks", "--duration", "5s"])
+        // A generous time quota: the quota's own test is above; this is the command's.
+        .args(["--min-age", "1s", "--no-wmarks", "--quota-time", "1s", "--duration", "5s"])
         .output()
         .unwrap();
     let (anon, file) = (work.resident(work.areas[1]), work.resident(work.areas[3]));
     drop(work);
-    let _ = std::fs::remove_dir(&group);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.starts_with("scheme 0 (pageout): tried"), "the totals at the end: {stdout}");
     assert!(anon < 0.2 && file < 0.2, "cold memory left: anon {anon:.2}, file {file:.2}; {stdout}");
+}
+
+/// A pressure goal moves the effective quota with real memory stalls: up while nothing stalls,
+/// down to the minimum while a process thrashes in a small cgroup (over zram swap), up again
+/// once it stops.
+#[test]
+fn a_pressure_goal_lowers_the_quota_under_stalls_and_raises_it_after() {
+    let Some(_serial) = begin("a_pressure_goal_lowers_the_quota_under_stalls_and_raises_it_after")
+    else {
+        return;
+    };
+    let _swap = ZramSwap::on();
+    let work = Workload::start(4, 32);
+    let mut run = monitor(
+        work.pid(),
+        16,
+        &[
+            "--damos_action",
+            "pageout",
+            "--damos_access_rate",
+            "0",
+            "0",
+            "--damos_age",
+            "1s",
+            "max",
+            "--damos_quotas",
+            "0",
+            "64MiB",
+            "100",
+            "--damos_quota_goal",
+            "some_mem_psi_us",
+            "2ms",
+        ],
+    );
+    // Each aggregation's effective quota, as it comes.
+    let quotas = Arc::new(Mutex::new(Vec::<(Instant, u64)>::new()));
+    let feed = quotas.clone();
+    let stdout = BufReader::new(run.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+            if let Some(q) = v["schemes"][0]["effective_quota"].as_u64() {
+                feed.lock().unwrap().push((Instant::now(), q));
+            }
+        }
+    });
+    let phase = |seconds| {
+        let from = Instant::now();
+        std::thread::sleep(Duration::from_secs(seconds));
+        (from, Instant::now())
+    };
+    let calm = phase(5);
+    // A process touching 48 MiB in a group allowed 16 MiB: it stalls on memory all the time.
+    let group = Group::limited("pressure", 16 * MIB);
+    let thrasher = Workload::start_in(48, 0, Some(&group.0));
+    let pressure = phase(5);
+    drop(thrasher);
+    drop(group);
+    let after = phase(5);
+    let out = run.wait_with_output().unwrap();
+    reader.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let quotas = quotas.lock().unwrap();
+    let within = |(from, to): (Instant, Instant), skip: Duration| -> Vec<u64> {
+        quotas.iter().filter(|(t, _)| *t >= from + skip && *t < to).map(|q| q.1).collect()
+    };
+    let (calm, pressure, after) = (
+        within(calm, Duration::ZERO),
+        within(pressure, Duration::from_secs(2)),
+        within(after, Duration::from_secs(2)),
+    );
+    println!(
+        "quota max calm {:?}, min under pressure {:?}, max after {:?}",
+        calm.iter().max(),
+        pressure.iter().min(),
+        after.iter().max()
+    );
+    let calm_max = *calm.iter().max().expect("quotas while calm");
+    let pressure_min = *pressure.iter().min().expect("quotas under pressure");
+    let after_max = *after.iter().max().expect("quotas after");
+    assert!(calm_max >= MIB, "the quota rose while nothing stalled: {calm:?}");
+    assert!(pressure_min <= calm_max / 64, "the quota fell under stalls: {pressure:?}");
+    assert!(after_max >= 16 * pressure_min.max(1), "and rose again: {after:?}");
+}
+
+/// A scheme's range that ends inside a huge page leaves that huge page alone: pageout of
+/// 1 MiB..7 MiB of 8 MiB of idle huge pages pages out the two whole ones inside and neither of
+/// the two across its ends (advising part of one would split it).
+#[test]
+fn a_range_ending_inside_a_huge_page_does_not_split_it() {
+    let Some(_serial) = begin("a_range_ending_inside_a_huge_page_does_not_split_it") else {
+        return;
+    };
+    let _thp = Knob::set("/sys/kernel/mm/transparent_hugepage/enabled", "madvise");
+    let _swap = ZramSwap::on();
+    let work = Workload::spawn(4, 8, None, true);
+    let (start, end) = work.areas[1];
+    assert!(work.anon_huge_kib() >= 8192, "the cold area is huge pages");
+    let (from, to) = (start + MIB, end - MIB);
+    let run = monitor(
+        work.pid(),
+        4,
+        &[
+            "--damos_action",
+            "pageout",
+            "--damos_access_rate",
+            "0",
+            "0",
+            "--damos_age",
+            "1s",
+            "max",
+            "--damos_filter",
+            "allow",
+            "addr",
+            &from.to_string(),
+            &to.to_string(),
+        ],
+    );
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let huge = 2 * MIB;
+    let (first, last) = ((start, start + huge), (end - huge, end));
+    assert_eq!(work.resident(first), 1.0, "the huge page across the start was left alone");
+    assert_eq!(work.resident(last), 1.0, "the huge page across the end was left alone");
+    assert_eq!(work.anon_huge_kib() % 2048, 0);
+    assert!(work.anon_huge_kib() >= 4096, "both still huge: {} KiB", work.anon_huge_kib());
+    assert!(
+        work.resident((start + huge, end - huge)) < 0.5,
+        "the two inside were paged out: {}",
+        last_stats(&out)
+    );
 }

@@ -5,7 +5,8 @@
 //! As in the kernel: the first filter whose condition holds (or, for a `matching: false`
 //! filter, does not hold) decides, allowing or rejecting; when none does, memory is allowed
 //! unless the last filter was an allow filter. The engine's filters go first; memory they
-//! leave undecided goes on to the operations' when there are any.
+//! allow skips the operations' (as the kernel's `core_filters_allowed`), memory they leave
+//! undecided goes on to them when there are any.
 
 use serde::{Deserialize, Serialize};
 
@@ -51,20 +52,37 @@ pub struct Filter {
     pub allow: bool,
 }
 
-/// Whether memory whose properties answer `has` (per filter, in order) passes `filters`, one
-/// group (the engine's or the operations'). When a later group follows, memory no filter here
-/// applied to goes on to it.
+/// What a group of filters says of memory whose properties answer `has` (per filter, in
+/// order): the first filter that applies decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Reject,
+    /// No filter applied.
+    Undecided,
+}
+
+pub fn decide(filters: &[&Filter], mut has: impl FnMut(&FilterKind) -> bool) -> Verdict {
+    match filters.iter().find(|f| has(&f.kind) == f.matching) {
+        Some(f) if f.allow => Verdict::Allow,
+        Some(_) => Verdict::Reject,
+        None => Verdict::Undecided,
+    }
+}
+
+/// Whether memory passes `filters`, one group (the engine's or the operations'). Memory the
+/// group leaves undecided goes on to a later group if there is one; otherwise it passes unless
+/// the last filter was an allow filter.
 pub fn passes(
     filters: &[&Filter],
     later_group: bool,
-    mut has: impl FnMut(&FilterKind) -> bool,
+    has: impl FnMut(&FilterKind) -> bool,
 ) -> bool {
-    for f in filters {
-        if has(&f.kind) == f.matching {
-            return f.allow;
-        }
+    match decide(filters, has) {
+        Verdict::Allow => true,
+        Verdict::Reject => false,
+        Verdict::Undecided => later_group || !filters.last().is_some_and(|f| f.allow),
     }
-    later_group || !filters.last().is_some_and(|f| f.allow)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use self::{
-    filter::{Filter, FilterKind, passes},
+    filter::{Filter, FilterKind, Verdict, decide, passes},
     quota::{Goal, MAX_SCORE, Metric, Quota, score},
     watermarks::{Watermarks, WmarkMetric},
 };
@@ -167,8 +167,9 @@ impl Scheme {
     }
 }
 
-/// What a scheme did so far (the kernel's DAMOS stats).
+/// What a scheme did so far (the kernel's DAMOS stats, with damo's key names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     /// Regions (pieces) and bytes the action was tried on: they matched the pattern, the quota
     /// and the engine's filters; bytes as the operations count them (vaddr: mapped memory, not
@@ -209,6 +210,8 @@ pub struct Applied {
 /// A scheme while it runs.
 pub(crate) struct Running {
     scheme: Scheme,
+    /// Target ids in the order first seen: `FilterKind::Target`'s numbering.
+    target_ids: Vec<u64>,
     stats: Stats,
     charge: Charge,
     next_apply_us: u64,
@@ -220,6 +223,7 @@ impl Running {
     pub fn new(scheme: Scheme) -> Self {
         Self {
             scheme,
+            target_ids: Vec::new(),
             stats: Stats::default(),
             charge: Charge::new(),
             next_apply_us: 0,
@@ -238,14 +242,15 @@ impl Running {
         }
     }
 
-    /// Whether the watermarks let the scheme act now (reading the metric when due). Without
-    /// watermarks, always.
+    /// Whether the watermarks let the scheme act now. Without watermarks, always. The metric is
+    /// read every time while active (as the kernel reads it every sample: free memory can fall
+    /// fast), and every watermark interval while inactive.
     pub fn check_watermarks(&mut self, ops: &mut (impl Operations + ?Sized), now_us: u64) -> bool {
         let marks = self.scheme.wmarks;
-        if marks.metric.is_none() || now_us < self.next_wmark_us {
+        if marks.metric.is_none() || (!self.active && now_us < self.next_wmark_us) {
             return self.active;
         }
-        self.next_wmark_us = now_us + marks.interval_us;
+        self.next_wmark_us = now_us.saturating_add(marks.interval_us);
         // A metric that cannot be read leaves the state as it was.
         if let Some(value) = ops.free_mem_permil() {
             self.active = active_after(&marks, value, self.active);
@@ -255,8 +260,10 @@ impl Running {
 
     /// How long until the watermarks are read again (for a monitor whose schemes are all
     /// inactive, which then need not sample).
+    /// With an interval of 0 the kernel does not wait: neither does this.
     pub fn wmark_wait_us(&self, now_us: u64) -> Option<u64> {
-        (self.scheme.wmarks.metric.is_some() && !self.active)
+        let marks = &self.scheme.wmarks;
+        (marks.metric.is_some() && !self.active && marks.interval_us > 0)
             .then(|| self.next_wmark_us.saturating_sub(now_us))
     }
 }
@@ -281,7 +288,7 @@ pub(crate) fn apply(
         if env.now_us < s.next_apply_us {
             continue;
         }
-        s.next_apply_us = env.now_us + s.scheme.apply_interval_us;
+        s.next_apply_us = env.now_us.saturating_add(s.scheme.apply_interval_us);
         if !s.check_watermarks(ops, env.now_us) {
             continue;
         }
@@ -301,14 +308,13 @@ fn adjust_quota(
     env: &Env,
 ) {
     let (quota, charge) = (&mut s.scheme.quota, &mut s.charge);
-    let reset_due = charge
-        .charged_from_us
-        .is_none_or(|from| env.now_us >= from + quota.reset_interval_ms * 1000);
+    let reset_due = charge.charged_from_us.is_none_or(|from| {
+        env.now_us >= from.saturating_add(quota.reset_interval_ms.saturating_mul(1000))
+    });
     if reset_due {
         if charge.charged_from_us.is_some() && charge.exhausted() {
             s.stats.qt_exceeds += 1;
         }
-        charge.total_charged_sz += charge.charged_sz;
         charge.charged_sz = 0;
         charge.charged_from_us = Some(env.now_us);
         for goal in quota.goals.iter_mut().filter(|g| g.metric != Metric::UserInput) {
@@ -344,11 +350,23 @@ fn apply_one(
     if quota_set && s.charge.exhausted() {
         return;
     }
-    // Past the last region of its target, the next round starts from the beginning.
-    let resume = s.charge.resume.take().filter(|&(rt, addr)| {
-        targets.get(rt).and_then(|t| t.regions.last()).is_some_and(|r| r.end > addr)
+    // Targets are numbered in the order they were first seen, for `target` filters: exits do
+    // not renumber the others.
+    for t in targets.iter() {
+        if !s.target_ids.contains(&t.id) {
+            s.target_ids.push(t.id);
+        }
+    }
+    // Where the last interval stopped, by target position now; past the last region of its
+    // target (or with the target gone), the next round starts from the beginning.
+    let resume = s.charge.resume.take().and_then(|(id, addr)| {
+        let rt = targets.iter().position(|t| t.id == id)?;
+        targets[rt].regions.last().is_some_and(|r| r.end > addr).then_some((rt, addr))
     });
+    // Address filters' bounds, aligned as regions are.
+    let align = |b: u64| align_down(b, env.min_region_sz);
     for (ti, target) in targets.iter_mut().enumerate() {
+        let number = s.target_ids.iter().position(|&id| id == target.id);
         let mut i = 0;
         while i < target.regions.len() {
             if quota_set && s.charge.exhausted() {
@@ -380,7 +398,7 @@ fn apply_one(
             // An address filter decides whole regions: cut at its first bound inside.
             let bound = core.iter().find_map(|f| match f.kind {
                 FilterKind::Addr(start, end) => {
-                    [start, end].into_iter().find(|&b| r.start < b && b < r.end)
+                    [align(start), align(end)].into_iter().find(|&b| r.start < b && b < r.end)
                 }
                 _ => None,
             });
@@ -391,14 +409,24 @@ fn apply_one(
             }
             let r = target.regions[i];
             let has = |kind: &FilterKind| match *kind {
-                FilterKind::Addr(start, end) => start <= r.start && r.end <= end,
-                FilterKind::Target(index) => index == ti,
+                FilterKind::Addr(start, end) => align(start) <= r.start && r.end <= align(end),
+                FilterKind::Target(index) => number == Some(index),
                 _ => false,
             };
-            if !passes(&core, !ops_filters.is_empty(), has) {
-                i += 1;
-                continue;
-            }
+            // Memory the engine's filters allow skips the operations' filters.
+            let page_filters: &[&Filter] = match decide(&core, has) {
+                Verdict::Allow => &[],
+                Verdict::Reject => {
+                    i += 1;
+                    continue;
+                }
+                Verdict::Undecided if !ops_filters.is_empty() => &ops_filters,
+                Verdict::Undecided if core.last().is_some_and(|f| f.allow) => {
+                    i += 1;
+                    continue;
+                }
+                Verdict::Undecided => &[],
+            };
             let mut sz = r.size();
             if quota_set && s.charge.esz != u64::MAX {
                 let left = align_down(s.charge.esz - s.charge.charged_sz, env.min_region_sz);
@@ -412,15 +440,17 @@ fn apply_one(
             }
             let started = Instant::now();
             let applied =
-                ops.apply_scheme(target, (r.start, r.start + sz), s.scheme.action, &ops_filters);
+                ops.apply_scheme(target, (r.start, r.start + sz), s.scheme.action, page_filters);
+            // The time quota's throughput is of the work done, filtered or not.
             s.charge.total_charged_ns += started.elapsed().as_nanos() as u64;
+            s.charge.total_charged_sz += applied.tried.min(sz);
             // What passed the operations' filters is what the quota pays for: charging what
             // they filter out (as the kernel does) would let rejected memory use it up.
             s.charge.charged_sz += applied.passed.min(sz);
             s.stats.nr_tried += (applied.tried > 0) as u64;
             s.stats.sz_tried += applied.tried.min(sz);
             if quota_set && s.charge.exhausted() {
-                s.charge.resume = Some((ti, r.start + sz));
+                s.charge.resume = Some((target.id, r.start + sz));
             }
             if s.scheme.action != Action::Stat {
                 target.regions[i].age = 0;

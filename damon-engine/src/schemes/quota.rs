@@ -109,13 +109,13 @@ pub(crate) struct Charge {
     pub charged_sz: u64,
     /// When the current reset interval began, in µs of monitoring time.
     pub charged_from_us: Option<u64>,
-    /// Over all reset intervals: bytes tried and the time it took, for the time quota's
-    /// throughput.
+    /// Over all reset intervals: bytes worked on (before the operations' filters) and the time
+    /// it took, for the time quota's throughput.
     pub total_charged_sz: u64,
     pub total_charged_ns: u64,
-    /// Where the last interval stopped (target index, address), so the next one goes on from
+    /// Where the last interval stopped (target id, address), so the next one goes on from
     /// there rather than acting on the same regions first again.
-    pub resume: Option<(usize, u64)>,
+    pub resume: Option<(u64, u64)>,
     /// Regions scoring below this are left for later.
     pub min_score: u32,
 }
@@ -148,7 +148,8 @@ impl Charge {
             } else {
                 (self.total_charged_sz as u128 * 1_000_000 / self.total_charged_ns as u128) as u64
             };
-            esz = esz.min(throughput.saturating_mul(quota.time_ms));
+            // Never nothing: a quota of 0 would never be used, so never measured again.
+            esz = esz.min(throughput.saturating_mul(quota.time_ms).max(page));
         }
         if quota.sz != 0 {
             esz = esz.min(quota.sz);

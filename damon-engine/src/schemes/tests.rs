@@ -228,3 +228,45 @@ fn bad_schemes_are_refused_with_their_index() {
         "evict".parse::<Action>().unwrap_err().to_string().starts_with("unknown action `evict`")
     );
 }
+
+#[test]
+fn memory_an_address_filter_allows_skips_the_page_filters() {
+    let mut scheme = Scheme::new(AccessPattern::default(), Action::Cold);
+    scheme.filters = vec![
+        Filter { kind: FilterKind::Addr(10 * MIB, 20 * MIB), matching: true, allow: true },
+        Filter { kind: FilterKind::Anon, matching: true, allow: false },
+    ];
+    let (mut ctx, mut ops) = context(vec![scheme]);
+    aggregations(&mut ctx, &mut ops, 1);
+    let stats = ctx.scheme_status()[0].stats;
+    // 10..20 MiB whole (allowed by address); elsewhere the page filter passes 20..64 MiB.
+    assert_eq!((stats.sz_tried, stats.sz_ops_filter_passed), (64 * MIB, 10 * MIB + 44 * MIB));
+}
+
+#[test]
+fn target_filters_number_targets_in_the_order_first_seen() {
+    let mut scheme = Scheme::new(AccessPattern::default(), Action::Cold);
+    scheme.filters = vec![Filter { kind: FilterKind::Target(1), matching: true, allow: false }];
+    let mut schemes = vec![Running::new(scheme)];
+    let target = |id: u64| Target::with_ranges(id, &[(id * 16 * MIB, (id + 1) * 16 * MIB)]);
+    let mut targets = vec![target(0), target(1), target(2)];
+    let mut ops = Half::default();
+    let env = Env { now_us: 0, aggr_us: 100_000, samples: 20, min_region_sz: 4096, page: 4096 };
+    apply(&mut schemes, &mut targets, &mut ops, &env);
+    let starts = |ops: &Half| ops.applied.iter().map(|a| a.0 / (16 * MIB)).collect::<Vec<_>>();
+    assert_eq!(starts(&ops), [0, 2], "the second target is spared");
+    // The first exits: the one spared is still the second seen, not the second left.
+    targets.remove(0);
+    ops.applied.clear();
+    apply(&mut schemes, &mut targets, &mut ops, &env);
+    assert_eq!(starts(&ops), [2]);
+}
+
+#[test]
+fn a_time_quota_never_shrinks_to_nothing() {
+    let mut charge = quota::Charge::new();
+    // Work that took time but passed no filter: a throughput of 0 bytes per ms.
+    charge.total_charged_ns = 5_000_000;
+    charge.set_effective(&Quota { time_ms: 10, ..Quota::default() }, 4096);
+    assert_eq!(charge.esz, 4096, "one page at least, so the quota is used and measured again");
+}

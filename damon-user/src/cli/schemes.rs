@@ -302,6 +302,23 @@ impl SchemeArgs {
             if let Some(words) = self.quotas.get(i) {
                 scheme.quota = quotas(words).context("--damos_quotas")?;
             }
+            // As damo: the quota options one by one make a quota with --damos_quota_interval
+            // (and weights 1, 1, 1 unless given).
+            let one_by_one = [&self.quota_time, &self.quota_space, &self.quota_weights];
+            match (self.quota_interval.get(i), one_by_one.iter().any(|o| o.get(i).is_some())) {
+                (Some(_), _) if self.quotas.get(i).is_some() => bail!(
+                    "scheme {i}: give --damos_quotas or the --damos_quota_* options, not both"
+                ),
+                (Some(_), _) => {
+                    scheme.quota.weight_sz = 1;
+                    scheme.quota.weight_nr_accesses = 1;
+                    scheme.quota.weight_age = 1;
+                }
+                (None, true) => bail!(
+                    "scheme {i}: --damos_quota_time, _space and _weights need --damos_quota_interval"
+                ),
+                (None, false) => {}
+            }
             let quota = &mut scheme.quota;
             if let Some(text) = self.quota_time.get(i).and_then(|w| w.first()) {
                 quota.time_ms = millis(text).context("--damos_quota_time")?;
@@ -404,10 +421,15 @@ fn size(text: &str) -> Result<u64> {
 
 /// µs: a bare number, or a duration with a unit; `min`/`max`.
 fn micros(text: &str) -> Result<u64> {
-    match text {
+    match text.trim() {
         "min" => Ok(0),
         "max" => Ok(u64::MAX),
-        _ => parse_duration_us(text),
+        // damo writes short times in ns (`0 ns`).
+        t if t.ends_with("ns") => {
+            let ns = t.trim_end_matches("ns").trim();
+            Ok(ns.parse::<u64>().with_context(|| format!("`{t}` is not a time"))? / 1000)
+        }
+        t => parse_duration_us(t),
     }
 }
 
@@ -420,7 +442,7 @@ fn millis(text: &str) -> Result<u64> {
     if text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().with_context(|| format!("`{text}` is not a number of ms"));
     }
-    Ok(parse_duration_us(text)? / 1000)
+    Ok(micros(text)? / 1000)
 }
 
 /// A JSON value or word as text (damo writes numbers both ways).
@@ -496,12 +518,17 @@ fn weights(words: &[String]) -> Result<[u32; 3]> {
     Ok(w)
 }
 
+/// Permil: a bare number, or a percentage (`50%`, `50 %` as damo writes it: 500).
 fn permil(text: &str) -> Result<u64> {
-    text.trim()
-        .trim_end_matches('%')
-        .trim()
-        .parse()
-        .with_context(|| format!("`{text}` is not a number"))
+    let bad = || format!("`{text}` is not a number of permil or a percentage");
+    match text.trim().strip_suffix('%') {
+        Some(percent) => {
+            let p: f64 = percent.trim().parse().with_context(bad)?;
+            anyhow::ensure!(p >= 0.0, bad());
+            Ok((p * 10.0).round() as u64)
+        }
+        None => text.trim().parse().with_context(bad),
+    }
 }
 
 /// A quota goal: METRIC TARGET [OPTIONS] (see `SchemeArgs::quota_goal`).

@@ -60,7 +60,16 @@ impl Recorder {
             .last_end
             .insert(key, end_ns)
             .unwrap_or_else(|| end_ns.saturating_sub(self.aggr_us * 1000));
-        Some((key, RecordedSnapshot { start_ns, end_ns, regions: open.regions, sample_us: None }))
+        Some((
+            key,
+            RecordedSnapshot {
+                start_ns,
+                end_ns,
+                regions: open.regions,
+                sample_us: None,
+                schemes: Vec::new(),
+            },
+        ))
     }
 }
 

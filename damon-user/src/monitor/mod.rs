@@ -240,14 +240,16 @@ fn sample<S: Source>(
 }
 
 /// Every scheme is held off by its watermarks: monitoring serves nothing until they let one act
-/// again (as the kernel's kdamond waits), so the sampler sleeps, reading them when due.
+/// again (as the kernel's kdamond waits), so the sampler sleeps, reading them when due, and
+/// looking for exits.
 fn pause<S: Source>(ctx: &mut Context, source: &mut S, stop: &AtomicBool, mut wait_us: u64) {
     const NAP: Duration = Duration::from_millis(100);
     while !stop.load(Ordering::Acquire) {
         let nap = Duration::from_micros(wait_us).min(NAP);
         std::thread::sleep(nap);
         let slept = nap.as_micros() as u64;
-        if ctx.resume_after(source, slept) {
+        // A target's exit ends the pause: the next aggregation drops it.
+        if ctx.resume_after(source, slept) || source.poll_exits() {
             return;
         }
         wait_us = ctx.pause_us().unwrap_or(0).max(1);

@@ -23,6 +23,12 @@ pub trait Source: Operations + Send + 'static {
     fn stats(&self) -> OpsStats {
         OpsStats::default()
     }
+
+    /// Looks for targets that exited without a sample to see it (monitoring paused); true if
+    /// any did.
+    fn poll_exits(&mut self) -> bool {
+        false
+    }
 }
 
 /// Something that went wrong for one target, `count` times since last reported, without

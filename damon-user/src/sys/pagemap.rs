@@ -59,9 +59,13 @@ impl Pagemap {
                 Err(err) => return Err(err),
             }
         }
+        // Short: the range ends past the address space (an exec replaced it, say); zeros would
+        // read as pages of no kind, which filters would let through.
+        if read < bytes.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
         out.clear();
         out.extend(bytes.chunks_exact(8).map(|b| Entry(u64::from_le_bytes(b.try_into().unwrap()))));
-        out.resize(pages, Entry(0));
         Ok(())
     }
 }

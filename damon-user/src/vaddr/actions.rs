@@ -15,11 +15,15 @@ use std::{
     sync::OnceLock,
 };
 
-use damon_common::x86::PMD_SIZE;
+use damon_common::{FOLIO_LOOKED_UP, x86::PMD_SIZE};
 use damon_engine::schemes::{Action, Applied, Filter, FilterKind, passes};
 
 use crate::{
-    dataplane::{AddressSpace, Walker, leaf::Leaf, walker::Request},
+    dataplane::{
+        AddressSpace, Walker,
+        leaf::{Folio, Leaf},
+        walker::Request,
+    },
     sys::{pagemap::Entry, pidfd::PidFd, proc_maps::Mapping},
 };
 
@@ -175,11 +179,31 @@ enum Edge {
 fn folio(leaf: Leaf, addr: u64) -> Edge {
     match leaf {
         Leaf::None => Edge::Clear,
+        // The walker looks a page's folio up only when its accessed bit is set (a clear's
+        // case); for the others kpageflags says whether the frame is part of a large folio.
+        Leaf::Pte(_, Folio(bits)) if bits & FOLIO_LOOKED_UP == 0 => {
+            match leaf.physical(addr).and_then(|at| compound(at / PAGE)) {
+                Some(false) => Edge::Folio(addr / PAGE * PAGE, PAGE),
+                _ => Edge::Unknown,
+            }
+        }
         Leaf::Pte(..) | Leaf::Pmd(_) | Leaf::Pud(_) => {
             leaf.clear_range(addr).map_or(Edge::Unknown, |(s, len)| Edge::Folio(s, len))
         }
         Leaf::Missing | Leaf::Gone | Leaf::Fault => Edge::Unknown,
     }
+}
+
+/// Whether frame `pfn` is part of a compound page (a large folio), from `/proc/kpageflags`;
+/// `None` where it cannot be read.
+fn compound(pfn: u64) -> Option<bool> {
+    const HEAD: u64 = 1 << 15;
+    const TAIL: u64 = 1 << 16;
+    static KPAGEFLAGS: OnceLock<Option<File>> = OnceLock::new();
+    let file = KPAGEFLAGS.get_or_init(|| File::open("/proc/kpageflags").ok()).as_ref()?;
+    let mut flags = [0u8; 8];
+    file.read_exact_at(&mut flags, pfn * 8).ok()?;
+    Some(u64::from_le_bytes(flags) & (HEAD | TAIL) != 0)
 }
 
 /// Narrows the runs to the pages `filters` let through, by their pagemap entries.

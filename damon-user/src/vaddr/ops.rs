@@ -546,6 +546,15 @@ impl Source for VaddrOps {
             .collect()
     }
 
+    fn poll_exits(&mut self) -> bool {
+        let mut any = false;
+        for process in self.processes.values_mut().filter(|p| !p.exited) {
+            process.exited = process.pidfd.exited();
+            any |= process.exited;
+        }
+        any
+    }
+
     fn stats(&self) -> OpsStats {
         let walk = self.walker.stats().unwrap_or_default();
         let calls = self.walker.call_times();

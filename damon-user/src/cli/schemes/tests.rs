@@ -107,6 +107,9 @@ fn bad_schemes_are_one_clear_line() {
         ),
         ("--schemes [{\"action\":1}", "not JSON"),
         ("--schemes /no/such/file", "neither a file nor JSON"),
+        ("--damos_action cold --damos_quota_space 1M", "need --damos_quota_interval"),
+        ("--damos_action cold --damos_quotas 10 --damos_quota_interval 1s", "not both"),
+        ("--damos_action cold --damos_wmarks free_mem_rate 1s 50x 40 20", "not a number of permil"),
         (
             "--schemes [{\"action\":\"cold\",\"access_pattern\":3}]",
             "access_pattern must be an object",

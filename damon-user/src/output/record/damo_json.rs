@@ -7,6 +7,8 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Deserializer, Serialize, de};
 use serde_json::Value;
 
+use damon_engine::schemes::Stats;
+
 use super::{Intervals, RecordedSnapshot, Region, TargetRecord};
 
 #[derive(Serialize, Deserialize)]
@@ -45,6 +47,9 @@ struct JsonSnapshot {
     damos_stats: Option<Value>,
     #[serde(default)]
     sample_interval_us: Option<Number<MICROS>>,
+    /// udamon's own: every scheme's stats (damo's `damos_stats` holds the first's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    udamon_damos_stats: Vec<Stats>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -151,8 +156,12 @@ fn to_json(target: &TargetRecord) -> JsonTarget {
                     })
                     .collect(),
                 total_bytes: Some(Number(s.total_bytes() as i128)),
-                damos_stats: None,
+                damos_stats: s
+                    .schemes
+                    .first()
+                    .map(|stats| serde_json::to_value(stats).expect("stats serialize")),
                 sample_interval_us: s.sample_us.map(|us| Number(us as i128)),
+                udamon_damos_stats: s.schemes.clone(),
             })
             .collect(),
         data_source: Some("udamon".to_owned()),
@@ -267,7 +276,13 @@ fn snapshot(
         bail!("start_time {start_ns} is after end_time {end_ns}");
     }
     let sample_us = s.sample_interval_us.map(|us| us.unsigned("sample_interval_us")).transpose()?;
-    Ok(Some(RecordedSnapshot { start_ns, end_ns, regions, sample_us }))
+    // Every scheme's, or damo's one (ignored where damo wrote its numbers as text).
+    let schemes = match (s.udamon_damos_stats, s.damos_stats) {
+        (all, _) if !all.is_empty() => all,
+        (_, Some(one)) => serde_json::from_value::<Stats>(one).into_iter().collect(),
+        _ => Vec::new(),
+    };
+    Ok(Some(RecordedSnapshot { start_ns, end_ns, regions, sample_us, schemes }))
 }
 
 // What a number's text may carry as a unit.
@@ -424,6 +439,36 @@ mod tests {
         let s = &target.snapshots[0];
         assert_eq!((s.start_ns, s.end_ns), (100_000_000_000, 100_100_000_000));
         assert_eq!(s.regions, [Region::new(4096, 8192, 3, 1)]);
+    }
+
+    #[test]
+    fn scheme_stats_go_to_damos_stats_and_come_back() {
+        let stats =
+            |n| Stats { nr_tried: n, sz_tried: 4096 * n, qt_exceeds: 1, ..Stats::default() };
+        let snapshot = RecordedSnapshot {
+            start_ns: 0,
+            end_ns: 100_000_000,
+            regions: vec![Region::new(4096, 8192, 3, 1)],
+            sample_us: None,
+            schemes: vec![stats(2), stats(5)],
+        };
+        let record = [TargetRecord { target_id: 7, intervals: None, snapshots: vec![snapshot] }];
+        let text = to_vec(&record).unwrap();
+        let json: Value = serde_json::from_slice(&text).unwrap();
+        // damo reads the first scheme's, with its key names.
+        let damo = &json[0]["snapshots"][0]["damos_stats"];
+        assert_eq!((damo["nr_tried"].as_u64(), damo["sz_tried"].as_u64()), (Some(2), Some(8192)));
+        assert_eq!(from_slice(&text).unwrap()[0].snapshots[0].schemes, [stats(2), stats(5)]);
+        // A damo record's one scheme reads too.
+        let damo = r#"[{"target_id": 1, "snapshots": [{"start_time": 0, "end_time": 1,
+            "regions": [{"start": 0, "end": 4096, "nr_accesses": {"samples": 0}}],
+            "damos_stats": {"nr_tried": 3, "sz_tried": 12288, "nr_applied": 0, "sz_applied": 0,
+            "sz_ops_filter_passed": 0, "qt_exceeds": 1, "nr_snapshots": 9}}]}]"#;
+        let read = from_slice(damo.as_bytes()).unwrap();
+        assert_eq!(
+            read[0].snapshots[0].schemes,
+            [Stats { nr_tried: 3, sz_tried: 12288, qt_exceeds: 1, ..Stats::default() }]
+        );
     }
 
     #[test]

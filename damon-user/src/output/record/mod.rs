@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
-use damon_engine::{Attrs, units::Size};
+use damon_engine::{Attrs, schemes::Stats, units::Size};
 
 pub use crate::snapshot::Region;
 use crate::{snapshot::Snapshot, util::atomic_file::Output};
@@ -30,6 +30,9 @@ pub struct RecordedSnapshot {
     /// The sample interval of this snapshot where it is known to vary (auto-tuned intervals),
     /// in µs; `None`: the record's.
     pub sample_us: Option<u64>,
+    /// Each DAMOS scheme's stats so far, in order (damo's record holds one scheme's, the first
+    /// here, as `damos_stats`).
+    pub schemes: Vec<Stats>,
 }
 
 impl RecordedSnapshot {
@@ -100,6 +103,7 @@ impl RecordedSnapshot {
             end_ns: snapshot.elapsed.as_nanos() as u64,
             regions: target.regions.clone(),
             sample_us: Some(snapshot.sample_us),
+            schemes: snapshot.schemes.iter().map(|s| s.stats).collect(),
         })
     }
 }
@@ -314,6 +318,7 @@ pub(crate) mod tests {
                 snapshots: vec![
                     RecordedSnapshot {
                         sample_us: None,
+                        schemes: Vec::new(),
                         start_ns: 0,
                         end_ns: 100_000_000,
                         regions: vec![
@@ -323,6 +328,7 @@ pub(crate) mod tests {
                     },
                     RecordedSnapshot {
                         sample_us: None,
+                        schemes: Vec::new(),
                         start_ns: 100_000_000,
                         end_ns: 200_000_000,
                         regions: vec![
@@ -341,6 +347,7 @@ pub(crate) mod tests {
                 }),
                 snapshots: vec![RecordedSnapshot {
                     sample_us: None,
+                    schemes: Vec::new(),
                     start_ns: 0,
                     end_ns: 100_000_000,
                     regions: vec![region(0x7f00_0000_0000, 0x7f00_0020_0000, 7, 9)],

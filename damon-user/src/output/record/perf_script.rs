@@ -78,6 +78,7 @@ pub fn parse(text: &str) -> Result<Vec<TargetRecord>> {
                         end_ns,
                         regions: vec![],
                         sample_us: None,
+                        schemes: Vec::new(),
                     },
                     expected: nr_regions,
                     line: number,

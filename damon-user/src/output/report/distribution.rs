@@ -91,6 +91,7 @@ mod tests {
             .enumerate()
             .map(|(i, &size)| RecordedSnapshot {
                 sample_us: None,
+                schemes: Vec::new(),
                 start_ns: i as u64,
                 end_ns: i as u64 + 1,
                 regions: vec![Region::new(0, size, 1, 0), Region::new(size, size + 4096, 0, 0)],

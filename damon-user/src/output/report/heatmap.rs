@@ -149,6 +149,7 @@ mod tests {
     fn snapshot(t: u64, regions: &[(u64, u64, u32)]) -> RecordedSnapshot {
         RecordedSnapshot {
             sample_us: None,
+            schemes: Vec::new(),
             start_ns: t,
             end_ns: t + 100,
             regions: regions

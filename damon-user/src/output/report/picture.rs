@@ -173,6 +173,7 @@ mod tests {
     fn map() -> Heatmap {
         let s = [RecordedSnapshot {
             sample_us: None,
+            schemes: Vec::new(),
             start_ns: 0,
             end_ns: 1_000_000_000,
             regions: vec![Region::new(0, 4096, 20, 0), Region::new(4096, 8192, 0, 0)],
