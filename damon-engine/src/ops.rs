@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use crate::{
     region::{Access, Target},
-    schemes::{Action, Applied, Filter, Metric},
+    schemes::{Applied, Filter, Metric, Scheme},
 };
 
 /// In the addresses to prepare: this region is not prepared now.
@@ -41,14 +41,14 @@ pub trait Operations {
     /// Whether the target still exists (a process that exited does not).
     fn target_valid(&mut self, target: &Target) -> bool;
 
-    /// Applies a scheme's `action` to `range` of `target`, to the memory its operations-level
+    /// Applies `scheme`'s action to `range` of `target`, to the memory the operations-level
     /// `filters` (anon, memcg, ...; in order, as `schemes::passes` reads them) let through.
     /// Operations that cannot act apply nothing.
     fn apply_scheme(
         &mut self,
         _target: &Target,
         _range: (u64, u64),
-        _action: Action,
+        _scheme: &Scheme,
         _filters: &[&Filter],
     ) -> Applied {
         Applied::default()

@@ -74,6 +74,10 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// Pageout of memory idle for a second: most tests' scheme.
+const IDLE_PAGEOUT: [&str; 8] =
+    ["--damos_action", "pageout", "--damos_access_rate", "0", "0", "--damos_age", "1s", "max"];
+
 /// One at a time: the tests share the swap device and the THP setting.
 fn begin(name: &str) -> Option<MutexGuard<'static, ()>> {
     static SERIAL: Mutex<()> = Mutex::new(());
@@ -359,26 +363,22 @@ fn a_size_quota_holds_per_interval_and_goes_on_where_it_stopped() {
         work.pid(),
         9,
         &[
-            "--damos_action",
-            "pageout",
-            "--damos_access_rate",
-            "0",
-            "0",
-            "--damos_age",
-            "1s",
-            "max",
-            "--damos_quota_space",
-            "8MiB",
-            "--damos_quota_interval",
-            "1s",
-            "--damos_filter",
-            "allow",
-            "anon",
-            "--damos_filter",
-            "reject",
-            "none",
-            "anon",
-        ],
+            IDLE_PAGEOUT.as_slice(),
+            &[
+                "--damos_quota_space",
+                "8MiB",
+                "--damos_quota_interval",
+                "1s",
+                "--damos_filter",
+                "allow",
+                "anon",
+                "--damos_filter",
+                "reject",
+                "none",
+                "anon",
+            ],
+        ]
+        .concat(),
     );
     let started = Instant::now();
     let mut over = Vec::new();
@@ -507,22 +507,18 @@ fn a_pressure_goal_lowers_the_quota_under_stalls_and_raises_it_after() {
         work.pid(),
         16,
         &[
-            "--damos_action",
-            "pageout",
-            "--damos_access_rate",
-            "0",
-            "0",
-            "--damos_age",
-            "1s",
-            "max",
-            "--damos_quotas",
-            "0",
-            "64MiB",
-            "100",
-            "--damos_quota_goal",
-            "some_mem_psi_us",
-            "2ms",
-        ],
+            IDLE_PAGEOUT.as_slice(),
+            &[
+                "--damos_quotas",
+                "0",
+                "64MiB",
+                "100",
+                "--damos_quota_goal",
+                "some_mem_psi_us",
+                "2ms",
+            ],
+        ]
+        .concat(),
     );
     // Each aggregation's effective quota, as it comes.
     let quotas = Arc::new(Mutex::new(Vec::<(Instant, u64)>::new()));
@@ -593,20 +589,10 @@ fn a_range_ending_inside_a_huge_page_does_not_split_it() {
         work.pid(),
         4,
         &[
-            "--damos_action",
-            "pageout",
-            "--damos_access_rate",
-            "0",
-            "0",
-            "--damos_age",
-            "1s",
-            "max",
-            "--damos_filter",
-            "allow",
-            "addr",
-            &from.to_string(),
-            &to.to_string(),
-        ],
+            IDLE_PAGEOUT.as_slice(),
+            &["--damos_filter", "allow", "addr", &from.to_string(), &to.to_string()],
+        ]
+        .concat(),
     );
     let out = run.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

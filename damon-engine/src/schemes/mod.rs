@@ -124,6 +124,9 @@ impl AccessPattern {
 pub struct Scheme {
     pub pattern: AccessPattern,
     pub action: Action,
+    /// Where `migrate_hot` and `migrate_cold` move pages to (a NUMA node).
+    #[serde(default)]
+    pub target_nid: Option<u32>,
     /// How often the scheme is applied, in µs; 0 (or anything under the aggregation interval):
     /// at every aggregation.
     pub apply_interval_us: u64,
@@ -137,6 +140,7 @@ impl Scheme {
         Self {
             pattern,
             action,
+            target_nid: None,
             apply_interval_us: 0,
             quota: Quota::default(),
             wmarks: Watermarks::default(),
@@ -440,7 +444,7 @@ fn apply_one(
             }
             let started = Instant::now();
             let applied =
-                ops.apply_scheme(target, (r.start, r.start + sz), s.scheme.action, page_filters);
+                ops.apply_scheme(target, (r.start, r.start + sz), &s.scheme, page_filters);
             // The time quota's throughput is of the work done, filtered or not.
             s.charge.total_charged_ns += started.elapsed().as_nanos() as u64;
             s.charge.total_charged_sz += applied.tried.min(sz);

@@ -40,7 +40,7 @@ impl Operations for Half {
         &mut self,
         _: &Target,
         range: (u64, u64),
-        action: Action,
+        scheme: &Scheme,
         filters: &[&Filter],
     ) -> Applied {
         // One operations filter is understood: reject anon, which is all of the first 16 MiB.
@@ -49,7 +49,7 @@ impl Operations for Half {
         } else {
             range.1.saturating_sub(range.0.max(16 * MIB))
         };
-        self.applied.push((range.0, range.1, action));
+        self.applied.push((range.0, range.1, scheme.action));
         Applied { tried: range.1 - range.0, passed: bytes, applied: bytes }
     }
     fn metric(&mut self, metric: &Metric) -> Option<u64> {

@@ -6,7 +6,7 @@ use damon_engine::schemes::Action;
 use super::Row;
 use crate::{
     sys::{anon::AnonMapping, pidfd::PidFd},
-    vaddr::actions::advice,
+    vaddr::actions::{How, how},
 };
 
 pub fn rows() -> Vec<Row> {
@@ -15,7 +15,8 @@ pub fn rows() -> Vec<Row> {
         .map(probe)
         .collect();
     rows.push(anon_pageout());
-    let unsupported = Action::ALL.into_iter().filter(|&a| advice(a).is_err());
+    rows.push(migration());
+    let unsupported = Action::ALL.into_iter().filter(|&a| how(a).is_err());
     let names: Vec<&str> = unsupported.map(Action::name).collect();
     rows.push(
         Row::new("DAMOS other actions", false, "nothing: refused when asked for").missing(format!(
@@ -35,7 +36,7 @@ fn probe(action: Action) -> Row {
         _ => "DAMOS collapse",
     };
     let row = Row::new(requirement, false, "schemes with this action");
-    let Ok(Some(advice)) = advice(action) else { return row.missing("no advice for it") };
+    let Ok(How::Advise(advice)) = how(action) else { return row.missing("no advice for it") };
     // 4 MiB hold an aligned 2 MiB, the least MADV_COLLAPSE takes (it refuses a smaller mapping).
     let tried = AnonMapping::new(1024).and_then(|mapping| {
         const HUGE: usize = 2 << 20;
@@ -50,6 +51,15 @@ fn probe(action: Action) -> Row {
             row.missing("MADV_COLLAPSE needs Linux 6.1")
         }
         Err(err) => row.missing(err.to_string()),
+    }
+}
+
+/// Pages move between NUMA nodes.
+fn migration() -> Row {
+    let row = Row::new("DAMOS migrate_hot, migrate_cold", false, "schemes that move pages");
+    match crate::sys::memory::nodes_online() {
+        nodes if nodes.len() >= 2 => row.ok(format!("NUMA nodes {nodes:?}")),
+        nodes => row.missing(format!("{} NUMA node: nothing to move pages to", nodes.len())),
     }
 }
 

@@ -51,8 +51,8 @@ const OPTIONS: [(&str, &str, &[&str], &str); 15] = [
     (
         "damos_action",
         "damos-action",
-        &["ACTION"],
-        "A DAMOS scheme's action: cold, pageout, willneed, collapse or stat. One per scheme; the other --damos_* options configure the schemes in this order",
+        &["ACTION [NODE]"],
+        "A DAMOS scheme's action: cold, pageout, willneed, collapse, stat, or migrate_hot/migrate_cold NODE. One per scheme; the other --damos_* options configure the schemes in this order",
     ),
     (
         "damos_sz_region",
@@ -149,6 +149,7 @@ fn arity(name: &str) -> std::ops::RangeInclusive<usize> {
         "damos_quota_goal" => 2..=4,
         "damos_nr_quota_goals" | "damos_nr_filters" | "damos_filter" => 1..=usize::MAX,
         "damos_wmarks" => 5..=5,
+        "damos_action" => 1..=2,
         _ => 1..=1,
     }
 }
@@ -267,13 +268,18 @@ impl SchemeArgs {
         let mut schemes = Vec::with_capacity(n);
         for i in 0..n {
             let words = &self.action[i];
-            let [action] = &words[..] else {
-                bail!(
-                    "--damos_action {}: one action per scheme (no target nodes: migration is not supported)",
+            let (action, node) = match &words[..] {
+                [action] => (action, None),
+                [action, node] => (action, Some(node)),
+                _ => bail!(
+                    "--damos_action {}: an action, and a node for migrations",
                     words.join(" ")
-                );
+                ),
             };
             let action: Action = action.parse().context("--damos_action")?;
+            let node = node
+                .map(|n| n.parse::<u32>().with_context(|| format!("--damos_action: node `{n}`")))
+                .transpose()?;
             let mut pattern = AccessPattern::default();
             if let Some([min, max]) = self.sz_region.get(i).map(Vec::as_slice) {
                 (pattern.min_sz, pattern.max_sz) = (
@@ -296,6 +302,7 @@ impl SchemeArgs {
                 );
             }
             let mut scheme = Scheme::new(pattern, action);
+            scheme.target_nid = node;
             if let Some(text) = self.apply_interval.get(i).and_then(|w| w.first()) {
                 scheme.apply_interval_us = micros(text).context("--damos_apply_interval")?;
             }
@@ -393,7 +400,18 @@ fn split_per_scheme<'a>(
 
 /// What udamon cannot do is refused before monitoring starts.
 pub fn check(s: &Scheme) -> Result<()> {
-    actions::advice(s.action).map_err(anyhow::Error::msg)?;
+    if actions::how(s.action).map_err(anyhow::Error::msg)? == actions::How::Migrate {
+        let Some(node) = s.target_nid else {
+            bail!("give the node to move pages to: --damos_action {} NODE", s.action.name());
+        };
+        let online = memory::nodes_online();
+        if online.len() < 2 {
+            bail!("migration needs two NUMA nodes or more; this machine has {}", online.len());
+        }
+        if !online.contains(&node) {
+            bail!("no NUMA node {node} (online: {online:?})");
+        }
+    }
     for g in &s.quota.goals {
         memory::readable(&g.metric)
             .map_err(|why| anyhow::anyhow!("quota goal {}: {why}", g.metric.name()))?;
@@ -683,6 +701,9 @@ fn scheme_json(v: &Value, attrs: &Attrs) -> Result<Scheme> {
         }
     }
     let mut scheme = Scheme::new(pattern, action);
+    if let Some(node) = field(v, "target_nid") {
+        scheme.target_nid = Some(text(&node)?.parse().context("target_nid")?);
+    }
     if let Some(i) = field(v, "apply_interval_us") {
         scheme.apply_interval_us = micros(&text(&i)?)?;
     }

@@ -55,6 +55,24 @@ pub fn readable(metric: &Metric) -> Result<(), String> {
     })
 }
 
+/// The NUMA nodes online (`/sys/devices/system/node/online`: `0-1,3`); node 0 alone where the
+/// kernel has no NUMA.
+pub fn nodes_online() -> Vec<u32> {
+    let Ok(text) = super::read_text("/sys/devices/system/node/online") else { return vec![0] };
+    parse_node_list(&text)
+}
+
+fn parse_node_list(text: &str) -> Vec<u32> {
+    let mut nodes = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (from, to) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(from), Ok(to)) = (from.parse::<u32>(), to.parse::<u32>()) {
+            nodes.extend(from..=to);
+        }
+    }
+    nodes
+}
+
 /// The running total of time some task stalled on memory, in µs.
 fn some_total_us(path: &Path) -> Option<u64> {
     let text = super::read_text(path).ok()?;
@@ -104,6 +122,8 @@ mod tests {
         assert_eq!(memcg_node_bytes(stat, 0), Some(4196));
         assert_eq!(memcg_node_bytes(stat, 1), Some(8192));
         assert_eq!(memcg_node_bytes(stat, 2), None);
+        assert_eq!(parse_node_list("0-2,4\n"), [0, 1, 2, 4]);
+        assert_eq!(parse_node_list("0"), [0]);
     }
 
     #[test]

@@ -80,6 +80,11 @@ impl Entry {
         self.0 & (PRESENT | SWAPPED) != 0
     }
 
+    /// Mapped now (not swapped out).
+    pub fn present(self) -> bool {
+        self.0 & PRESENT != 0
+    }
+
     /// Private anonymous memory (present or swapped out), as the kernel's `anon` filter sees it.
     pub fn anon(self) -> bool {
         self.populated() && self.0 & FILE_OR_SHARED == 0

@@ -1,5 +1,5 @@
-//! DAMOS actions on a process's memory: `process_madvise` with the action's advice, over the
-//! parts of a region the action may touch.
+//! DAMOS actions on a process's memory: `process_madvise` with the action's advice, or
+//! `move_pages` for migrations, over the parts of a region the action may touch.
 //!
 //! Without harm to the process: mappings the advice refuses (locked, hugetlb, PFN-mapped
 //! memory for COLD and PAGEOUT) are left out rather than failing the call; a range's ends are
@@ -16,7 +16,7 @@ use std::{
 };
 
 use damon_common::{FOLIO_LOOKED_UP, x86::PMD_SIZE};
-use damon_engine::schemes::{Action, Applied, Filter, FilterKind, passes};
+use damon_engine::schemes::{Action, Applied, Filter, FilterKind, Scheme, passes};
 
 use crate::{
     dataplane::{
@@ -32,25 +32,34 @@ const PAGE: u64 = 4096;
 const ENTRIES_PER_READ: usize = 64 << 10;
 /// `process_madvise` takes at most this many ranges per call.
 const IOV_MAX: usize = 1024;
+/// `move_pages`: move the pages mapped by this process only (not shared ones).
+const MPOL_MF_MOVE: libc::c_int = 1 << 1;
 
-/// The advice that performs `action` on another process, `None` for `stat` (nothing to do);
-/// `Err`: why udamon cannot perform it.
-pub fn advice(action: Action) -> Result<Option<libc::c_int>, &'static str> {
+/// How an action is performed on another process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    /// Nothing to do (`stat`).
+    Nothing,
+    Advise(libc::c_int),
+    /// `move_pages` to the scheme's node.
+    Migrate,
+}
+
+/// How udamon performs `action`; `Err`: why it cannot.
+pub fn how(action: Action) -> Result<How, &'static str> {
     match action {
-        Action::Stat => Ok(None),
-        Action::Cold => Ok(Some(libc::MADV_COLD)),
-        Action::Pageout => Ok(Some(libc::MADV_PAGEOUT)),
-        Action::Willneed => Ok(Some(libc::MADV_WILLNEED)),
-        Action::Collapse => Ok(Some(libc::MADV_COLLAPSE)),
+        Action::Stat => Ok(How::Nothing),
+        Action::Cold => Ok(How::Advise(libc::MADV_COLD)),
+        Action::Pageout => Ok(How::Advise(libc::MADV_PAGEOUT)),
+        Action::Willneed => Ok(How::Advise(libc::MADV_WILLNEED)),
+        Action::Collapse => Ok(How::Advise(libc::MADV_COLLAPSE)),
+        Action::MigrateHot | Action::MigrateCold => Ok(How::Migrate),
         Action::Hugepage | Action::Nohugepage => Err(
             "process_madvise does not take MADV_HUGEPAGE or MADV_NOHUGEPAGE: only the process itself can set them (`collapse` makes huge pages from outside)",
         ),
         Action::LruPrio => Err("no system call activates another process's pages"),
         Action::LruDeprio => {
             Err("use `cold`: MADV_COLD deactivates the pages, which is what lru_deprio does")
-        }
-        Action::MigrateHot | Action::MigrateCold => {
-            Err("not supported by udamon yet (it needs move_pages and two NUMA nodes)")
         }
     }
 }
@@ -83,6 +92,7 @@ pub struct Outcome {
 
 /// The process the action is applied to.
 pub struct Process<'a> {
+    pub pid: u32,
     pub pidfd: &'a PidFd,
     pub space: &'a AddressSpace,
     pub mappings: &'a [Mapping],
@@ -94,11 +104,12 @@ pub fn apply(
     scratch: &mut Scratch,
     process: &Process,
     range: (u64, u64),
-    action: Action,
+    scheme: &Scheme,
     filters: &[&Filter],
 ) -> io::Result<Outcome> {
+    let action = scheme.action;
     let mut outcome = Outcome { applied: Applied::default(), refused: Vec::new() };
-    let Ok(advice) = advice(action) else { return Ok(outcome) };
+    let Ok(how) = how(action) else { return Ok(outcome) };
     scratch.runs.clear();
     let first = process.mappings.partition_point(|m| m.end <= range.0);
     let overlapping = process.mappings[first..].iter().take_while(|m| m.start < range.1);
@@ -110,7 +121,15 @@ pub fn apply(
         filter_pages(scratch, process.space, filters)?;
     }
     outcome.applied.passed = scratch.runs.iter().map(|r| r.1 - r.0).sum();
-    let Some(advice) = advice else { return Ok(outcome) };
+    let advice = match (how, scheme.target_nid) {
+        (How::Advise(advice), _) => advice,
+        // A whole folio moves whatever page of it is named: nothing to trim.
+        (How::Migrate, Some(node)) => {
+            outcome.applied.applied = migrate(scratch, process, node)?;
+            return Ok(outcome);
+        }
+        (How::Migrate, None) | (How::Nothing, _) => return Ok(outcome),
+    };
     if action == Action::Collapse || walker.layout().folio.is_err() {
         // Whole 2 MiB ranges only: no folio (at most a huge page) straddles their ends.
         for run in &mut scratch.runs {
@@ -192,6 +211,45 @@ fn folio(leaf: Leaf, addr: u64) -> Edge {
         }
         Leaf::Missing | Leaf::Gone | Leaf::Fault => Edge::Unknown,
     }
+}
+
+/// Moves the present pages of the runs to NUMA `node` (`move_pages`, as many calls as it takes);
+/// returns the bytes that are on `node` after.
+fn migrate(scratch: &mut Scratch, process: &Process, node: u32) -> io::Result<u64> {
+    const BATCH: usize = 4096;
+    let mut pages: Vec<*mut libc::c_void> = Vec::new();
+    for &(start, end) in &scratch.runs {
+        let mut addr = start;
+        while addr < end {
+            let n = (((end - addr) / PAGE) as usize).min(ENTRIES_PER_READ);
+            process.space.pagemap().entries(addr, n, &mut scratch.entries)?;
+            let present = scratch.entries.iter().enumerate().filter(|(_, e)| e.present());
+            pages.extend(present.map(|(k, _)| (addr + k as u64 * PAGE) as *mut libc::c_void));
+            addr += n as u64 * PAGE;
+        }
+    }
+    let mut moved = 0;
+    for chunk in pages.chunks(BATCH) {
+        let nodes = vec![node as libc::c_int; chunk.len()];
+        let mut status = vec![0 as libc::c_int; chunk.len()];
+        // SAFETY: the arrays are as long as `chunk.len()`; the kernel writes only `status`.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_pages,
+                process.pid as libc::c_int,
+                chunk.len() as libc::c_ulong,
+                chunk.as_ptr(),
+                nodes.as_ptr(),
+                status.as_mut_ptr(),
+                MPOL_MF_MOVE,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        moved += status.iter().filter(|&&s| s == node as libc::c_int).count() as u64 * PAGE;
+    }
+    Ok(moved)
 }
 
 /// Whether frame `pfn` is part of a compound page (a large folio), from `/proc/kpageflags`;

@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use damon_engine::{
     Access, NO_PREPARE, Operations, Target,
-    schemes::{Action, Applied, Filter, Metric},
+    schemes::{Action, Applied, Filter, Metric, Scheme},
 };
 
 use super::{actions, regions};
@@ -658,18 +658,20 @@ impl Operations for VaddrOps {
         &mut self,
         target: &Target,
         range: (u64, u64),
-        action: Action,
+        scheme: &Scheme,
         filters: &[&Filter],
     ) -> Applied {
+        let action = scheme.action;
         let Some(process) = self.processes.get_mut(&target.id).filter(|p| !p.exited) else {
             return Applied::default();
         };
         let on = actions::Process {
+            pid: target.id as u32,
             pidfd: &process.pidfd,
             space: &process.space,
             mappings: &process.mappings,
         };
-        match actions::apply(&mut self.walker, &mut self.actions, &on, range, action, filters) {
+        match actions::apply(&mut self.walker, &mut self.actions, &on, range, scheme, filters) {
             Ok(outcome) => {
                 // COLLAPSE fails where it cannot make a huge page now (EAGAIN, EINVAL for a
                 // mapping it cannot take): an outcome, not a problem.

@@ -23,7 +23,8 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The integration tests with privileged parts. Not `demo`: its accuracy bounds assume the
 /// workload sweeps its hot memory at native speed, and under TCG it runs ~5× slower; the guest
 /// runs `udamon demo` end to end instead.
-const GUEST_TESTS: [&str; 6] = ["fault_stream", "walker", "gentle", "live", "cli", "metrics"];
+const GUEST_TESTS: [&str; 7] =
+    ["fault_stream", "walker", "gentle", "live", "cli", "metrics", "migrate"];
 /// Tests of udamon against damo and Prometheus, which the guests do not have; the host runs them.
 const HOST_ONLY: [&str; 2] = ["damo_", "prometheus_"];
 /// What the cli tests drop privileges with (util-linux; busybox's cannot change user), and the
@@ -261,6 +262,15 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Verdict> {
             "1",
             "-m",
             "2048",
+            // Two NUMA nodes (the second without a CPU), for the migration schemes' test.
+            "-object",
+            "memory-backend-ram,id=m0,size=1024M",
+            "-numa",
+            "node,nodeid=0,cpus=0,memdev=m0",
+            "-object",
+            "memory-backend-ram,id=m1,size=1024M",
+            "-numa",
+            "node,nodeid=1,memdev=m1",
             "-nographic",
             "-no-reboot",
         ])

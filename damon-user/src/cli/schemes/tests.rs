@@ -86,7 +86,8 @@ fn bad_schemes_are_one_clear_line() {
     for (args, says) in [
         ("--damos_action evict", "unknown action `evict`"),
         ("--damos_action hugepage", "process_madvise does not take MADV_HUGEPAGE"),
-        ("--damos_action migrate_cold", "not supported by udamon yet"),
+        ("--damos_action migrate_cold", "give the node to move pages to"),
+        ("--damos_action migrate_cold x", "node `x`"),
         (
             "--damos_action pageout --damos_age 1s 2s --damos_age 1s 2s",
             "2 --damos_age for 1 --damos_action",
