@@ -608,3 +608,26 @@ fn a_range_ending_inside_a_huge_page_does_not_split_it() {
         last_stats(&out)
     );
 }
+
+/// Watermarks that hold the scheme off (free memory above HIGH) pause sampling: the run says
+/// so, pages nothing out, and costs next to no CPU.
+#[test]
+fn reclaim_held_off_by_its_watermarks_pauses_and_pages_nothing_out() {
+    let Some(_serial) = begin("reclaim_held_off_by_its_watermarks_pauses_and_pages_nothing_out")
+    else {
+        return;
+    };
+    let _swap = ZramSwap::on();
+    let work = Workload::start(4, 16);
+    // Free memory is always above 1 permil: never active.
+    let out = Command::new(env!("CARGO_BIN_EXE_udamon"))
+        .args(["reclaim", &work.pid().to_string(), "--min-age", "1s", "--wmarks", "1", "1", "0"])
+        .args(["--wmarks-interval", "500ms", "--duration", "4s"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("held off by the watermarks"), "{stderr}");
+    assert!(work.resident(work.areas[1]) > 0.99, "nothing paged out: {stdout}");
+}

@@ -136,7 +136,8 @@ fn watch_pid(pid: u32, expect: &[Expect], from: Duration) {
             Event::TargetAdded(_)
             | Event::TargetLeft(_)
             | Event::TargetRefused(..)
-            | Event::Flush => {
+            | Event::Flush
+            | Event::Paused => {
                 panic!("an unasked target change")
             }
         }

@@ -164,7 +164,8 @@ fn a_target_that_exits_is_dropped_and_reported() {
                 Event::TargetAdded(_)
                 | Event::TargetLeft(_)
                 | Event::TargetRefused(..)
-                | Event::Flush,
+                | Event::Flush
+                | Event::Paused,
             ) => {
                 panic!("a target change no one asked for")
             }

@@ -123,11 +123,13 @@ fn spawn_workload(phase_change: Duration) -> anyhow::Result<(Workload, Layout)> 
 fn show(args: &DemoArgs, layout: &Layout, event: Event) -> anyhow::Result<()> {
     match event {
         Event::TargetExited(pid) => print(&format!("pid {pid} exited\n")),
-        // The demo's one target is never added, removed or refused while running; every
-        // snapshot is printed as it comes.
-        Event::TargetAdded(_) | Event::TargetLeft(_) | Event::TargetRefused(..) | Event::Flush => {
-            Ok(())
-        }
+        // The demo's one target is never added, removed or refused while running, and it has
+        // no schemes to pause for; every snapshot is printed as it comes.
+        Event::Paused
+        | Event::TargetAdded(_)
+        | Event::TargetLeft(_)
+        | Event::TargetRefused(..)
+        | Event::Flush => Ok(()),
         Event::Problem(problem) => {
             say!("udamon: pid {}: {}", problem.pid, problem.message);
             Ok(())

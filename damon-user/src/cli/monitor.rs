@@ -119,6 +119,14 @@ pub(super) fn run(args: MonitorArgs) -> Result<ExitCode, Failure> {
             }
             // Nothing is kept: every snapshot is printed as it comes.
             Event::Flush => Ok(()),
+            Event::Paused if args.quiet => Ok(()),
+            Event::Paused => print(&if args.json {
+                serde_json::json!({ "paused": "every scheme is held off by its watermarks" })
+                    .to_string()
+                    + "\n"
+            } else {
+                "sampling paused: every scheme is held off by its watermarks\n".to_owned()
+            }),
         },
     ))?;
     // Stopping early is the user's choice; no target left to show is not.

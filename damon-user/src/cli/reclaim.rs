@@ -138,6 +138,13 @@ pub(super) fn run(args: ReclaimArgs) -> Result<ExitCode, Failure> {
                 Event::TargetExited(pid) => say!("udamon: pid {pid} exited"),
                 Event::TargetLeft(pid) => say!("udamon: pid {pid} left the cgroup"),
                 Event::TargetAdded(_) | Event::Flush => {}
+                Event::Paused => {
+                    let free = crate::sys::memory::free_permil().unwrap_or_default();
+                    say!(
+                        "udamon: held off by the watermarks (free memory {:.1} %): sampling paused",
+                        free as f64 / 10.0
+                    );
+                }
                 Event::TargetRefused(pid, why) => {
                     say!("udamon: not reclaiming from pid {pid}: {why}")
                 }

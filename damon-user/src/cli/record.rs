@@ -78,6 +78,8 @@ pub(super) fn run(args: RecordArgs) -> Result<ExitCode, Failure> {
                     say!("\rudamon: pid {pid} left the cgroup");
                 }
                 Event::Flush => writer.checkpoint()?,
+                // Nothing to record while paused: the record's times show the gap.
+                Event::Paused => {}
                 Event::TargetAdded(pid) => say!("\rudamon: pid {pid} added"),
                 Event::TargetRefused(pid, why) => {
                     say!("\rudamon: not monitoring pid {pid}: {why}")

@@ -78,6 +78,9 @@ pub enum Event {
     Problem(Problem),
     /// Write out what is kept now (SIGUSR1): from the session, never the sampler.
     Flush,
+    /// Every scheme is held off by its watermarks: sampling pauses (no snapshots) until one
+    /// may act again.
+    Paused,
 }
 
 /// Changes to the targets while monitoring; applied right after the next aggregation.
@@ -219,6 +222,7 @@ fn sample<S: Source>(
             let _ = events.send(Event::TargetExited(pid as u32));
         }
         if let Some(wait_us) = ctx.pause_us() {
+            let _ = events.send(Event::Paused);
             pause(&mut ctx, &mut source, stop, wait_us);
             ticker.restart();
         }

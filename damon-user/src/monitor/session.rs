@@ -284,7 +284,7 @@ fn observe(
             with_metrics(&|m| m.problem(problem));
             return members.reported.insert((problem.pid, problem.kind));
         }
-        Event::Flush => {}
+        Event::Flush | Event::Paused => {}
     }
     true
 }
