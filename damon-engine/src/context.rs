@@ -410,6 +410,7 @@ impl Context {
                 now_us: self.now_us,
                 aggr_us: self.config.attrs.aggr_us,
                 samples: attrs.samples_per_aggr(),
+                window: self.aggr_samples as u32,
                 min_region_sz: self.config.min_region_sz,
                 page: MIN_REGION_SZ,
             };

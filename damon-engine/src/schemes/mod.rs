@@ -276,7 +276,9 @@ impl Running {
 pub(crate) struct Env {
     pub now_us: u64,
     pub aggr_us: u64,
+    /// Samples per aggregation (DAMON's scale), and the sample intervals of a window.
     pub samples: u32,
+    pub window: u32,
     pub min_region_sz: u64,
     pub page: u64,
 }
@@ -334,7 +336,7 @@ fn adjust_quota(
     }
     let mut sizes = [0u64; MAX_SCORE as usize + 1];
     for r in targets.iter().flat_map(|t| &t.regions) {
-        if s.scheme.pattern.matches(r, env.aggr_us) {
+        if eligible(&s.scheme.pattern, r, env) {
             let score = score(r, s.scheme.action, quota, env.samples, env.aggr_us);
             sizes[score as usize] += r.size();
         }
@@ -377,7 +379,7 @@ fn apply_one(
                 return;
             }
             let r = target.regions[i];
-            if !s.scheme.pattern.matches(&r, env.aggr_us) {
+            if !eligible(&s.scheme.pattern, &r, env) {
                 i += 1;
                 continue;
             }
@@ -465,6 +467,13 @@ fn apply_one(
             i += 1;
         }
     }
+}
+
+/// Whether `r` matches the scheme's pattern. A region none of whose samples could tell accessed
+/// from idle (memory the clears cannot reset, or clears withheld under pressure) reads 0
+/// accesses without being idle: no scheme acts on it (DAMON has no such state).
+fn eligible(pattern: &AccessPattern, r: &Region, env: &Env) -> bool {
+    !r.all_unknown(env.window) && pattern.matches(r, env.aggr_us)
 }
 
 /// Cuts region `i` at `at` (aligned down to the minimum region size) into two that keep its

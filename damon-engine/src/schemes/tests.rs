@@ -132,8 +132,14 @@ fn under_a_quota_the_oldest_idle_memory_goes_first() {
     let mut targets = vec![Target::new(1)];
     targets[0].regions = vec![region(0, 10), region(16, 1000), region(32, 100)];
     let mut ops = Half::default();
-    let env =
-        |now_us| Env { now_us, aggr_us: 100_000, samples: 20, min_region_sz: 4096, page: 4096 };
+    let env = |now_us| Env {
+        now_us,
+        aggr_us: 100_000,
+        samples: 20,
+        window: 20,
+        min_region_sz: 4096,
+        page: 4096,
+    };
     apply(&mut schemes, &mut targets, &mut ops, &env(0));
     assert_eq!(ops.applied, vec![(16 * MIB, 32 * MIB, Action::Pageout)], "the oldest first");
     ops.applied.clear();
@@ -251,7 +257,14 @@ fn target_filters_number_targets_in_the_order_first_seen() {
     let target = |id: u64| Target::with_ranges(id, &[(id * 16 * MIB, (id + 1) * 16 * MIB)]);
     let mut targets = vec![target(0), target(1), target(2)];
     let mut ops = Half::default();
-    let env = Env { now_us: 0, aggr_us: 100_000, samples: 20, min_region_sz: 4096, page: 4096 };
+    let env = Env {
+        now_us: 0,
+        aggr_us: 100_000,
+        samples: 20,
+        window: 20,
+        min_region_sz: 4096,
+        page: 4096,
+    };
     apply(&mut schemes, &mut targets, &mut ops, &env);
     let starts = |ops: &Half| ops.applied.iter().map(|a| a.0 / (16 * MIB)).collect::<Vec<_>>();
     assert_eq!(starts(&ops), [0, 2], "the second target is spared");
@@ -269,4 +282,23 @@ fn a_time_quota_never_shrinks_to_nothing() {
     charge.total_charged_ns = 5_000_000;
     charge.set_effective(&Quota { time_ms: 10, ..Quota::default() }, 4096);
     assert_eq!(charge.esz, 4096, "one page at least, so the quota is used and measured again");
+}
+
+#[test]
+fn regions_whose_samples_all_read_unknown_are_not_idle_to_a_scheme() {
+    let mut schemes = vec![Running::new(Scheme::new(idle(0), Action::Pageout))];
+    let mut targets = vec![Target::with_ranges(1, &[(0, 16 * MIB), (16 * MIB, 32 * MIB)])];
+    // The first region's every sample read unknown (0 accesses, not idle).
+    targets[0].regions[0].unknown = 20;
+    let mut ops = Half::default();
+    let env = Env {
+        now_us: 0,
+        aggr_us: 100_000,
+        samples: 20,
+        window: 20,
+        min_region_sz: 4096,
+        page: 4096,
+    };
+    apply(&mut schemes, &mut targets, &mut ops, &env);
+    assert_eq!(ops.applied, [(16 * MIB, 32 * MIB, Action::Pageout)]);
 }
