@@ -76,6 +76,11 @@ fn aggregations(ctx: &mut Context, ops: &mut Half, n: usize) {
     }
 }
 
+/// What `apply` sees at `now_us` with default attributes.
+fn env_at(now_us: u64) -> Env {
+    Env { now_us, aggr_us: 100_000, samples: 20, window: 20, min_region_sz: 4096, page: 4096 }
+}
+
 fn idle(min_age_us: u64) -> AccessPattern {
     AccessPattern { max_nr_accesses: 0, min_age_us, ..AccessPattern::default() }
 }
@@ -132,18 +137,10 @@ fn under_a_quota_the_oldest_idle_memory_goes_first() {
     let mut targets = vec![Target::new(1)];
     targets[0].regions = vec![region(0, 10), region(16, 1000), region(32, 100)];
     let mut ops = Half::default();
-    let env = |now_us| Env {
-        now_us,
-        aggr_us: 100_000,
-        samples: 20,
-        window: 20,
-        min_region_sz: 4096,
-        page: 4096,
-    };
-    apply(&mut schemes, &mut targets, &mut ops, &env(0));
+    apply(&mut schemes, &mut targets, &mut ops, &env_at(0));
     assert_eq!(ops.applied, vec![(16 * MIB, 32 * MIB, Action::Pageout)], "the oldest first");
     ops.applied.clear();
-    apply(&mut schemes, &mut targets, &mut ops, &env(1_000_000));
+    apply(&mut schemes, &mut targets, &mut ops, &env_at(1_000_000));
     assert_eq!(ops.applied, vec![(32 * MIB, 48 * MIB, Action::Pageout)], "then the next oldest");
 }
 
@@ -257,14 +254,7 @@ fn target_filters_number_targets_in_the_order_first_seen() {
     let target = |id: u64| Target::with_ranges(id, &[(id * 16 * MIB, (id + 1) * 16 * MIB)]);
     let mut targets = vec![target(0), target(1), target(2)];
     let mut ops = Half::default();
-    let env = Env {
-        now_us: 0,
-        aggr_us: 100_000,
-        samples: 20,
-        window: 20,
-        min_region_sz: 4096,
-        page: 4096,
-    };
+    let env = env_at(0);
     apply(&mut schemes, &mut targets, &mut ops, &env);
     let starts = |ops: &Half| ops.applied.iter().map(|a| a.0 / (16 * MIB)).collect::<Vec<_>>();
     assert_eq!(starts(&ops), [0, 2], "the second target is spared");
@@ -291,14 +281,7 @@ fn regions_whose_samples_all_read_unknown_are_not_idle_to_a_scheme() {
     // The first region's every sample read unknown (0 accesses, not idle).
     targets[0].regions[0].unknown = 20;
     let mut ops = Half::default();
-    let env = Env {
-        now_us: 0,
-        aggr_us: 100_000,
-        samples: 20,
-        window: 20,
-        min_region_sz: 4096,
-        page: 4096,
-    };
+    let env = env_at(0);
     apply(&mut schemes, &mut targets, &mut ops, &env);
     assert_eq!(ops.applied, [(16 * MIB, 32 * MIB, Action::Pageout)]);
 }
