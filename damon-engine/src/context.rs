@@ -196,9 +196,10 @@ impl Context {
     /// they are read again: monitoring serves nothing meanwhile and may pause (the kernel's
     /// `kdamond_wait_activation`). `None`: go on.
     pub fn pause_us(&self) -> Option<u64> {
-        let waits: Option<Vec<u64>> =
-            self.schemes.iter().map(|s| s.wmark_wait_us(self.now_us)).collect();
-        waits?.into_iter().min()
+        // Called every tick: no allocation. Any scheme free to act (or none at all): no pause.
+        let mut waits = self.schemes.iter().map(|s| s.wmark_wait_us(self.now_us));
+        let first = waits.next()??;
+        waits.try_fold(first, |min, w| Some(min.min(w?)))
     }
 
     /// After a pause of `us`: time passes for the schemes (quota intervals, watermark reads),
