@@ -387,10 +387,9 @@ impl Context {
             max_threshold,
             version: self.config.version,
             aggregation,
-            policy: &*self.policy,
             samples: attrs.samples_per_aggr(),
         };
-        merge::merge_regions(&mut self.targets, &params, &mut self.counters, &mut self.recent);
+        self.policy.merge(&mut self.targets, &params, &mut self.counters, &mut self.recent);
         self.recent.expire(aggregation);
         if self.regions_changed {
             self.apply_min_nr_regions();

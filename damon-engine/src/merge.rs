@@ -7,8 +7,8 @@ use crate::{
     waste::RecentSplits,
 };
 
-/// Everything one merge needs to know besides the regions.
-pub(crate) struct MergeParams<'a> {
+/// Everything one merge needs to know besides the regions and the policy.
+pub(crate) struct MergeParams {
     pub threshold: u32,
     pub sz_limit: u64,
     pub max_nr_regions: usize,
@@ -17,8 +17,6 @@ pub(crate) struct MergeParams<'a> {
     pub version: CoreVersion,
     /// The current aggregation, for recognising wasted splits.
     pub aggregation: u32,
-    /// The split policy may keep neighbours apart in the first pass.
-    pub policy: &'a dyn Policy,
     /// Samples per aggregation: memory no sample could read never merges with memory that was
     /// read (unknown is not idle).
     pub samples: u32,
@@ -26,9 +24,12 @@ pub(crate) struct MergeParams<'a> {
 
 /// `kdamond_merge_regions`: merge with `threshold`, doubling it while there are still more than
 /// `max_nr_regions` regions. Ages change in the first pass only (newest) or in every pass (legacy).
-pub(crate) fn merge_regions(
+/// The split `policy` may keep neighbours apart in the first pass; generic (see
+/// `Policy::merge`), so its per-pair test inlines.
+pub(crate) fn merge_regions<P: Policy + ?Sized>(
     targets: &mut [Target],
     p: &MergeParams,
+    policy: &P,
     counters: &mut Counters,
     recent: &mut RecentSplits,
 ) {
@@ -42,7 +43,7 @@ pub(crate) fn merge_regions(
             .iter_mut()
             .map(|t| {
                 let pass = Pass { threshold, count_age, guard: first };
-                merge_regions_of(t, pass, p, (&mut *counters, &mut *recent))
+                merge_regions_of(t, pass, p, policy, (&mut *counters, &mut *recent))
             })
             .sum();
         // A guarded pass at the top threshold gets one unguarded retry.
@@ -79,57 +80,68 @@ struct Pass {
     guard: bool,
 }
 
-fn merge_regions_of(
+fn merge_regions_of<P: Policy + ?Sized>(
     target: &mut Target,
     Pass { threshold, count_age, guard }: Pass,
     p: &MergeParams,
+    policy: &P,
     (counters, recent): (&mut Counters, &mut RecentSplits),
 ) -> usize {
     let regions = &mut target.regions;
-    let mut kept = 0;
+    // Kept regions are `[..kept]` and the run `[run..i]` not yet moved down to `kept`: moved a
+    // run at a time, as one copy, when a merge ends it (a region at a time costs a third of
+    // the pass once an early merge shifts every region after it).
+    let (mut kept, mut run) = (0usize, 0);
     for i in 0..regions.len() {
         if count_age {
             update_age(&mut regions[i], threshold);
         }
-        if kept > 0 {
+        if i > 0 {
+            // The last region kept: still in the run, or already moved (then it was merged into).
+            let prev = if run < i { i - 1 } else { kept - 1 };
             let (done, rest) = regions.split_at_mut(i);
-            let (prev, r) = (&mut done[kept - 1], &rest[0]);
+            let (prev, r) = (&mut done[prev], &rest[0]);
             if prev.end == r.start
                 && prev.size() + r.size() <= p.sz_limit
                 && prev.all_unknown(p.samples) == r.all_unknown(p.samples)
-                && similar(prev, r, threshold, guard, p)
+                && similar(prev, r, threshold, guard.then_some(policy), p.samples)
             {
                 if recent.merged(target.id, r.start, p.aggregation) {
                     counters.wasted_splits += 1;
                 }
                 merge_into(prev, r);
                 counters.merges += 1;
-                continue;
+                regions.copy_within(run..i, kept);
+                kept += i - run;
+                run = i + 1;
             }
         }
-        if kept != i {
-            regions[kept] = regions[i];
-        }
-        kept += 1;
     }
+    let len = regions.len();
+    regions.copy_within(run..len, kept);
+    kept += len - run;
     regions.truncate(kept);
     kept
 }
 
 /// Whether neighbours are alike enough to merge: their window counts against the threshold,
 /// which the policy may overrule in a guarded pass.
-fn similar(prev: &Region, r: &Region, threshold: u32, guard: bool, p: &MergeParams) -> bool {
+fn similar<P: Policy + ?Sized>(
+    prev: &Region,
+    r: &Region,
+    threshold: u32,
+    guard: Option<&P>,
+    samples: u32,
+) -> bool {
     let by_counts = prev.nr_accesses.abs_diff(r.nr_accesses) <= threshold;
-    if guard { p.policy.merges(prev, r, p.samples, by_counts) } else { by_counts }
+    guard.map_or(by_counts, |policy| policy.merges(prev, r, samples, by_counts))
 }
 
 fn update_age(r: &mut Region, threshold: u32) {
     let (now, last) = (r.nr_accesses, r.last_nr_accesses);
-    if now.abs_diff(last) > threshold || (now == 0) != (last == 0) {
-        r.age = 0;
-    } else {
-        r.age += 1;
-    }
+    let changed = now.abs_diff(last) > threshold || (now == 0) != (last == 0);
+    // Without a branch: noisy counts make `changed` a coin toss in busy memory.
+    r.age = (r.age + 1) * u32::from(!changed);
 }
 
 /// Size-weighted, truncating averages; `prev` keeps its own `last_nr_accesses`.
@@ -190,7 +202,7 @@ mod tests {
         Region { nr_accesses: nr, last_nr_accesses: last, age, ..Region::new(start, end) }
     }
 
-    fn params(threshold: u32, max_nr: usize, version: CoreVersion) -> MergeParams<'static> {
+    fn params(threshold: u32, max_nr: usize, version: CoreVersion) -> MergeParams {
         MergeParams {
             threshold,
             sz_limit: u64::MAX,
@@ -198,19 +210,17 @@ mod tests {
             max_threshold: 20,
             version,
             aggregation: 10,
-            policy: &NO_GUARD,
             samples: 20,
         }
     }
 
     fn merge(t: &mut Target, p: &MergeParams, c: &mut Counters) {
-        merge_regions(std::slice::from_mut(t), p, c, &mut RecentSplits::default());
+        merge_regions(std::slice::from_mut(t), p, &NoGuard, c, &mut RecentSplits::default());
     }
 
     /// A policy that never keeps neighbours apart.
     struct NoGuard;
     impl Policy for NoGuard {}
-    static NO_GUARD: NoGuard = NoGuard;
 
     #[test]
     fn merge_averages_by_size_truncating_and_keeps_prevs_last() {
@@ -330,10 +340,10 @@ mod tests {
         recent.mark(0, P, 9); // split in aggregation 9; merged in 10: wasted
         let (mut t, mut c) = (pair(), Counters::default());
         let p = params(0, 100, CoreVersion::Newest);
-        merge_regions(std::slice::from_mut(&mut t), &p, &mut c, &mut recent);
+        merge_regions(std::slice::from_mut(&mut t), &p, &NoGuard, &mut c, &mut recent);
         assert_eq!((c.merges, c.wasted_splits), (1, 1));
         let (mut t, mut c) = (pair(), Counters::default());
-        merge_regions(std::slice::from_mut(&mut t), &p, &mut c, &mut recent);
+        merge_regions(std::slice::from_mut(&mut t), &p, &NoGuard, &mut c, &mut recent);
         assert_eq!((c.merges, c.wasted_splits), (1, 0), "no split there any more");
     }
 

@@ -94,11 +94,10 @@ proptest! {
             max_threshold: 20,
             version: if legacy { CoreVersion::Legacy } else { CoreVersion::Newest },
             aggregation: 7,
-            policy: &*policy.build(),
             samples: 20,
         };
         let (lo, hi) = specs.iter().fold((u32::MAX, 0), |(lo, hi), s| (lo.min(s.1), hi.max(s.1)));
-        merge::merge_regions(&mut targets, &params, &mut Counters::default(), &mut Default::default());
+        policy.build().merge(&mut targets, &params, &mut Counters::default(), &mut Default::default());
         let merged = &targets[0].regions;
         assert_well_formed(merged);
         prop_assert_eq!(bytes(merged), before);

@@ -2,7 +2,7 @@
 //! removes one counts that split as wasted. Kept beside the regions (not in them): only recent
 //! splits are remembered, and regions stay small.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 /// How many aggregations after a split merging its boundary away wastes it.
 const WINDOW: u32 = 2;

@@ -25,7 +25,10 @@
 
 use super::{
     Classic, Policy, SplitEnv, cut,
-    evidence::{MIN_SIDE_SAMPLES, counts_differ, differ, gap, rate, tally, z_squared},
+    evidence::{
+        MIN_SIDE_SAMPLES, counts_differ, counts_z_squared, gap, rate, tally, windows_differ,
+        z_squared,
+    },
 };
 use crate::region::{Quarters, Region, Target, align_down};
 
@@ -40,9 +43,9 @@ const Z_KEEP_SQUARED: (u64, u64) = (25, 4);
 /// Neighbours with at least this many samples of evidence each...
 const JOIN_SAMPLES: u32 = 32;
 /// ...whose long-run rates are less than 2 standard errors apart, and whose windows less than
-/// `Z_WINDOWS`, merge whatever their window counts: their difference is noise.
+/// 2.5 (z² as a fraction), merge whatever their window counts: their difference is noise.
 const Z_JOIN_SQUARED: (u64, u64) = (4, 1);
-const Z_WINDOWS: f64 = 2.5;
+const Z_WINDOWS_SQUARED: (u64, u64) = (25, 4);
 /// A region zooms into the quarter holding its hits while its long-run rate is at most this
 /// (5 %, as a fraction)...
 const ZOOM_RATE: (u32, u32) = (1, 20);
@@ -65,10 +68,12 @@ const MATURE_SAMPLES: u32 = 64;
 /// and no cut separates them.
 const UNKNOWN_MIN_SIZE: u64 = 256;
 const EXPLORE_EVERY: u64 = 4;
-/// A window this far from a region's evidence halves the evidence...
-const Z_HALVE: f64 = 2.0;
+/// A window this far from a region's evidence (z², as a fraction) halves the evidence...
+const Z_HALVE_SQUARED: (u64, u64) = (4, 1);
 /// ...and this far clears it.
-const Z_FORGET: f64 = 2.5;
+const Z_FORGET_SQUARED: (u64, u64) = (25, 4);
+/// Windows of up to this many known samples are weighed in 64-bit integers.
+const WINDOW_COUNTS_MAX: u32 = 4096;
 
 /// Whether two neighbours' long-term rates differ too surely to merge them on one window's
 /// counts, which are noisy.
@@ -77,31 +82,42 @@ fn keep_apart(left: &Quarters, right: &Quarters) -> bool {
 }
 
 /// Weighs the window just finished (now `last_nr_accesses`, on the scale of `samples`, from
-/// `known` real samples) against the region's evidence, and lets the evidence fade or go when
-/// they disagree.
-fn reconsider(r: &mut Region, known: u32, samples: u32) {
-    let evidence = tally(&r.quarters, 0..4);
+/// `known` real samples) against the region's evidence (`tally`), and lets the evidence fade
+/// or go when they disagree. Returns the evidence's tally after.
+fn reconsider(r: &mut Region, evidence: (u32, u32), known: u32, samples: u32) -> (u32, u32) {
     let hits = if known == samples {
         r.last_nr_accesses
     } else {
         (r.last_nr_accesses as u64 * known as u64 / samples.max(1) as u64) as u32
     };
-    let Some((num, den)) = z_squared((hits, known), evidence) else { return };
-    if num >= Z_FORGET * Z_FORGET * den {
+    let (forget, halve) = if known <= WINDOW_COUNTS_MAX {
+        // The usual window: exact in 64 bits.
+        let Some((num, den)) = counts_z_squared((hits, known), evidence) else { return evidence };
+        let beyond = |(z_num, z_den): (u64, u64)| num * z_den >= den * z_num;
+        (beyond(Z_FORGET_SQUARED), beyond(Z_HALVE_SQUARED))
+    } else {
+        let Some((num, den)) = z_squared((hits, known), evidence) else { return evidence };
+        let beyond = |(z_num, z_den): (u64, u64)| num * z_den as f64 >= den * z_num as f64;
+        (beyond(Z_FORGET_SQUARED), beyond(Z_HALVE_SQUARED))
+    };
+    if forget {
         r.quarters = Quarters::default();
-    } else if num >= Z_HALVE * Z_HALVE * den {
+    } else if halve {
         r.quarters.halve();
+    } else {
+        return evidence;
     }
+    tally(&r.quarters, 0..4)
 }
 
 /// Quarter boundaries (1..=3) worth a cut, each with the rate difference across it, strongest
 /// first: the most convincing split of the region into two sides, then any two neighbouring
 /// quarters that differ (a sub-area in the middle gets both its edges at once). Runs for every
-/// region every aggregation, so the counts are read once and summed as prefixes.
-fn boundaries(q: &Quarters) -> [Option<(usize, f64)>; 3] {
+/// region every aggregation, so the counts are read once and summed as prefixes; `total` is
+/// the region's tally.
+fn boundaries(q: &Quarters, (total_h, total_n): (u32, u32)) -> [Option<(usize, f64)>; 3] {
     let mut found = [None; 3];
     let (h, n) = (q.hits.map(u32::from), q.samples.map(u32::from));
-    let (total_h, total_n) = (h.iter().sum::<u32>(), n.iter().sum::<u32>());
     // All hits or none: no part can differ.
     if total_n < 2 * MIN_SIDE_SAMPLES || total_h == 0 || total_h == total_n {
         return found;
@@ -207,10 +223,15 @@ struct Candidate {
 /// out and watch: the window found an access in a region that is nearly idle in the long run,
 /// and every hit its evidence holds lies in that quarter; or no sample of the window could be
 /// read in a region whose evidence could, and the quarter holds the last of them
-/// (`sampling_addr`). A random split almost never isolates a small hot spot, or a small
+/// (`sampling_addr`). `tally` is the evidence's. A random split almost never isolates a small hot spot, or a small
 /// mapping that cannot be monitored, in a large idle region; following its hits, a quarter at a
 /// time, does.
-fn zoom_quarter(r: &Region, min_region_sz: u64, window: u32) -> Option<usize> {
+fn zoom_quarter(
+    r: &Region,
+    (hits, samples): (u32, u32),
+    min_region_sz: u64,
+    window: u32,
+) -> Option<usize> {
     if r.nr_accesses == 0 && r.unknown == 0 || r.size() < ZOOM_MIN_SIZE * min_region_sz {
         return None;
     }
@@ -220,13 +241,9 @@ fn zoom_quarter(r: &Region, min_region_sz: u64, window: u32) -> Option<usize> {
             return None;
         }
         let offset = r.sampling_addr.checked_sub(r.start).filter(|&o| o < r.size())?;
-        return (tally(q, 0..4).1 > 0).then(|| Quarters::quarter_of(offset, r.size()));
+        return (samples > 0).then(|| Quarters::quarter_of(offset, r.size()));
     }
-    if r.nr_accesses == 0 {
-        return None;
-    }
-    let (hits, samples) = tally(q, 0..4);
-    if hits * ZOOM_RATE.1 > samples * ZOOM_RATE.0 {
+    if r.nr_accesses == 0 || hits * ZOOM_RATE.1 > samples * ZOOM_RATE.0 {
         return None;
     }
     let mut hit = (0..4).filter(|&k| q.hits[k] > 0);
@@ -308,11 +325,13 @@ impl Policy for Adaptive {
         if by_counts {
             return !keep_apart(&left.quarters, &right.quarters);
         }
+        // The window test first: it needs no tally, and neighbours the counts keep apart
+        // usually differ in their windows too.
+        if windows_differ(left.nr_accesses, right.nr_accesses, samples, Z_WINDOWS_SQUARED) {
+            return false;
+        }
         let (l, r) = (tally(&left.quarters, 0..4), tally(&right.quarters, 0..4));
-        l.1 >= JOIN_SAMPLES
-            && r.1 >= JOIN_SAMPLES
-            && !counts_differ(l, r, Z_JOIN_SQUARED)
-            && !differ((left.nr_accesses, samples), (right.nr_accesses, samples), Z_WINDOWS)
+        l.1 >= JOIN_SAMPLES && r.1 >= JOIN_SAMPLES && !counts_differ(l, r, Z_JOIN_SQUARED)
     }
 
     /// The reset, the evidence weighed against the window just finished, holds counted down,
@@ -326,23 +345,30 @@ impl Policy for Adaptive {
             let mut found = Vec::new();
             for (index, r) in target.regions.iter_mut().enumerate() {
                 // Before the reset: the window's hit may make the evidence go.
-                let zoom =
-                    if wanted { zoom_quarter(r, env.min_region_sz, env.samples) } else { None };
+                let evidence = tally(&r.quarters, 0..4);
+                let zoom = if wanted {
+                    zoom_quarter(r, evidence, env.min_region_sz, env.samples)
+                } else {
+                    None
+                };
                 let known = r.known(env.samples);
                 let big = r.size() >= UNKNOWN_MIN_SIZE * env.min_region_sz;
                 if wanted && r.unknown > 0 && known > 0 && big {
                     self.partly_known.push(base + index);
                 }
-                if r.unknown > 0 && known == 0 {
+                let evidence = if r.unknown > 0 && known == 0 {
                     // Unreadable now: the known evidence fades, so memory that stays so stops
                     // zooming.
                     r.quarters.halve();
-                }
+                    tally(&r.quarters, 0..4)
+                } else {
+                    evidence
+                };
                 r.reset_window();
                 r.set_hold(r.hold().saturating_sub(1));
-                reconsider(r, known, env.samples);
+                let evidence = reconsider(r, evidence, known, env.samples);
                 if wanted {
-                    let boundaries = boundaries(&r.quarters);
+                    let boundaries = boundaries(&r.quarters, evidence);
                     if boundaries[0].is_some() || zoom.is_some() {
                         found.push(Found { index, global: base + index, boundaries, zoom });
                     }
@@ -450,6 +476,14 @@ fn hold(targets: &mut [Target], starts: &[(usize, u64)]) {
 mod tests {
     use super::*;
 
+    fn zoom(r: &Region) -> Option<usize> {
+        zoom_quarter(r, tally(&r.quarters, 0..4), 4096, 20)
+    }
+
+    fn boundaries_of(q: &Quarters) -> [Option<(usize, f64)>; 3] {
+        boundaries(q, tally(q, 0..4))
+    }
+
     fn quarters(rates: [f64; 4], samples: u8) -> Quarters {
         let mut q = Quarters::default();
         for (i, p) in rates.iter().enumerate() {
@@ -461,14 +495,14 @@ mod tests {
 
     #[test]
     fn no_split_without_evidence() {
-        assert_eq!(boundaries(&quarters([0.5; 4], 30)), [None; 3]);
+        assert_eq!(boundaries_of(&quarters([0.5; 4], 30)), [None; 3]);
         // Different, but too few samples to tell.
-        assert_eq!(boundaries(&quarters([1.0, 1.0, 0.0, 0.0], 3)), [None; 3]);
+        assert_eq!(boundaries_of(&quarters([1.0, 1.0, 0.0, 0.0], 3)), [None; 3]);
     }
 
     #[test]
     fn a_step_is_cut_where_it_is() {
-        let found = boundaries(&quarters([0.9, 0.9, 0.1, 0.1], 20));
+        let found = boundaries_of(&quarters([0.9, 0.9, 0.1, 0.1], 20));
         let (boundary, diff) = found[0].unwrap();
         assert_eq!(boundary, 2);
         assert!((diff - 0.8).abs() < 1e-9);
@@ -476,8 +510,11 @@ mod tests {
 
     #[test]
     fn a_middle_sub_area_gets_both_edges() {
-        let mut cuts: Vec<usize> =
-            boundaries(&quarters([0.6, 0.0, 0.0, 0.6], 30)).iter().flatten().map(|f| f.0).collect();
+        let mut cuts: Vec<usize> = boundaries_of(&quarters([0.6, 0.0, 0.0, 0.6], 30))
+            .iter()
+            .flatten()
+            .map(|f| f.0)
+            .collect();
         cuts.sort();
         assert_eq!(cuts, vec![1, 3]);
     }
@@ -537,14 +574,14 @@ mod tests {
         let mut r = Region { nr_accesses: 1, ..Region::new(0, 1 << 30) };
         r.quarters = quarters([0.0; 4], 30);
         r.quarters.hits[2] = 1;
-        assert_eq!(zoom_quarter(&r, 4096, 20), Some(2));
+        assert_eq!(zoom(&r), Some(2));
         r.quarters.hits[0] = 1; // hits in two quarters: spread, not a spot
-        assert_eq!(zoom_quarter(&r, 4096, 20), None);
+        assert_eq!(zoom(&r), None);
         r.quarters.hits[0] = 0;
-        assert_eq!(zoom_quarter(&Region { nr_accesses: 0, ..r }, 4096, 20), None, "no hit now");
+        assert_eq!(zoom(&Region { nr_accesses: 0, ..r }), None, "no hit now");
         let busy = Region { quarters: quarters([0.0, 0.0, 0.5, 0.0], 30), ..r };
-        assert_eq!(zoom_quarter(&busy, 4096, 20), None, "a rate the evidence can split on");
-        assert_eq!(zoom_quarter(&Region { end: 8 * 4096, ..r }, 4096, 20), None, "too small");
+        assert_eq!(zoom(&busy), None, "a rate the evidence can split on");
+        assert_eq!(zoom(&Region { end: 8 * 4096, ..r }), None, "too small");
     }
 
     #[test]
@@ -555,11 +592,11 @@ mod tests {
             quarters: quarters([0.0; 4], 30),
             ..Region::new(0, 1 << 30)
         };
-        assert_eq!(zoom_quarter(&r, 4096, 20), Some(3));
+        assert_eq!(zoom(&r), Some(3));
         let never_read = Region { quarters: Quarters::default(), ..r };
-        assert_eq!(zoom_quarter(&never_read, 4096, 20), None, "unreadable all along");
+        assert_eq!(zoom(&never_read), None, "unreadable all along");
         let partly = Region { unknown: 10, ..r };
-        assert_eq!(zoom_quarter(&partly, 4096, 20), None, "which sample was unknown is not known");
+        assert_eq!(zoom(&partly), None, "which sample was unknown is not known");
     }
 
     #[test]
@@ -593,7 +630,7 @@ mod tests {
 
     fn reconsider_with(r: &mut Region, window: u32) {
         r.last_nr_accesses = window;
-        reconsider(r, 20, 20);
+        reconsider(r, tally(&r.quarters, 0..4), 20, 20);
     }
 
     #[test]

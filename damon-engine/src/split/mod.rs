@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use self::cut::Classic;
 use crate::{
     Counters,
+    merge::{self, MergeParams},
     region::{Region, Target},
     rng::{RandVersion, Rng},
     waste::RecentSplits,
@@ -116,6 +117,18 @@ pub(crate) trait Policy: Send {
     /// counts' answer, it tests only the way that can change it (this runs for every pair).
     fn merges(&self, _left: &Region, _right: &Region, _samples: u32, by_counts: bool) -> bool {
         by_counts
+    }
+
+    /// `kdamond_merge_regions` under this policy: instantiated per policy, so that `merges`,
+    /// asked for every pair of neighbours, is a direct call.
+    fn merge(
+        &self,
+        targets: &mut [Target],
+        params: &MergeParams,
+        counters: &mut Counters,
+        recent: &mut RecentSplits,
+    ) {
+        merge::merge_regions(targets, params, self, counters, recent);
     }
 
     /// `kdamond_reset_aggregated`: the window just finished becomes the last one.
