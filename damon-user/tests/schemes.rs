@@ -633,6 +633,28 @@ fn a_range_ending_inside_a_huge_page_does_not_split_it() {
     );
 }
 
+/// A `hugepage_size` filter rejecting 2 MiB folios keeps an idle area of huge pages whole and in
+/// memory, while the idle small pages beside it (the cold file area) are paged out.
+#[test]
+fn a_hugepage_size_filter_keeps_huge_pages_and_pages_out_small_ones() {
+    let Some(_serial) = begin("a_hugepage_size_filter_keeps_huge_pages_and_pages_out_small_ones")
+    else {
+        return;
+    };
+    let _thp = Knob::set("/sys/kernel/mm/transparent_hugepage/enabled", "madvise");
+    let _swap = ZramSwap::on();
+    let work = Workload::spawn(4, 8, None, true);
+    let (huge, small) = (work.areas[1], work.areas[3]);
+    assert!(work.anon_huge_kib() >= 8192, "the cold anon area is huge pages");
+    let filter = ["--damos_filter", "reject", "hugepage_size", "2MiB", "2MiB"];
+    let run = monitor(work.pid(), 4, &[IDLE_PAGEOUT.as_slice(), &filter].concat());
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(work.resident(huge), 1.0, "huge pages kept: {}", last_stats(&out));
+    assert!(work.anon_huge_kib() >= 8192, "and whole: {} KiB", work.anon_huge_kib());
+    assert!(work.resident(small) < 0.5, "small pages paged out: {}", last_stats(&out));
+}
+
 /// Watermarks that hold the scheme off (free memory above HIGH) pause sampling: the run says
 /// so, pages nothing out, and costs next to no CPU.
 #[test]

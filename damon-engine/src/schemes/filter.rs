@@ -19,6 +19,10 @@ pub enum FilterKind {
     Memcg(String),
     /// Pages not mapped (swapped out, or never touched).
     Unmapped,
+    /// Pages on the active LRU list.
+    Active,
+    /// Pages of a folio of `[min, max]` bytes (a small page's folio is one page).
+    HugepageSize(u64, u64),
     /// `[start, end)` of the target's address space.
     Addr(u64, u64),
     /// The target at this index (in the order targets were given).
@@ -32,6 +36,8 @@ impl FilterKind {
             Self::Anon => "anon",
             Self::Memcg(_) => "memcg",
             Self::Unmapped => "unmapped",
+            Self::Active => "active",
+            Self::HugepageSize(..) => "hugepage_size",
             Self::Addr(..) => "addr",
             Self::Target(_) => "target",
         }

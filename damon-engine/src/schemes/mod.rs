@@ -167,6 +167,14 @@ impl Scheme {
         {
             anyhow::bail!("the address filter's range {start:#x}..{end:#x} is empty");
         }
+        if let Some(FilterKind::HugepageSize(min, max)) = self
+            .filters
+            .iter()
+            .map(|f| &f.kind)
+            .find(|k| matches!(k, FilterKind::HugepageSize(min, max) if min > max))
+        {
+            anyhow::bail!("the hugepage_size filter's minimum {min} exceeds its maximum {max}");
+        }
         self.wmarks.validate()
     }
 }

@@ -416,10 +416,15 @@ pub fn check(s: &Scheme) -> Result<()> {
         memory::readable(&g.metric)
             .map_err(|why| anyhow::anyhow!("quota goal {}: {why}", g.metric.name()))?;
     }
-    let memcg = s.filters.iter().any(|f| matches!(f.kind, FilterKind::Memcg(_)));
-    if memcg && !CapSet::current().has(Capability::SysAdmin) {
+    let by_frame = s.filters.iter().find(|f| {
+        matches!(f.kind, FilterKind::Memcg(_) | FilterKind::Active | FilterKind::HugepageSize(..))
+    });
+    if let Some(f) = by_frame
+        && !CapSet::current().has(Capability::SysAdmin)
+    {
         bail!(
-            "the memcg filter needs CAP_SYS_ADMIN: without it pagemap hides which frame backs a page, and so its cgroup"
+            "the {} filter needs CAP_SYS_ADMIN: without it pagemap hides which frame backs a page, and so what the frame is",
+            f.kind.name()
         );
     }
     if s.wmarks.metric.is_some() && memory::free_permil().is_none() {
@@ -592,6 +597,9 @@ fn wmarks(words: &[String]) -> Result<Watermarks> {
     })
 }
 
+const FILTER_TYPES: &str =
+    "anon, unmapped, memcg PATH, active, hugepage_size MIN MAX, addr START END, target INDEX";
+
 /// damo's filter words: `allow|reject [none] TYPE [ARGS]`, repeated.
 fn filters_v2(mut words: &[&str]) -> Result<Vec<Filter>> {
     let mut filters = Vec::new();
@@ -616,14 +624,17 @@ fn filters_v2(mut words: &[&str]) -> Result<Vec<Filter>> {
                 FilterKind::Target(index.parse().with_context(|| format!("target `{index}`"))?),
                 rest,
             ),
-            [kind @ ("young" | "active" | "hugepage_size"), ..] => {
-                bail!(
-                    "the {kind} filter is not supported by udamon (anon, unmapped, memcg, addr, target are)"
-                )
+            ["active", rest @ ..] => (FilterKind::Active, rest),
+            ["hugepage_size", min, max, rest @ ..] => {
+                (FilterKind::HugepageSize(size(min)?, size(max)?), rest)
             }
-            [kind, ..] => {
-                bail!("unknown filter type `{kind}` (anon, unmapped, memcg, addr, target)")
+            ["young", ..] => bail!(
+                "the young filter is not supported by udamon: reading and clearing each page's accessed bit would disturb its own sampling ({FILTER_TYPES} are)"
+            ),
+            [kind @ ("memcg" | "hugepage_size" | "addr" | "target"), ..] => {
+                bail!("the {kind} filter lacks its arguments ({FILTER_TYPES})")
             }
+            [kind, ..] => bail!("unknown filter type `{kind}` ({FILTER_TYPES})"),
             [] => bail!("a filter without a type"),
         };
         filters.push(Filter { kind, matching, allow });
@@ -776,6 +787,11 @@ fn scheme_json(v: &Value, attrs: &Attrs) -> Result<Scheme> {
             }
             "target" => words
                 .push(text(f.get("damon_target_idx").context("target without damon_target_idx")?)?),
+            "hugepage_size" => {
+                let r = f.get("hugepage_size").context("hugepage_size without its min and max")?;
+                words.push(text(r.get("min").context("hugepage_size without min")?)?);
+                words.push(text(r.get("max").context("hugepage_size without max")?)?);
+            }
             _ => {}
         }
         let words: Vec<&str> = words.iter().map(String::as_str).collect();

@@ -5,7 +5,8 @@
 //! memory for COLD and PAGEOUT) are left out rather than failing the call; a range's ends are
 //! moved inwards off any large folio or huge page that straddles them, since advising part of
 //! one splits it (COLLAPSE works on whole 2 MiB-aligned ranges, which it is given). Filters on
-//! pages (anon, unmapped, memcg) are read from pagemap and, for memcg, `/proc/kpagecgroup`.
+//! pages (anon, unmapped, memcg, active, hugepage_size) are read from pagemap and, for the
+//! frames it names, `/proc/kpagecgroup` and `/proc/kpageflags`.
 
 use std::{
     collections::HashMap,
@@ -252,16 +253,62 @@ fn migrate(scratch: &mut Scratch, process: &Process, node: u32) -> io::Result<u6
     Ok(moved)
 }
 
+/// `/proc/kpageflags`' bits: `KPF_ACTIVE`, `KPF_COMPOUND_HEAD`, `KPF_COMPOUND_TAIL`.
+const ACTIVE: u64 = 1 << 6;
+const HEAD: u64 = 1 << 15;
+const TAIL: u64 = 1 << 16;
+
+fn kpageflags() -> Option<&'static File> {
+    static FILE: OnceLock<Option<File>> = OnceLock::new();
+    FILE.get_or_init(|| File::open("/proc/kpageflags").ok()).as_ref()
+}
+
+fn kpagecgroup() -> Option<&'static File> {
+    static FILE: OnceLock<Option<File>> = OnceLock::new();
+    FILE.get_or_init(|| File::open("/proc/kpagecgroup").ok()).as_ref()
+}
+
 /// Whether frame `pfn` is part of a compound page (a large folio), from `/proc/kpageflags`;
 /// `None` where it cannot be read.
 fn compound(pfn: u64) -> Option<bool> {
-    const HEAD: u64 = 1 << 15;
-    const TAIL: u64 = 1 << 16;
-    static KPAGEFLAGS: OnceLock<Option<File>> = OnceLock::new();
-    let file = KPAGEFLAGS.get_or_init(|| File::open("/proc/kpageflags").ok()).as_ref()?;
     let mut flags = [0u8; 8];
-    file.read_exact_at(&mut flags, pfn * 8).ok()?;
+    kpageflags()?.read_exact_at(&mut flags, pfn * 8).ok()?;
     Some(u64::from_le_bytes(flags) & (HEAD | TAIL) != 0)
+}
+
+/// The 2 MiB-aligned block of frames a compound page lies in, with its kpageflags: folios are
+/// naturally aligned runs of a head and its tails, so the block tells a folio's size (one
+/// larger than the block, a gigantic hugetlb page, reads as the block). Kept across the frames
+/// of one filter pass: neighbouring pages share their block.
+struct FolioBlock {
+    first: u64,
+    flags: Vec<u64>,
+}
+
+impl FolioBlock {
+    const FRAMES: u64 = PMD_SIZE / PAGE;
+
+    /// The bytes of the folio frame `pfn` (with `flags`) belongs to.
+    fn folio_bytes(block: &mut Option<Self>, pfn: u64, flags: u64) -> u64 {
+        if flags & (HEAD | TAIL) == 0 {
+            return PAGE;
+        }
+        let first = pfn & !(Self::FRAMES - 1);
+        if block.as_ref().is_none_or(|b| b.first != first) {
+            let frames: Vec<Option<u64>> = (first..first + Self::FRAMES).map(Some).collect();
+            let flags = per_frame(kpageflags(), &frames).into_iter().map(|f| f.unwrap_or(0));
+            *block = Some(Self { first, flags: flags.collect() });
+        }
+        let Some(b) = block.as_ref() else { return PAGE };
+        folio_frames(&b.flags, (pfn - first) as usize) as u64 * PAGE
+    }
+}
+
+/// Frames of the compound page holding frame `at` of a block's `flags`: its head, the last
+/// head at or before it, and the tails after (the whole block when the head lies before it).
+fn folio_frames(flags: &[u64], at: usize) -> usize {
+    let Some(head) = (0..=at).rev().find(|&i| flags[i] & HEAD != 0) else { return flags.len() };
+    1 + flags[head + 1..].iter().take_while(|&&f| f & TAIL != 0).count()
 }
 
 /// Narrows the runs to the pages `filters` let through, by their pagemap entries.
@@ -280,6 +327,9 @@ fn filter_pages(
             _ => None,
         })
         .collect();
+    let needs_flags =
+        filters.iter().any(|f| matches!(f.kind, FilterKind::Active | FilterKind::HugepageSize(..)));
+    let mut block = None;
     let runs = std::mem::take(&mut scratch.runs);
     let mut passing = Vec::new();
     let mut frames = Vec::new();
@@ -291,10 +341,11 @@ fn filter_pages(
             frames.clear();
             frames.extend(scratch.entries.iter().map(|e| e.frame()));
             let cgroups = if memcg_ids.iter().any(Option::is_some) {
-                page_cgroups(&frames)
+                per_frame(kpagecgroup(), &frames)
             } else {
                 Vec::new()
             };
+            let flags = if needs_flags { per_frame(kpageflags(), &frames) } else { Vec::new() };
             for (k, entry) in scratch.entries.iter().enumerate() {
                 let page = addr + k as u64 * PAGE;
                 let has = |kind: &FilterKind| match kind {
@@ -303,6 +354,15 @@ fn filter_pages(
                     FilterKind::Memcg(_) => {
                         let i = filters.iter().position(|f| &f.kind == kind).unwrap_or(0);
                         cgroups.get(k).copied().flatten().is_some_and(|c| Some(c) == memcg_ids[i])
+                    }
+                    FilterKind::Active => {
+                        flags.get(k).copied().flatten().is_some_and(|f| f & ACTIVE != 0)
+                    }
+                    FilterKind::HugepageSize(min, max) => {
+                        let (Some(pfn), Some(Some(f))) = (frames[k], flags.get(k)) else {
+                            return false;
+                        };
+                        (min..=max).contains(&&FolioBlock::folio_bytes(&mut block, pfn, *f))
                     }
                     FilterKind::Addr(..) | FilterKind::Target(_) => false,
                 };
@@ -320,14 +380,11 @@ fn filter_pages(
     Ok(())
 }
 
-/// The memory cgroup (its inode) of each frame, from `/proc/kpagecgroup`, one read per run of
-/// consecutive frames; `None` where unknown.
-fn page_cgroups(frames: &[Option<u64>]) -> Vec<Option<u64>> {
-    static KPAGECGROUP: OnceLock<Option<File>> = OnceLock::new();
+/// Each frame's 64-bit word of a `/proc/kpage*` file (its cgroup's inode, its flags), one
+/// read per run of consecutive frames; `None` where unknown.
+fn per_frame(file: Option<&File>, frames: &[Option<u64>]) -> Vec<Option<u64>> {
     let mut out = vec![None; frames.len()];
-    let Some(file) = KPAGECGROUP.get_or_init(|| File::open("/proc/kpagecgroup").ok()) else {
-        return out;
-    };
+    let Some(file) = file else { return out };
     let mut i = 0;
     while i < frames.len() {
         let Some(first) = frames[i] else {
@@ -347,4 +404,20 @@ fn page_cgroups(frames: &[Option<u64>]) -> Vec<Option<u64>> {
         i += n;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folios_size_is_its_head_and_tails() {
+        // A small page, a 4-page folio, a small page, then a folio begun before the block.
+        let mut flags = vec![0, HEAD, TAIL, TAIL, TAIL, 0];
+        assert_eq!(folio_frames(&flags, 1), 4);
+        assert_eq!(folio_frames(&flags, 3), 4, "from a tail");
+        flags = vec![TAIL, TAIL, HEAD, TAIL];
+        assert_eq!(folio_frames(&flags, 0), 4, "no head in the block: the block");
+        assert_eq!(folio_frames(&flags, 3), 2);
+    }
 }

@@ -115,6 +115,7 @@ pub fn init_script(steps: &[String]) -> Vec<u8> {
          ip link set lo up\n\
          echo '127.0.0.1 localhost' > /etc/hosts\n\
          echo \"UDAMON-VM: kernel $(uname -r)\"\n\
+         for m in /modules/*.ko; do [ -e $m ] && { insmod $m || echo \"UDAMON-VM: cannot load $m\"; }; done\n\
          fail=0\n",
     );
     for step in steps {

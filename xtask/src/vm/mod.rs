@@ -38,6 +38,9 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(14 * 60);
 const SIDE_BY_SIDE_SECONDS: u32 = 10;
 const SIDE: &str = "UDAMON-VM-SIDE-BY-SIDE:";
 const KDAMOND: &str = "UDAMON-VM-KDAMOND:";
+/// How long each of a kernel DAMOS pageout scheme and udamon's acts on the workload.
+const DAMOS_SECONDS: u32 = 10;
+const DAMOS: &str = "UDAMON-VM-DAMOS:";
 
 pub fn run(names: &[String], inject_failure: bool) -> Result<()> {
     let kernels = if names.is_empty() {
@@ -52,7 +55,7 @@ pub fn run(names: &[String], inject_failure: bool) -> Result<()> {
     pack(&busybox, &initrd, inject_failure)?;
     let mut results = Vec::new();
     for kernel in kernels {
-        let vmlinuz = kernel.vmlinuz(&work.join("kernels"))?;
+        let (vmlinuz, initrd) = for_kernel(kernel, &work, &initrd)?;
         let log = work.join(format!("console-{}.log", kernel.name));
         let started = Instant::now();
         let mut verdict = boot(&vmlinuz, &initrd, &log)?;
@@ -67,14 +70,22 @@ pub fn run(names: &[String], inject_failure: bool) -> Result<()> {
             log.display()
         );
         let console = std::fs::read_to_string(&log).unwrap_or_default();
-        let side = console.lines().find_map(|l| l.strip_prefix(SIDE)).map(|r| r.trim().to_owned());
+        let line = |marker: &str| {
+            console
+                .lines()
+                .find_map(|l| l.strip_prefix(marker))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let (side, damos) = (line(SIDE), line(DAMOS));
         let observed: Vec<&str> =
             console.lines().filter_map(|l| l.strip_prefix(KDAMOND)).map(str::trim).collect();
-        results.push((kernel.name, verdict, side.unwrap_or_default(), observed.join("; ")));
+        results.push((kernel.name, verdict, side, observed.join("; "), damos));
     }
-    println!("kernel  verdict  beside kernel DAMON | kernel DAMON observed");
-    for (name, verdict, side, observed) in &results {
-        println!("{name:<7} {verdict:?}  {side} | {observed}");
+    println!("kernel  verdict  beside kernel DAMON | kernel DAMON observed | beside kernel DAMOS");
+    for (name, verdict, side, observed, damos) in &results {
+        println!("{name:<7} {verdict:?}  {side} | {observed} | {damos}");
     }
     let failed: Vec<_> =
         results.iter().filter(|(_, v, ..)| *v != Verdict::Pass).map(|(n, ..)| *n).collect();
@@ -82,6 +93,22 @@ pub fn run(names: &[String], inject_failure: bool) -> Result<()> {
         bail!("vm-test failed on kernel(s) {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// `kernel`'s vmlinuz, and an initrd of `common` followed by the kernel's modules (the
+/// kernel unpacks concatenated archives in turn), which /init loads.
+fn for_kernel(kernel: &kernels::Kernel, work: &Path, common: &Path) -> Result<(PathBuf, PathBuf)> {
+    let files = kernel.files(&work.join("kernels"))?;
+    let mut archive = Archive::new();
+    for (i, module) in files.modules.iter().enumerate() {
+        let name = module.file_name().and_then(|n| n.to_str()).context("a module name")?;
+        archive.copy(&format!("/modules/{i:02}-{name}"), module)?;
+    }
+    let mut bytes = std::fs::read(common)?;
+    bytes.extend(archive.finish());
+    let initrd = work.join(format!("initrd-{}.cpio", kernel.name));
+    std::fs::write(&initrd, bytes)?;
+    Ok((files.vmlinuz, initrd))
 }
 
 const STATIC: (&str, &str) =
@@ -128,7 +155,8 @@ fn base_archive(busybox: &Path, programs: &[&str]) -> Result<(Archive, String)> 
 
 /// Static binaries, and the guest's steps over them.
 fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
-    let (mut archive, udamon_path) = base_archive(busybox, &["side_by_side", "kdamond_check"])?;
+    let (mut archive, udamon_path) =
+        base_archive(busybox, &["side_by_side", "kdamond_check", "damos_side_by_side"])?;
     let udamon_path = udamon_path.as_str();
     let mut build = crate::cargo();
     build.args([
@@ -191,6 +219,10 @@ fn pack(busybox: &Path, initrd: &Path, inject_failure: bool) -> Result<()> {
     steps.push(format!(
         "if [ -d /sys/kernel/mm/damon/admin ]; then /kdamond_check {udamon_path}; else echo '{KDAMOND} no kernel DAMON here'; fi"
     ));
+    // A kernel DAMOS pageout scheme and udamon's, over zram swap.
+    steps.push(format!(
+        "if [ -d /sys/kernel/mm/damon/admin ]; then /damos_side_by_side {udamon_path} {DAMOS_SECONDS}; else echo '{DAMOS} no kernel DAMON here'; fi"
+    ));
     if inject_failure {
         steps.push("false".to_owned());
     }
@@ -218,7 +250,8 @@ pub fn bench() -> Result<()> {
     for name in BENCH_KERNELS {
         let kernel = kernels::by_name(name)?;
         let log = work.join(format!("console-bench-{name}.log"));
-        let verdict = boot(&kernel.vmlinuz(&work.join("kernels"))?, &initrd, &log)?;
+        let (vmlinuz, initrd) = for_kernel(kernel, &work, &initrd)?;
+        let verdict = boot(&vmlinuz, &initrd, &log)?;
         let console = std::fs::read_to_string(&log).unwrap_or_default();
         for line in console.lines().filter_map(|l| l.strip_prefix(KDAMOND_COST)) {
             println!("kdamond cost, kernel {name}: {}", line.trim());

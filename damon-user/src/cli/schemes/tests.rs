@@ -69,7 +69,9 @@ fn damos_json_reads_as_damo_writes_it() {
           "high_permil": 500, "mid_permil": 400, "low_permil": 200},
         "filters": [{"filter_type": "anon", "matching": true, "allow": false},
           {"filter_type": "addr", "matching": true, "allow": true,
-           "address_range": {"start": 4096, "end": 8192}}]}]"#;
+           "address_range": {"start": 4096, "end": 8192}},
+          {"filter_type": "hugepage_size", "matching": false, "allow": false,
+           "hugepage_size": {"min": "2 MiB", "max": 2097152}}]}]"#;
     let cli = Cli::try_parse_from(["udamon", "--schemes", json]).unwrap();
     let s = cli.schemes.resolve(&Attrs::default()).unwrap();
     let [s] = &s[..] else { panic!("{s:?}") };
@@ -79,6 +81,8 @@ fn damos_json_reads_as_damo_writes_it() {
     assert_eq!(s.quota.goals[0].metric, Metric::SomeMemPsiUs);
     assert_eq!(s.wmarks.low, 200);
     assert_eq!(s.filters[1].kind, FilterKind::Addr(4096, 8192));
+    let huge = FilterKind::HugepageSize(2 << 20, 2 << 20);
+    assert_eq!(s.filters[2], Filter { kind: huge, matching: false, allow: false });
 }
 
 #[test]
@@ -96,6 +100,11 @@ fn bad_schemes_are_one_clear_line() {
         ("--damos_action pageout --damos_age 2s 1s", "minimum exceeds its maximum"),
         ("--damos_action pageout --damos_filter reject young", "young filter is not supported"),
         ("--damos_action pageout --damos_filter keep anon", "starts with allow or reject"),
+        ("--damos_action pageout --damos_filter allow hugepage_size 2M", "lacks its arguments"),
+        (
+            "--damos_action pageout --damos_filter allow hugepage_size 2M 4K",
+            "minimum 2097152 exceeds its maximum 4096",
+        ),
         ("--damos_action pageout --damos_quota_goal psi 10", "`psi` with 1 values"),
         ("--damos_action pageout --damos_quota_goal node_mem_free_bp 10 99", "no NUMA node 99"),
         (
