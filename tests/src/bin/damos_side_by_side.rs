@@ -9,6 +9,7 @@
 
 use std::{
     fs,
+    io::{BufRead as _, BufReader},
     os::unix::fs::FileExt as _,
     process::{Command, Stdio},
     sync::atomic::{AtomicU64, Ordering},
@@ -262,12 +263,17 @@ fn kernel_scheme(seconds: u64) -> Result<Outcome> {
     )
 }
 
-fn udamon_scheme(udamon: &str, seconds: u64) -> Result<Outcome> {
-    let run = std::cell::RefCell::new(None);
-    watch(
+/// udamon's run, and its start-up (until its first snapshot: loading and verifying its eBPF
+/// program, which an emulated guest makes slow), which the kernel's scheme does not have.
+fn udamon_scheme(udamon: &str, seconds: u64) -> Result<(Outcome, Duration)> {
+    type Lines = std::thread::JoinHandle<(Option<Instant>, Vec<String>)>;
+    let run = std::cell::RefCell::new(None::<(std::process::Child, Lines, Instant)>);
+    let start_up = std::cell::Cell::new(Duration::ZERO);
+    let outcome = watch(
         seconds,
         |pid| {
-            let child = Command::new(udamon)
+            let started = Instant::now();
+            let mut child = Command::new(udamon)
                 .args(["monitor", "--json", &pid.to_string()])
                 .args(["--sample", &format!("{SAMPLE_US}us"), "--aggr", &format!("{AGGR_US}us")])
                 .args(["--damos_action", "pageout", "--damos_access_rate", "0", "0"])
@@ -276,28 +282,42 @@ fn udamon_scheme(udamon: &str, seconds: u64) -> Result<Outcome> {
                 .stderr(Stdio::piped())
                 .spawn()
                 .context("cannot run udamon")?;
-            *run.borrow_mut() = Some(child);
+            let stdout = BufReader::new(child.stdout.take().context("no pipe")?);
+            let lines = std::thread::spawn(move || {
+                let (mut first, mut lines) = (None, Vec::new());
+                for line in stdout.lines().map_while(Result::ok) {
+                    first.get_or_insert_with(Instant::now);
+                    lines.push(line);
+                }
+                (first, lines)
+            });
+            *run.borrow_mut() = Some((child, lines, started));
             Ok(())
         },
         || {
-            let child = run.borrow_mut().take().context("udamon never started")?;
+            let (child, lines, started) =
+                run.borrow_mut().take().context("udamon never started")?;
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let out = child.wait_with_output()?;
             if !out.status.success() {
                 bail!("udamon monitor failed: {}", String::from_utf8_lossy(&out.stderr));
             }
+            let (first, lines) =
+                lines.join().map_err(|_| anyhow::anyhow!("the snapshot reader panicked"))?;
+            start_up.set(first.map_or(Duration::ZERO, |t| t - started));
             // Its CPU share per aggregation, start-up (the first snapshot) left out as for the
             // kdamond, which was started before its CPU was first read.
-            let cpu_s: f64 = String::from_utf8_lossy(&out.stdout)
-                .lines()
+            let cpu_s: f64 = lines
+                .iter()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
                 .filter_map(|l| l["udamon_cpu_percent"].as_f64())
                 .map(|percent| percent / 100.0 * AGGR_US as f64 / 1e6)
                 .sum();
             Ok(Duration::from_secs_f64(cpu_s))
         },
-    )
+    )?;
+    Ok((outcome, start_up.get()))
 }
 
 fn main() -> Result<()> {
@@ -306,8 +326,13 @@ fn main() -> Result<()> {
     let seconds: u64 = seconds.parse()?;
     let _swap = Swap::on()?;
     let kernel = kernel_scheme(seconds)?;
-    let ours = udamon_scheme(udamon, seconds)?;
-    println!("UDAMON-VM-DAMOS: kernel {} | udamon {}", kernel.line(), ours.line());
+    let (ours, start_up) = udamon_scheme(udamon, seconds)?;
+    println!(
+        "UDAMON-VM-DAMOS: kernel {} | udamon {} start_up={:.1}s",
+        kernel.line(),
+        ours.line(),
+        start_up.as_secs_f64()
+    );
     if ours.cold_out < MIN_COLD_OUT {
         bail!("udamon paged out {:.0} % of the cold memory (< 80 %)", ours.cold_out * 100.0);
     }
