@@ -165,51 +165,93 @@ fn may_differ((hits, samples): (u32, u32)) -> bool {
     samples >= 2 * MIN_SIDE_SAMPLES && hits != 0 && hits != samples
 }
 
-/// Which of the evidence `batch` yields (in order) might pass one of `boundaries`' six tests:
-/// the same tests in `f32` over arrays, which the compiler turns into vector instructions,
-/// with a margin for rounding, so that only evidence that might pass (a few in a hundred for
-/// uniform memory) pays for the exact tests. Sound: every count product is exact in `f32`
-/// (below 2^24), and each side of a comparison rounds at most three times (a relative error
-/// below 2·10⁻⁷), far inside the margin.
-fn might_split<'a>(batch: impl Iterator<Item = &'a Quarters>, out: &mut Vec<bool>) {
-    const LANES: usize = 16;
+/// Regions screened together by `might_split`.
+const LANES: usize = 16;
+
+/// Which of `batch` (at most `LANES`) might pass one of `boundaries`' six tests: the same tests
+/// in `f32` over arrays, which the compiler turns into vector instructions, with a margin for
+/// rounding, so that only evidence that might pass (a few in a hundred for uniform memory) pays
+/// for the exact tests. Sound: every count product is exact in `f32` (below 2^24), and each
+/// side of a comparison rounds at most three times (a relative error below 2·10⁻⁷), far inside
+/// the margin.
+fn might_split(batch: &[Quarters]) -> [bool; LANES] {
     const MARGIN: f32 = 1.0 - 1e-5;
     let (z_num, z_den) = (Z_SPLIT_SQUARED.0 as f32 * MARGIN, Z_SPLIT_SQUARED.1 as f32);
     let min = MIN_SIDE_SAMPLES as f32;
-    let mut batch = batch.peekable();
-    while batch.peek().is_some() {
-        let (mut h, mut n) = ([[0f32; LANES]; 4], [[0f32; LANES]; 4]);
-        let mut lanes = 0;
-        for q in batch.by_ref().take(LANES) {
-            for k in 0..4 {
-                h[k][lanes] = f32::from(q.hits[k]);
-                n[k][lanes] = f32::from(q.samples[k]);
-            }
-            lanes += 1;
+    let (mut h, mut n) = ([[0f32; LANES]; 4], [[0f32; LANES]; 4]);
+    for (lane, q) in batch.iter().enumerate() {
+        for k in 0..4 {
+            h[k][lane] = f32::from(q.hits[k]);
+            n[k][lane] = f32::from(q.samples[k]);
         }
-        let mut maybe = [false; LANES];
-        for i in 0..LANES {
-            let (big_h, big_n) =
-                (h[0][i] + h[1][i] + h[2][i] + h[3][i], n[0][i] + n[1][i] + n[2][i] + n[3][i]);
-            let (lhs, rhs) = (z_den * big_n, z_num * big_h * (big_n - big_h));
-            let (mut left_h, mut left_n, mut any) = (0.0, 0.0, false);
-            for k in 0..3 {
-                left_h += h[k][i];
-                left_n += n[k][i];
-                let right_n = big_n - left_n;
-                let d = left_h * big_n - big_h * left_n;
-                any |= (left_n >= min) & (right_n >= min) & (lhs * d * d >= rhs * left_n * right_n);
-                let (ph, pn) = (h[k][i] + h[k + 1][i], n[k][i] + n[k + 1][i]);
-                let d = h[k][i] * n[k + 1][i] - h[k + 1][i] * n[k][i];
-                any |= (n[k][i] >= min)
-                    & (n[k + 1][i] >= min)
-                    & (ph > 0.0)
-                    & (ph < pn)
-                    & (z_den * d * d * pn >= z_num * n[k][i] * n[k + 1][i] * ph * (pn - ph));
-            }
-            maybe[i] = any;
+    }
+    let mut maybe = [false; LANES];
+    for (i, maybe) in maybe.iter_mut().enumerate() {
+        let big_h = h[0][i] + h[1][i] + h[2][i] + h[3][i];
+        let big_n = n[0][i] + n[1][i] + n[2][i] + n[3][i];
+        let (lhs, rhs) = (z_den * big_n, z_num * big_h * (big_n - big_h));
+        let (mut left_h, mut left_n) = (0.0, 0.0);
+        for k in 0..3 {
+            left_h += h[k][i];
+            left_n += n[k][i];
+            let right_n = big_n - left_n;
+            let d = left_h * big_n - big_h * left_n;
+            *maybe |= (left_n >= min) & (right_n >= min) & (lhs * d * d >= rhs * left_n * right_n);
+            let (ph, pn) = (h[k][i] + h[k + 1][i], n[k][i] + n[k + 1][i]);
+            let d = h[k][i] * n[k + 1][i] - h[k + 1][i] * n[k][i];
+            *maybe |= (n[k][i] >= min)
+                & (n[k + 1][i] >= min)
+                & (ph > 0.0)
+                & (ph < pn)
+                & (z_den * d * d * pn >= z_num * n[k][i] * n[k + 1][i] * ph * (pn - ph));
         }
-        out.extend_from_slice(&maybe[..lanes]);
+    }
+    maybe
+}
+
+/// A target's regions waiting for `might_split`, `LANES` at a time (on the stack: scratch kept
+/// per region would cost memory per region), and the regions found worth cutting.
+struct Screen {
+    index: [usize; LANES],
+    quarters: [Quarters; LANES],
+    len: usize,
+    base: usize,
+    found: Vec<Found>,
+}
+
+impl Screen {
+    fn new(base: usize) -> Self {
+        let quarters = [Quarters::default(); LANES];
+        Self { index: [0; LANES], quarters, len: 0, base, found: Vec::new() }
+    }
+
+    fn push(&mut self, index: usize, quarters: Quarters) {
+        (self.index[self.len], self.quarters[self.len]) = (index, quarters);
+        self.len += 1;
+        if self.len == LANES {
+            self.flush();
+        }
+    }
+
+    /// The exact tests for those the screen lets through.
+    fn flush(&mut self) {
+        let maybe = might_split(&self.quarters[..self.len]);
+        for lane in (0..self.len).filter(|&lane| maybe[lane]) {
+            let q = &self.quarters[lane];
+            let boundaries = boundaries(q, tally(q, 0..4));
+            if boundaries[0].is_some() {
+                let index = self.index[lane];
+                self.found.push(Found { index, global: self.base + index, boundaries, zoom: None });
+            }
+        }
+        self.len = 0;
+    }
+
+    /// Everything found, in region order.
+    fn finish(mut self) -> Vec<Found> {
+        self.flush();
+        self.found.sort_unstable_by_key(|f| f.index);
+        self.found
     }
 }
 
@@ -312,10 +354,6 @@ pub(crate) struct Adaptive {
     found: Vec<Vec<Found>>,
     /// Indices among all regions of those whose window read some of their samples but not all.
     partly_known: Vec<usize>,
-    /// Scratch of the reset: one target's regions whose evidence varies, and which of them
-    /// `might_split` lets through to the exact tests.
-    screened: Vec<(usize, Quarters)>,
-    might: Vec<bool>,
 }
 
 impl Adaptive {
@@ -400,7 +438,7 @@ impl Policy for Adaptive {
         self.partly_known.clear();
         let mut base = 0;
         for target in targets.iter_mut() {
-            let mut found = Vec::new();
+            let mut screen = Screen::new(base);
             for (index, r) in target.regions.iter_mut().enumerate() {
                 // Before the reset: the window's hit may make the evidence go.
                 let evidence = tally(&r.quarters, 0..4);
@@ -430,24 +468,13 @@ impl Policy for Adaptive {
                 }
                 if zoom.is_some() {
                     let boundaries = boundaries(&r.quarters, evidence);
-                    found.push(Found { index, global: base + index, boundaries, zoom });
+                    screen.found.push(Found { index, global: base + index, boundaries, zoom });
                 } else if may_differ(evidence) {
-                    self.screened.push((index, r.quarters));
+                    screen.push(index, r.quarters);
                 }
             }
-            // The rest's boundaries: screened in batches, tested exactly where they might be.
-            self.might.clear();
-            might_split(self.screened.iter().map(|s| &s.1), &mut self.might);
-            for (&(index, q), _) in self.screened.iter().zip(&self.might).filter(|(_, m)| **m) {
-                let boundaries = boundaries(&q, tally(&q, 0..4));
-                if boundaries[0].is_some() {
-                    found.push(Found { index, global: base + index, boundaries, zoom: None });
-                }
-            }
-            self.screened.clear();
-            found.sort_unstable_by_key(|f| f.index);
             base += target.regions.len();
-            self.found.push(found);
+            self.found.push(screen.finish());
         }
     }
 
@@ -578,8 +605,7 @@ mod tests {
             }
             let evidence = tally(&q, 0..4);
             let exact = may_differ(evidence) && boundaries(&q, evidence)[0].is_some();
-            let mut might = Vec::new();
-            might_split(std::iter::once(&q), &mut might);
+            let might = might_split(&[q]);
             assert!(!exact || might[0], "{q:?}");
             all += 1;
             found += exact as u32;
