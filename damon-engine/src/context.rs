@@ -129,6 +129,8 @@ pub struct Context {
     sz_limit: u64,
     /// `passed` at the last aggregation: window ticks count from it.
     window_start: u64,
+    /// `counters.unknown` then: whether the window read any sample as unknown.
+    window_unknown: u64,
     /// The attributes the last aggregation's window was sampled with (tuning may since have
     /// changed the intervals, as the kernel does before it reports the aggregation).
     window_attrs: Attrs,
@@ -165,6 +167,7 @@ impl Context {
             next_tune: 0,
             sz_limit: 0,
             window_start: 0,
+            window_unknown: 0,
             window_attrs: config.attrs,
             strides: 1,
             regions_changed: true,
@@ -294,6 +297,7 @@ impl Context {
         let attrs = self.config.attrs;
         self.passed = 0;
         self.window_start = 0;
+        self.window_unknown = self.counters.unknown;
         self.next_aggregation = attrs.aggr_in_samples();
         self.next_ops_update = attrs.ops_update_in_samples();
         self.next_tune = self.next_aggregation * attrs.intervals_goal.aggrs as u64;
@@ -341,7 +345,11 @@ impl Context {
         let mut step = Step::default();
         if aggregate {
             let started = Instant::now();
-            let max_nr_accesses = self.scale_to_known().max(max_nr_accesses);
+            let max_nr_accesses = if self.counts_need_scaling() {
+                self.scale_to_known().max(max_nr_accesses)
+            } else {
+                max_nr_accesses
+            };
             step.schemes = self.aggregate(max_nr_accesses, next_aggregation, ops, on_aggregated);
             step.aggregation = Some(started.elapsed().saturating_sub(step.schemes));
             self.targets.retain(|t| {
@@ -403,6 +411,7 @@ impl Context {
         }
         self.next_aggregation = next_aggregation + self.config.attrs.aggr_in_samples();
         self.window_start = self.passed;
+        self.window_unknown = self.counters.unknown;
         let started = Instant::now();
         if !self.schemes.is_empty() {
             // Ages were rescaled to a retuned interval above: read them in it.
@@ -537,6 +546,11 @@ impl Context {
     /// Which plans the regions use: bit `log` for a stride of `1 << log`, bit `16 + log` for
     /// a quiet one.
     fn note_strides(&mut self) {
+        if self.config.sampling == Sampling::Every {
+            // Every region every interval: no plan ever changes from the kernel's.
+            self.strides = 1;
+            return;
+        }
         self.strides = self.targets.iter().flat_map(|t| &t.regions).fold(0, |m, r| {
             m | 1 << ((r.plan & STRIDE) as u32 + 16 * (r.plan & QUIET != 0) as u32)
         });
@@ -552,6 +566,16 @@ impl Context {
         for r in self.targets.iter_mut().flat_map(|t| &mut t.regions) {
             sampling::plan(r, window, samples);
         }
+    }
+
+    /// Whether some region's count may come from fewer samples than an aggregation has: one
+    /// sampled less than every interval (a stride, or quiet), a window of another length, or
+    /// a sample that read unknown. Else `scale_to_known` has nothing to do, and a pass over
+    /// every region is saved.
+    fn counts_need_scaling(&self) -> bool {
+        self.strides != 1
+            || self.aggr_samples != u64::from(self.config.attrs.samples_per_aggr())
+            || self.counters.unknown != self.window_unknown
     }
 
     /// At the end of a window, counts come from the samples that could tell (not every
