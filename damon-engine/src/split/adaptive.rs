@@ -414,6 +414,7 @@ impl Policy for Adaptive {
 
     /// Apart while held or surely different; joined when both have evidence enough and neither
     /// the long run nor the window says they differ, so flat memory needs few regions.
+    #[inline]
     fn merges(&self, left: &Region, right: &Region, samples: u32, by_counts: bool) -> bool {
         if left.hold() > 0 || right.hold() > 0 {
             return false;

@@ -48,6 +48,11 @@ pub(crate) fn windows_differ(hl: u32, hr: u32, samples: u32, (num, den): (u64, u
         return false;
     }
     let d = hl.abs_diff(hr);
+    // H·(2n − H) ≤ n², so z² ≥ 2d²/n: enough, without the rest, for windows far apart (most
+    // neighbours whose counts already differ).
+    if 2 * den * d * d >= num * n {
+        return true;
+    }
     u128::from(2 * den * n * d) * u128::from(d) >= u128::from(num * h * (2 * n - h))
 }
 
