@@ -32,7 +32,17 @@ const RUN: u32 = 0;
 const READY: u32 = 1;
 const STOP: u32 = 2;
 
-fn map(len: usize, flags: i32) -> usize {
+/// Kills our own forked child `pid` and reaps it.
+pub fn kill_and_reap(pid: u32) {
+    // SAFETY: signalling and waiting for a child of ours.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+        libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+    }
+}
+
+/// A fresh anonymous mapping of `len` bytes (`flags`: MAP_PRIVATE or MAP_SHARED).
+pub fn map(len: usize, flags: i32) -> usize {
     // SAFETY: a fresh anonymous mapping.
     let addr = unsafe {
         libc::mmap(
@@ -338,11 +348,7 @@ fn map_read_only_file(at: usize) -> usize {
 
 impl Drop for OddChild {
     fn drop(&mut self) {
-        // SAFETY: killing and reaping our own child.
-        unsafe {
-            libc::kill(self.pid as i32, libc::SIGKILL);
-            libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0);
-        }
+        kill_and_reap(self.pid);
     }
 }
 
@@ -551,10 +557,6 @@ impl FolioChild {
 
 impl Drop for FolioChild {
     fn drop(&mut self) {
-        // SAFETY: killing and reaping our own child.
-        unsafe {
-            libc::kill(self.pid as i32, libc::SIGKILL);
-            libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0);
-        }
+        kill_and_reap(self.pid);
     }
 }

@@ -85,19 +85,7 @@ struct Workload {
 }
 
 fn map(len: usize, flags: i32) -> *mut u8 {
-    // SAFETY: a fresh anonymous mapping.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED, "mmap failed");
-    p.cast()
+    tests::map(len, flags) as *mut u8
 }
 
 impl Workload {
@@ -166,11 +154,7 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        // SAFETY: killing and reaping our own child.
-        unsafe {
-            libc::kill(self.pid as i32, libc::SIGKILL);
-            libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0);
-        }
+        tests::kill_and_reap(self.pid);
     }
 }
 
