@@ -171,9 +171,9 @@ const LANES: usize = 16;
 /// Which of `batch` (at most `LANES`) might pass one of `boundaries`' six tests: the same tests
 /// in `f32` over arrays, which the compiler turns into vector instructions, with a margin for
 /// rounding, so that only evidence that might pass (a few in a hundred for uniform memory) pays
-/// for the exact tests. Sound: every count product is exact in `f32` (below 2^24), and each
-/// side of a comparison rounds at most three times (a relative error below 2·10⁻⁷), far inside
-/// the margin.
+/// for the exact tests. Sound: the counts and their pairwise products are exact in `f32`
+/// (below 2^24), and each side of a comparison rounds at most five times more (a relative
+/// error below 4·10⁻⁷), far inside the margin.
 fn might_split(batch: &[Quarters]) -> [bool; LANES] {
     const MARGIN: f32 = 1.0 - 1e-5;
     let (z_num, z_den) = (Z_SPLIT_SQUARED.0 as f32 * MARGIN, Z_SPLIT_SQUARED.1 as f32);
