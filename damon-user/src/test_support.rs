@@ -97,8 +97,11 @@ pub fn assert_nothing_of_ours_loaded() {
 }
 
 /// For tests of a target that execs `udamon workload` early in a 5 s `udamon monitor --json`:
-/// its output's snapshots of the last second, long after the exec, all see the workload's hot
-/// memory (64 MiB and more).
+/// its output's snapshots of the last second, long after the exec, see the workload's hot
+/// memory (64 MiB and more): the last one and all others but one. One aggregation may find
+/// nothing where the workload did not run for its whole 100 ms: an emulated guest's one CPU,
+/// shared by the workload, udamon and the test, did that once in a 7.2 guest (4 KiB among nine
+/// windows of 97 MiB).
 pub fn assert_workload_seen_in_last_second(monitor_json: &str) {
     let late: Vec<u64> = monitor_json
         .lines()
@@ -106,6 +109,8 @@ pub fn assert_workload_seen_in_last_second(monitor_json: &str) {
         .filter(|l| l["end_ns"].as_u64().is_some_and(|t| t >= 4_000_000_000))
         .filter_map(|l| l["working_set_bytes"].as_u64())
         .collect();
-    assert!(!late.is_empty(), "no snapshot in the last second: {monitor_json}");
-    assert!(late.iter().all(|&ws| ws >= 64 << 20), "working sets after the exec: {late:?}");
+    let seen = |ws: &&u64| **ws >= 64 << 20;
+    assert!(late.last().is_some_and(|ws| seen(&ws)), "working sets after the exec: {late:?}");
+    let missed = late.iter().filter(|ws| !seen(ws)).count();
+    assert!(missed <= 1, "working sets after the exec: {late:?}");
 }
