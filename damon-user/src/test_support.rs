@@ -114,3 +114,20 @@ pub fn assert_workload_seen_in_last_second(monitor_json: &str) {
     let missed = late.iter().filter(|ws| !seen(ws)).count();
     assert!(missed <= 1, "working sets after the exec: {late:?}");
 }
+
+/// A fresh anonymous mapping of `len` bytes (`flags`: MAP_PRIVATE or MAP_SHARED).
+pub fn map(len: usize, flags: i32) -> usize {
+    // SAFETY: a fresh anonymous mapping.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(addr, libc::MAP_FAILED, "mmap failed");
+    addr as usize
+}

@@ -12,22 +12,8 @@ struct Child(i32, u64, u64);
 
 impl Child {
     fn spawn() -> Self {
+        use damon_user::test_support::map;
         use std::sync::atomic::{AtomicU32, Ordering};
-        let map = |len: usize, flags| {
-            // SAFETY: a fresh anonymous mapping.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    flags | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
-            p as usize
-        };
         let (cold, hot) =
             (map(16 * MIB as usize, libc::MAP_PRIVATE), map(4 * MIB as usize, libc::MAP_PRIVATE));
         let ready = map(4096, libc::MAP_SHARED) as *const AtomicU32;

@@ -32,6 +32,8 @@ const RUN: u32 = 0;
 const READY: u32 = 1;
 const STOP: u32 = 2;
 
+pub use damon_user::test_support::map;
+
 /// Kills our own forked child `pid` and reaps it.
 pub fn kill_and_reap(pid: u32) {
     // SAFETY: signalling and waiting for a child of ours.
@@ -39,23 +41,6 @@ pub fn kill_and_reap(pid: u32) {
         libc::kill(pid as i32, libc::SIGKILL);
         libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
     }
-}
-
-/// A fresh anonymous mapping of `len` bytes (`flags`: MAP_PRIVATE or MAP_SHARED).
-pub fn map(len: usize, flags: i32) -> usize {
-    // SAFETY: a fresh anonymous mapping.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(addr, libc::MAP_FAILED, "mmap failed");
-    addr as usize
 }
 
 impl Child {
