@@ -17,7 +17,10 @@
 //! At or below `max / 2` too it cuts where the evidence says, and besides
 //! - joins neighbours whose long-run rates are the same whatever one window says, so flat
 //!   memory needs few regions;
-//! - zooms into the quarter holding a nearly idle region's hits, to find small hot spots;
+//! - zooms into the quarter holding a nearly idle region's hits, to find small hot spots
+//!   (on a single hit only once its evidence is long: a dim, evenly accessed area is not a spot);
+//! - halves a region whose neighbours' rates surely differ and whose own lies between them, and
+//!   holds the halves: a gradient too fine for any region's own evidence, seen across three;
 //! - explores at random regions with long, uniform evidence one aggregation in four, and
 //!   every aggregation those whose window could read only some of their samples.
 //!
@@ -241,7 +244,8 @@ impl Screen {
             let boundaries = boundaries(q, tally(q, 0..4));
             if boundaries[0].is_some() {
                 let index = self.index[lane];
-                self.found.push(Found { index, global: self.base + index, boundaries, zoom: None });
+                let why = Why::Boundaries(boundaries);
+                self.found.push(Found { index, global: self.base + index, why });
             }
         }
         self.len = 0;
@@ -250,7 +254,8 @@ impl Screen {
     /// Everything found, in region order.
     fn finish(mut self) -> Vec<Found> {
         self.flush();
-        self.found.sort_unstable_by_key(|f| f.index);
+        self.found.sort_unstable_by_key(|f| (f.index, f.why.rank()));
+        self.found.dedup_by_key(|f| f.index);
         self.found
     }
 }
@@ -297,22 +302,41 @@ fn neighbour_rate(regions: &[Region], i: usize, left: bool) -> Option<f64> {
     if adjacent { rate(&n.quarters) } else { None }
 }
 
-/// A region worth cutting: its index in its target and among all regions, the boundaries its
-/// evidence shows, and the quarter to zoom into when it shows none.
+/// A region worth cutting: its index in its target and among all regions, and why.
 struct Found {
     index: usize,
     global: usize,
-    boundaries: [Option<(usize, f64)>; 3],
-    zoom: Option<usize>,
+    why: Why,
+}
+
+/// Why a region is worth cutting, in order of precedence when several reasons hold.
+#[derive(Clone, Copy)]
+enum Why {
+    /// Its quarter to zoom into.
+    Zoom(usize),
+    /// The boundaries its evidence shows.
+    Boundaries([Option<(usize, f64)>; 3]),
+    /// It lies on a slope: its neighbours' rates differ by this much and its own lies between.
+    Slope(f64),
+}
+
+impl Why {
+    fn rank(&self) -> u8 {
+        match self {
+            Self::Zoom(_) => 0,
+            Self::Boundaries(_) => 1,
+            Self::Slope(_) => 2,
+        }
+    }
 }
 
 /// A cut worth making: the region's index among all regions, the offset, the error it is
-/// expected to remove, and for a zoom, the offset where the piece to hold starts.
+/// expected to remove, and the offsets where pieces to hold start.
 struct Candidate {
     global: usize,
     cut: u64,
     value: f64,
-    hold_from: Option<u64>,
+    holds: [Option<u64>; 2],
 }
 
 /// The quarter of `r` (at the end of its window of `window` intervals, before the reset) to cut
@@ -339,12 +363,47 @@ fn zoom_quarter(
         let offset = r.sampling_addr.checked_sub(r.start).filter(|&o| o < r.size())?;
         return (samples > 0).then(|| Quarters::quarter_of(offset, r.size()));
     }
-    if r.nr_accesses == 0 || hits * ZOOM_RATE.1 > samples * ZOOM_RATE.0 {
+    // One hit in young evidence says nothing of where a dim area's accesses are: chased, it
+    // would fragment memory accessed evenly at a low rate.
+    if r.nr_accesses == 0
+        || hits * ZOOM_RATE.1 > samples * ZOOM_RATE.0
+        || hits == 1 && samples < MATURE_SAMPLES
+    {
         return None;
     }
     let mut hit = (0..4).filter(|&k| q.hits[k] > 0);
     let k = hit.next()?;
     hit.next().is_none().then_some(k)
+}
+
+/// What the search for slopes keeps of a region once its evidence is final.
+#[derive(Clone, Copy)]
+struct Seen {
+    index: usize,
+    start: u64,
+    end: u64,
+    tally: (u32, u32),
+    held: bool,
+}
+
+/// Whether `mid` lies on a slope between adjacent `left` and `right`:
+/// their rates surely differ and its own lies strictly between. Returns their difference. A
+/// gradient's neighbouring regions differ by less than their evidence can show, so they merge
+/// up to the size limit; only the wider view across three regions sees it.
+fn slope(left: &Seen, mid: &Seen, right: &Seen) -> Option<f64> {
+    if mid.held || left.end != mid.start || mid.end != right.start {
+        return None;
+    }
+    let (l, m, r) = (left.tally, mid.tally, right.tally);
+    if l.1 < JOIN_SAMPLES || r.1 < JOIN_SAMPLES || m.1 < MATURE_SAMPLES {
+        return None;
+    }
+    // Rates compared as cross products: below, above.
+    let below = |(ha, na): (u32, u32), (hb, nb): (u32, u32)| {
+        (ha as u64 * nb as u64) < (hb as u64 * na as u64)
+    };
+    let between = below(l, m) && below(m, r) || below(r, m) && below(m, l);
+    (between && counts_differ(l, r, Z_SPLIT_SQUARED)).then(|| gap(l, r))
 }
 
 #[derive(Default)]
@@ -363,26 +422,37 @@ impl Adaptive {
         let mut candidates = Vec::new();
         for (target, found) in targets.iter().zip(self.found.drain(..)) {
             let regions = &target.regions;
-            for Found { index, global, boundaries, zoom } in found {
+            for Found { index, global, why } in found {
                 let r = &regions[index];
-                let mut push = |cut: u64, value: f64, hold_from: Option<u64>| {
+                let mut push = |cut: u64, value: f64, holds: [Option<u64>; 2]| {
                     if cut != 0 && cut < r.size() {
-                        candidates.push(Candidate { global, cut, value, hold_from });
+                        candidates.push(Candidate { global, cut, value, holds });
                     }
                 };
-                if let Some(k) = zoom {
-                    let quarter = r.size() / 4;
-                    let value = quarter as f64 * 0.75 * ZOOM_GAIN;
-                    let start = align_down(quarter * k as u64, min);
-                    let end = align_down(quarter * (k as u64 + 1), min);
-                    // The first quarter has no start cut: its end cut holds it.
-                    push(start, value, Some(start));
-                    push(end, value, (start == 0).then_some(0));
-                    continue;
-                }
+                let boundaries = match why {
+                    Why::Zoom(k) => {
+                        let quarter = r.size() / 4;
+                        let value = quarter as f64 * 0.75 * ZOOM_GAIN;
+                        let start = align_down(quarter * k as u64, min);
+                        let end = align_down(quarter * (k as u64 + 1), min);
+                        // The first quarter has no start cut: its end cut holds it.
+                        push(start, value, [Some(start), None]);
+                        push(end, value, [(start == 0).then_some(0), None]);
+                        continue;
+                    }
+                    Why::Slope(diff) => {
+                        // A linear slope across the region spans about half its neighbours'
+                        // difference; halved, each half's error is half the region's. Both
+                        // halves are held, as they differ by less than their evidence can show.
+                        let half = align_down(r.size() / 2, min);
+                        push(half, r.size() as f64 * diff / 16.0, [Some(0), Some(half)]);
+                        continue;
+                    }
+                    Why::Boundaries(boundaries) => boundaries,
+                };
                 let mut push_cut = |cut: u64, diff: f64| {
                     let (left, right) = (cut as f64, r.size().saturating_sub(cut) as f64);
-                    push(cut, left * right / r.size() as f64 * diff, None);
+                    push(cut, left * right / r.size() as f64 * diff, [None, None]);
                 };
                 let first = boundaries[0].map_or(0, |b| b.0);
                 let neighbours =
@@ -434,12 +504,17 @@ impl Policy for Adaptive {
     /// The reset, the evidence weighed against the window just finished, holds counted down,
     /// and the regions worth cutting, in one pass.
     fn reset(&mut self, targets: &mut [Target], env: &SplitEnv) {
-        let wanted = cut::count(targets) < env.max_nr_regions;
+        let nr = cut::count(targets);
+        let wanted = nr < env.max_nr_regions;
+        // Slopes are followed with spare regions only: their held halves cannot merge.
+        let slopes = nr <= env.max_nr_regions / 2;
         self.found.clear();
         self.partly_known.clear();
         let mut base = 0;
         for target in targets.iter_mut() {
             let mut screen = Screen::new(base);
+            // The last two regions reset, to find slopes.
+            let mut seen: [Option<Seen>; 2] = [None; 2];
             for (index, r) in target.regions.iter_mut().enumerate() {
                 // Before the reset: the window's hit may make the evidence go.
                 let evidence = tally(&r.quarters, 0..4);
@@ -467,9 +542,28 @@ impl Policy for Adaptive {
                 if !wanted {
                     continue;
                 }
-                if zoom.is_some() {
-                    let boundaries = boundaries(&r.quarters, evidence);
-                    screen.found.push(Found { index, global: base + index, boundaries, zoom });
+                if slopes {
+                    let here = Seen {
+                        index,
+                        start: r.start,
+                        end: r.end,
+                        tally: evidence,
+                        held: r.hold() > 0,
+                    };
+                    if let [Some(left), Some(mid)] = seen
+                        && let Some(diff) = slope(&left, &mid, &here)
+                    {
+                        let global = base + mid.index;
+                        screen.found.push(Found {
+                            index: mid.index,
+                            global,
+                            why: Why::Slope(diff),
+                        });
+                    }
+                    seen = [seen[1], Some(here)];
+                }
+                if let Some(k) = zoom {
+                    screen.found.push(Found { index, global: base + index, why: Why::Zoom(k) });
                 } else if may_differ(evidence) {
                     screen.push(index, r.quarters);
                 }
@@ -500,8 +594,10 @@ impl Policy for Adaptive {
         }
         let mut plan: Vec<(usize, u64)> = candidates.iter().map(|c| (c.global, c.cut)).collect();
         // `(global index, offset)` of the pieces to hold once cut.
-        let mut holds: Vec<(usize, u64)> =
-            candidates.iter().filter_map(|c| Some((c.global, c.hold_from?))).collect();
+        let mut holds: Vec<(usize, u64)> = candidates
+            .iter()
+            .flat_map(|c| c.holds.iter().flatten().map(|&h| (c.global, h)))
+            .collect();
         if nr <= max / 2 {
             let pieces = classic.pieces(nr, max);
             let floor = UNKNOWN_MIN_SIZE * env.min_region_sz;
@@ -574,7 +670,7 @@ fn hold(targets: &mut [Target], starts: &[(usize, u64)]) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::testing::P, *};
 
     fn zoom(r: &Region) -> Option<usize> {
         zoom_quarter(r, tally(&r.quarters, 0..4), 4096, 20)
@@ -714,6 +810,37 @@ mod tests {
         let busy = Region { quarters: quarters([0.0, 0.0, 0.5, 0.0], 30), ..r };
         assert_eq!(zoom(&busy), None, "a rate the evidence can split on");
         assert_eq!(zoom(&Region { end: 8 * 4096, ..r }), None, "too small");
+        // Young evidence: one hit is where a dim area's access happened to fall; two in one
+        // quarter are a spot.
+        let mut young = Region { quarters: quarters([0.0; 4], 12), ..r };
+        young.quarters.hits[2] = 1;
+        assert_eq!(zoom(&young), None);
+        young.quarters.hits[2] = 2;
+        assert_eq!(zoom(&young), Some(2));
+    }
+
+    #[test]
+    fn a_region_between_surely_different_neighbours_lies_on_a_slope() {
+        let seen = |index: usize, rate: f64, samples: u32| Seen {
+            index,
+            start: index as u64 * P,
+            end: (index as u64 + 1) * P,
+            tally: ((rate * samples as f64) as u32, samples),
+            held: false,
+        };
+        let (left, right) = (seen(0, 0.3, 200), seen(2, 0.5, 200));
+        let diff = slope(&left, &seen(1, 0.4, 200), &right).unwrap();
+        assert!((diff - 0.2).abs() < 1e-9, "{diff}");
+        let falling = slope(&seen(0, 0.5, 200), &seen(1, 0.4, 200), &seen(2, 0.3, 200));
+        assert!(falling.is_some(), "either way");
+        assert_eq!(slope(&left, &seen(1, 0.6, 200), &right), None, "a peak, not a slope");
+        assert_eq!(slope(&left, &seen(1, 0.4, 32), &right), None, "young evidence");
+        let (near_left, near_right) = (seen(0, 0.38, 200), seen(2, 0.42, 200));
+        assert_eq!(slope(&near_left, &seen(1, 0.4, 200), &near_right), None, "flat: noise");
+        let held = Seen { held: true, ..seen(1, 0.4, 200) };
+        assert_eq!(slope(&left, &held, &right), None);
+        let apart = Seen { start: 5 * P, end: 6 * P, ..seen(1, 0.4, 200) };
+        assert_eq!(slope(&left, &apart, &right), None, "not adjacent");
     }
 
     #[test]
