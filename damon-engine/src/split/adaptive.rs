@@ -376,34 +376,34 @@ fn zoom_quarter(
     hit.next().is_none().then_some(k)
 }
 
-/// What the search for slopes keeps of a region once its evidence is final.
-#[derive(Clone, Copy)]
-struct Seen {
-    index: usize,
-    start: u64,
-    end: u64,
-    tally: (u32, u32),
-    held: bool,
-}
-
-/// Whether `mid` lies on a slope between adjacent `left` and `right`:
-/// their rates surely differ and its own lies strictly between. Returns their difference. A
-/// gradient's neighbouring regions differ by less than their evidence can show, so they merge
-/// up to the size limit; only the wider view across three regions sees it.
-fn slope(left: &Seen, mid: &Seen, right: &Seen) -> Option<f64> {
-    if mid.held || left.end != mid.start || mid.end != right.start {
+/// Whether `mid` lies on a slope between its neighbours `left` and `right`: their rates surely
+/// differ and its own lies strictly between. Returns their difference. A gradient's
+/// neighbouring regions differ by less than their evidence can show, so they merge up to the
+/// size limit; only the wider view across three regions sees it.
+fn slope(left: &Region, mid: &Region, right: &Region) -> Option<f64> {
+    if mid.hold() > 0 || left.end != mid.start || mid.end != right.start {
         return None;
     }
-    let (l, m, r) = (left.tally, mid.tally, right.tally);
+    let [l, m, r] = [left, mid, right].map(|r| tally(&r.quarters, 0..4));
     if l.1 < JOIN_SAMPLES || r.1 < JOIN_SAMPLES || m.1 < MATURE_SAMPLES {
         return None;
     }
-    // Rates compared as cross products: below, above.
+    // Rates compared as cross products.
     let below = |(ha, na): (u32, u32), (hb, nb): (u32, u32)| {
         (ha as u64 * nb as u64) < (hb as u64 * na as u64)
     };
     let between = below(l, m) && below(m, r) || below(r, m) && below(m, l);
     (between && counts_differ(l, r, Z_SPLIT_SQUARED)).then(|| gap(l, r))
+}
+
+/// The regions of a target (the first at `base` among all) that lie on slopes, once their
+/// evidence is final.
+fn find_slopes(regions: &[Region], base: usize, found: &mut Vec<Found>) {
+    for (i, w) in regions.windows(3).enumerate() {
+        if let Some(diff) = slope(&w[0], &w[1], &w[2]) {
+            found.push(Found { index: i + 1, global: base + i + 1, why: Why::Slope(diff) });
+        }
+    }
 }
 
 #[derive(Default)]
@@ -513,8 +513,6 @@ impl Policy for Adaptive {
         let mut base = 0;
         for target in targets.iter_mut() {
             let mut screen = Screen::new(base);
-            // The last two regions reset, to find slopes.
-            let mut seen: [Option<Seen>; 2] = [None; 2];
             for (index, r) in target.regions.iter_mut().enumerate() {
                 // Before the reset: the window's hit may make the evidence go.
                 let evidence = tally(&r.quarters, 0..4);
@@ -542,31 +540,14 @@ impl Policy for Adaptive {
                 if !wanted {
                     continue;
                 }
-                if slopes {
-                    let here = Seen {
-                        index,
-                        start: r.start,
-                        end: r.end,
-                        tally: evidence,
-                        held: r.hold() > 0,
-                    };
-                    if let [Some(left), Some(mid)] = seen
-                        && let Some(diff) = slope(&left, &mid, &here)
-                    {
-                        let global = base + mid.index;
-                        screen.found.push(Found {
-                            index: mid.index,
-                            global,
-                            why: Why::Slope(diff),
-                        });
-                    }
-                    seen = [seen[1], Some(here)];
-                }
                 if let Some(k) = zoom {
                     screen.found.push(Found { index, global: base + index, why: Why::Zoom(k) });
                 } else if may_differ(evidence) {
                     screen.push(index, r.quarters);
                 }
+            }
+            if slopes {
+                find_slopes(&target.regions, base, &mut screen.found);
             }
             base += target.regions.len();
             self.found.push(screen.finish());
@@ -821,12 +802,10 @@ mod tests {
 
     #[test]
     fn a_region_between_surely_different_neighbours_lies_on_a_slope() {
-        let seen = |index: usize, rate: f64, samples: u32| Seen {
-            index,
-            start: index as u64 * P,
-            end: (index as u64 + 1) * P,
-            tally: ((rate * samples as f64) as u32, samples),
-            held: false,
+        let seen = |index: u64, rate: f64, samples: u8| {
+            let mut r = Region::new(index * P, (index + 1) * P);
+            r.quarters = quarters([rate; 4], samples / 4);
+            r
         };
         let (left, right) = (seen(0, 0.3, 200), seen(2, 0.5, 200));
         let diff = slope(&left, &seen(1, 0.4, 200), &right).unwrap();
@@ -837,9 +816,10 @@ mod tests {
         assert_eq!(slope(&left, &seen(1, 0.4, 32), &right), None, "young evidence");
         let (near_left, near_right) = (seen(0, 0.38, 200), seen(2, 0.42, 200));
         assert_eq!(slope(&near_left, &seen(1, 0.4, 200), &near_right), None, "flat: noise");
-        let held = Seen { held: true, ..seen(1, 0.4, 200) };
+        let mut held = seen(1, 0.4, 200);
+        held.set_hold(ZOOM_HOLD);
         assert_eq!(slope(&left, &held, &right), None);
-        let apart = Seen { start: 5 * P, end: 6 * P, ..seen(1, 0.4, 200) };
+        let apart = Region { start: 5 * P, end: 6 * P, ..seen(1, 0.4, 200) };
         assert_eq!(slope(&left, &apart, &right), None, "not adjacent");
     }
 
