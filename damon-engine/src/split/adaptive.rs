@@ -441,11 +441,20 @@ impl Adaptive {
                         continue;
                     }
                     Why::Slope(diff) => {
-                        // A linear slope across the region spans about half its neighbours'
-                        // difference; halved, each half's error is half the region's. Both
-                        // halves are held, as they differ by less than their evidence can show.
-                        let half = align_down(r.size() / 2, min);
-                        push(half, r.size() as f64 * diff / 16.0, [Some(0), Some(half)]);
+                        // Cut where a single edge between the neighbours' rates would explain
+                        // the region's: the middle of an even slope (whose span is about half
+                        // the neighbours' difference; halved, each half's error is half the
+                        // region's), next to the edge of a step the quarters do not show yet.
+                        // Both pieces are held: a slope's halves differ by less than their
+                        // evidence can show.
+                        let f = neighbour_rate(regions, index, true)
+                            .zip(neighbour_rate(regions, index, false))
+                            .zip(rate(&r.quarters))
+                            .map_or(0.5, |((left, right), mid)| {
+                                ((mid - right) / (left - right)).clamp(0.05, 0.95)
+                            });
+                        let cut = align_down((r.size() as f64 * f) as u64, min);
+                        push(cut, r.size() as f64 * diff / 16.0, [Some(0), Some(cut)]);
                         continue;
                     }
                     Why::Boundaries(boundaries) => boundaries,
@@ -865,6 +874,24 @@ mod tests {
         let held: Vec<u64> =
             t[0].regions.iter().filter(|r| r.hold() > 0).map(|r| r.end / P).collect();
         assert_eq!(held, [4 * 1024 + 256]);
+    }
+
+    #[test]
+    fn a_slope_is_cut_where_a_single_edge_would_be_and_both_pieces_are_held() {
+        use super::super::testing::*;
+        // Hot, then a region reading 0.25 with no boundary of its own, then cold: the cut goes a
+        // quarter of the way in, as a step there would explain its rate; on an even slope
+        // (0.5 between 1 and 0) it would be the middle.
+        let mut t = [target(&[1024 * P; 3])];
+        for (r, rate) in t[0].regions.iter_mut().zip([1.0, 0.25, 0.0]) {
+            r.quarters = quarters([rate; 4], 40);
+            r.nr_accesses = (rate * 20.0) as u32;
+            r.last_nr_accesses = r.nr_accesses;
+        }
+        split_once(&mut t, &mut Adaptive::default(), 1000, 1, &mut Classic::default());
+        let pieces: Vec<(u64, u64, bool)> =
+            t[0].regions.iter().map(|r| (r.start / P, r.end / P, r.hold() > 0)).collect();
+        assert_eq!(pieces[1..3], [(1024, 1280, true), (1280, 2048, true)], "{pieces:?}");
     }
 
     fn reconsider_with(r: &mut Region, window: u32) {
