@@ -175,7 +175,7 @@ fn phases_are_followed_at_least_as_fast_as_legacy() {
 
 /// A gradient finer than the regions can follow step by step: the default spends its spare
 /// regions where the rate slopes, for boundaries at least as good as legacy's random cuts at
-/// no more checks (docs/benchmarks.md: resolution error 0.0140 vs 0.0154, 0.78 M vs 1.02 M).
+/// no more checks (docs/benchmarks.md: resolution error 0.0147 vs 0.0154, 0.76 M vs 1.02 M).
 #[test]
 fn a_gradient_is_followed_by_slopes() {
     let reports = compare("gradient");

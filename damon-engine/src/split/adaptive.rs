@@ -19,8 +19,9 @@
 //!   memory needs few regions;
 //! - zooms into the quarter holding a nearly idle region's hits, to find small hot spots
 //!   (on a single hit only once its evidence is long: a dim, evenly accessed area is not a spot);
-//! - halves a region whose neighbours' rates surely differ and whose own lies between them, and
-//!   holds the halves: a gradient too fine for any region's own evidence, seen across three;
+//! - cuts a region whose neighbours' rates surely differ and whose own lies between them where
+//!   one edge between theirs would explain its rate, and holds the pieces: a gradient too fine
+//!   for any region's own evidence, seen across three;
 //! - explores at random regions with long, uniform evidence one aggregation in four, and
 //!   every aggregation those whose window could read only some of their samples.
 //!
