@@ -516,7 +516,7 @@ impl Policy for Adaptive {
     fn reset(&mut self, targets: &mut [Target], env: &SplitEnv) {
         let nr = cut::count(targets);
         let wanted = nr < env.max_nr_regions;
-        // Slopes are followed with spare regions only: their held halves cannot merge.
+        // Slopes are followed with spare regions only: their held pieces cannot merge.
         let slopes = nr <= env.max_nr_regions / 2;
         self.found.clear();
         self.partly_known.clear();
