@@ -80,18 +80,12 @@ impl Process {
         proc_maps::find(&self.mappings, addr)
     }
 
-    /// Whether the clear may be asked for `addr` (an address in no known mapping may be a new
-    /// one: asking costs nothing, the kernel says ENOMEM).
-    fn clearable(&self, addr: u64) -> bool {
-        self.mapping(addr).is_none_or(Mapping::clearable)
-    }
-
     /// The range to clear for the accessed page at `addr`, or `None` if none may be: one the
     /// kernel refuses, a read-only page of a file (page cache shared with other processes), or
     /// no range that keeps its folio whole inside its mapping.
     fn clear_range(&self, addr: u64, leaf: Leaf) -> Option<(u64, u64)> {
         let mapping = self.mapping(addr);
-        if !self.clearable(addr) || mapping.is_some_and(|m| m.file && !leaf.writable()) {
+        if !clearable(mapping) || mapping.is_some_and(|m| m.file && !leaf.writable()) {
             return None;
         }
         let (start, len) = leaf.clear_range(addr)?;
@@ -212,9 +206,13 @@ impl VaddrOps {
             Leaf::Missing | Leaf::Fault | Leaf::Gone => Access::Unknown,
             _ if !leaf.accessed() => Access::Idle,
             // Set, and nothing reset it: it says nothing about this interval.
-            _ if uncleared || !process.clearable(addr) => Access::Unknown,
+            _ if uncleared => Access::Unknown,
             _ => {
-                let shared = process.mapping(addr).is_none_or(|m| m.shared);
+                let mapping = process.mapping(addr);
+                if !clearable(mapping) {
+                    return Access::Unknown;
+                }
+                let shared = mapping.is_none_or(|m| m.shared);
                 if (leaf.writable() && !shared)
                     || process.space.pagemap().exclusive(addr).unwrap_or(false)
                 {
@@ -396,6 +394,12 @@ impl VaddrOps {
             Err(err) => self.note(id, "address_space", || format!("{err:#}")),
         }
     }
+}
+
+/// Whether the clear may be asked for an address in `mapping` (an address in no known mapping
+/// may be a new one: asking costs nothing, the kernel says ENOMEM).
+fn clearable(mapping: Option<&Mapping>) -> bool {
+    mapping.is_none_or(Mapping::clearable)
 }
 
 /// One target's share of a tick's walk.
