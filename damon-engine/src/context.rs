@@ -280,7 +280,7 @@ impl Context {
         }
         self.regions_changed = true;
         self.note_strides();
-        self.prepare(ops);
+        self.prepare(ops, false);
         Ok(())
     }
 
@@ -304,7 +304,7 @@ impl Context {
         ops.init(&mut self.targets)?;
         self.apply_min_nr_regions();
         self.note_strides();
-        self.prepare(ops);
+        self.prepare(ops, false);
         Ok(())
     }
 
@@ -329,13 +329,19 @@ impl Context {
         let due =
             |r: &Region| if r.checked_at(tick, window) { Access::Idle } else { Access::NotChecked };
         self.results.extend(self.targets.iter().flat_map(|t| &t.regions).map(due));
+        // Pairs' second pages, after every region's slot: unknown unless the operations read
+        // them.
+        let partners = self.targets.iter().flat_map(|t| &t.regions);
+        let partners = partners.filter(|r| r.checked_at(tick, window));
+        let partners = partners.filter(|r| r.partner_of(r.sampling_addr).is_some()).count();
+        self.results.resize(n + partners, Access::Unknown);
         let reshape = aggregate || update;
         if reshape {
             ops.check_accesses(&self.targets, &mut self.results);
         } else {
             // Regions stay as they are until the next check: choose its addresses now, so the
             // operations can check the old ones and prepare the new ones together.
-            self.choose_addrs(tick);
+            self.choose_addrs(tick, false);
             ops.check_and_prepare(&self.targets, &self.addrs, &mut self.results);
         }
         let (max_nr_accesses, checked) = self.record_results(!reshape);
@@ -368,7 +374,7 @@ impl Context {
             self.note_strides();
         }
         if reshape {
-            self.prepare(ops);
+            self.prepare(ops, update);
         }
         Ok(step)
     }
@@ -479,15 +485,18 @@ impl Context {
 
     /// For the regions the step at window tick `tick` prepares, and the quiet ones whose sample
     /// lies outside them (their bounds moved in an update: a quiet region is checked before it
-    /// is prepared again), a random address; the others `NO_PREPARE`.
-    fn choose_addrs(&mut self, tick: u64) {
+    /// is prepared again), a random address; the others `NO_PREPARE`. After an update
+    /// (`updated`) pairs are prepared again too: a second page is placed by the bounds.
+    fn choose_addrs(&mut self, tick: u64, updated: bool) {
         let version = self.rand_version();
         let n = self.nr_regions();
         self.addrs.clear();
         reserve_modestly(&mut self.addrs, n);
         for r in self.targets.iter().flat_map(|t| &t.regions) {
-            let outside = r.plan & QUIET != 0 && !(r.start..r.end).contains(&r.sampling_addr);
-            let addr = if outside || r.prepared_at(tick, self.aggr_samples) {
+            let quiet = r.plan & QUIET != 0;
+            let outside = quiet && !(r.start..r.end).contains(&r.sampling_addr);
+            let moved = updated && r.partner_of(r.sampling_addr).is_some();
+            let addr = if outside || moved || r.prepared_at(tick, self.aggr_samples) {
                 self.rng.range(r.start, r.end, version)
             } else {
                 NO_PREPARE
@@ -496,9 +505,9 @@ impl Context {
         }
     }
 
-    /// Prepares the regions due at this step, after it reshaped them.
-    fn prepare(&mut self, ops: &mut (impl Operations + ?Sized)) {
-        self.choose_addrs(self.window_tick());
+    /// Prepares the regions due at this step, after it reshaped them (and `updated` them).
+    fn prepare(&mut self, ops: &mut (impl Operations + ?Sized), updated: bool) {
+        self.choose_addrs(self.window_tick(), updated);
         ops.prepare_access_checks(&self.targets, &self.addrs);
         self.adopt_addrs();
     }
@@ -588,7 +597,7 @@ impl Context {
         let mut max = 0;
         for r in self.targets.iter_mut().flat_map(|t| &mut t.regions) {
             let known = r.known(window);
-            if known < samples && known > 0 {
+            if known != samples && known > 0 {
                 let scaled =
                     (r.nr_accesses as u64 * samples as u64 + known as u64 / 2) / known as u64;
                 r.nr_accesses = scaled.min(samples as u64) as u32;
@@ -604,9 +613,13 @@ impl Context {
         let (mut max, mut checked) = (0, 0);
         // Adaptive sampling plans from the evidence too.
         let quarters = self.policy.keeps_evidence() || self.config.sampling == Sampling::Adaptive;
+        let n = self.nr_regions();
         let regions = self.targets.iter_mut().flat_map(|t| &mut t.regions);
-        for (r, &access) in regions.zip(&self.results) {
-            match access {
+        let (own, mut partners) = self.results.split_at(n.min(self.results.len()));
+        for (r, &access) in regions.zip(own) {
+            let own_addr = r.sampling_addr;
+            let partner = r.partner_of(own_addr).filter(|_| access != Access::NotChecked);
+            let mut record = |addr: u64, access: Access| match access {
                 Access::NotChecked => {}
                 Access::Unknown => {
                     checked += 1;
@@ -618,9 +631,14 @@ impl Context {
                     let accessed = access == Access::Accessed;
                     r.nr_accesses += accessed as u32;
                     if quarters {
-                        r.quarters.record(r.sampling_addr - r.start, r.size(), accessed);
+                        r.quarters.record(addr - r.start, r.size(), accessed);
                     }
                 }
+            };
+            record(own_addr, access);
+            if let (Some(addr), Some((&access, rest))) = (partner, partners.split_first()) {
+                record(addr, access);
+                partners = rest;
             }
             max = max.max(r.nr_accesses);
         }

@@ -34,7 +34,7 @@ mod waste;
 pub use self::{
     attrs::{Attrs, IntervalsGoal},
     context::{Config, Context, CoreVersion, Counters, MIN_REGION_SZ, Step},
-    ops::{NO_PREPARE, Operations},
+    ops::{NO_PREPARE, Operations, partners_due},
     region::{Access, Region, Target},
     sampling::Sampling,
     split::SplitPolicy,

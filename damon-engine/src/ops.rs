@@ -29,6 +29,9 @@ pub trait Operations {
 
     /// Reports, for each region in the same order, what its `sampling_addr` saw since it was
     /// prepared; slots that hold `Access::NotChecked` on entry are not asked for and stay so.
+    /// Quiet memory may be sampled in pairs (`Region::partner_of`): a second page is prepared
+    /// with each address, and the ones checked now have slots after every region's
+    /// (`partners_due` lists them); operations that leave those alone leave them unknown.
     fn check_accesses(&mut self, targets: &[Target], results: &mut [Access]);
 
     /// Both of the above in one go, for the common tick where regions do not change between the
@@ -64,4 +67,14 @@ pub trait Operations {
     fn free_mem_permil(&mut self) -> Option<u64> {
         None
     }
+}
+
+/// The pairs' second pages checked now, in the order of their slots after the regions' own in
+/// `results` (see `Operations::check_accesses`): each one's slot and address.
+pub fn partners_due(targets: &[Target], results: &[Access]) -> Vec<(usize, u64)> {
+    let n = targets.iter().map(|t| t.regions.len()).sum::<usize>();
+    let regions = targets.iter().flat_map(|t| &t.regions).zip(results);
+    let due = regions.filter(|(_, a)| **a != Access::NotChecked);
+    let partners = due.filter_map(|(r, _)| r.partner_of(r.sampling_addr));
+    partners.enumerate().map(|(k, addr)| (n + k, addr)).collect()
 }

@@ -1,5 +1,7 @@
 //! Regions and targets: what the engine monitors.
 
+use crate::context::MIN_REGION_SZ;
+
 /// `[start, end)` in address units, with the access counts of the current and last aggregation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Region {
@@ -137,16 +139,27 @@ impl Region {
             && (self.known(window) == 0 || (self.unknown == u8::MAX && self.nr_accesses == 0))
     }
 
-    /// Intervals of a window of `window` that samples read: one per sample, or a quiet
-    /// sample's whole span.
+    /// The window's count scale: intervals of a window of `window` that samples read, one per
+    /// sample or a quiet sample's whole span; a pair's pages share the window between them, so
+    /// that its count is its hits.
     pub fn known(&self, window: u32) -> u32 {
-        let stride = 1u32 << (self.plan & STRIDE);
-        if self.plan & QUIET == 0 {
-            return (window / stride).saturating_sub(self.unknown.into());
+        if self.paired() {
+            return window / self.pages() * self.samples_read(window);
         }
-        let observations = window.div_ceil(stride);
-        let unread = u32::from(self.unknown).min(observations);
-        self.span(window) * (observations - unread)
+        self.span(window) * self.samples_read(window)
+    }
+
+    /// Samples of a window of `window` intervals that could tell accessed from idle.
+    pub(crate) fn samples_read(&self, window: u32) -> u32 {
+        let stride = 1u32 << (self.plan & STRIDE);
+        let samples = if self.plan & QUIET == 0 {
+            window / stride
+        } else if self.paired() {
+            self.pages()
+        } else {
+            window.div_ceil(stride)
+        };
+        samples.saturating_sub(self.unknown.into())
     }
 
     /// Intervals one sample of a window of `window` stands for: one, or a quiet sample's span.
@@ -154,11 +167,39 @@ impl Region {
         if self.plan & QUIET == 0 {
             return 1;
         }
+        if self.paired() {
+            return window;
+        }
         window / window.div_ceil(1 << (self.plan & STRIDE)).max(1)
+    }
+
+    /// Whether the region is sampled in pairs (see `PAIRED`).
+    fn paired(&self) -> bool {
+        self.plan & (QUIET | STRIDE) == QUIET | PAIRED
+    }
+
+    /// Pages one visit samples: two for a pair, unless the region is too small for two apart.
+    fn pages(&self) -> u32 {
+        1 + (self.paired() && self.size() >= 4 * MIN_REGION_SZ) as u32
+    }
+
+    /// The second page sampled with `addr` (a sampling address inside the region): a quarter to
+    /// three quarters of the region further on, wrapping, by a hash of `addr` (uniform as
+    /// `addr` is, never its page); `None` unless the region is sampled in pairs.
+    pub fn partner_of(&self, addr: u64) -> Option<u64> {
+        if self.pages() < 2 || !(self.start..self.end).contains(&addr) {
+            return None;
+        }
+        let size = self.size();
+        let offset = size / 4 + (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % (size / 2);
+        Some(self.start + (addr - self.start + offset) % size)
     }
 
     /// Whether tick `tick` of a window of `window` intervals (1 = the first) checks this region.
     pub(crate) fn checked_at(&self, tick: u64, window: u64) -> bool {
+        if self.paired() {
+            return tick == window;
+        }
         let quiet = self.plan & QUIET != 0;
         tick.is_multiple_of(1 << (self.plan & STRIDE)) || (quiet && tick == window)
     }
@@ -167,7 +208,9 @@ impl Region {
     /// tick before its check, or, quiet, at its check (a sample spans until the next).
     pub(crate) fn prepared_at(&self, tick: u64, window: u64) -> bool {
         let stride = 1 << (self.plan & STRIDE);
-        if self.plan & QUIET != 0 {
+        if self.paired() {
+            tick == 0
+        } else if self.plan & QUIET != 0 {
             tick.is_multiple_of(stride) && tick < window
         } else {
             (tick + 1).is_multiple_of(stride)
@@ -232,6 +275,10 @@ impl Target {
 /// idle: a clear accessed bit after many intervals proves them all idle).
 pub(crate) const STRIDE: u8 = 0x0f;
 pub(crate) const QUIET: u8 = 0x80;
+/// The stride log of quiet memory sampled in pairs: two pages half the region apart, prepared
+/// right after an aggregation and both checked at the next, so that a window costs one visit
+/// and still looks at two pages (where an arriving access lands).
+pub(crate) const PAIRED: u8 = STRIDE;
 /// `Region::plan`'s bits that are not the sampling plan but `Region::hold`.
 pub(crate) const HOLD: u8 = 0x70;
 

@@ -22,7 +22,7 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    region::{HOLD, QUIET, Quarters, Region},
+    region::{HOLD, PAIRED, QUIET, Quarters, Region},
     split::evidence::tally,
 };
 
@@ -94,9 +94,15 @@ fn rate((hits, samples): (f64, f64)) -> f64 {
 fn evidence(r: &Region, window: u32, samples: u32) -> (f64, f64) {
     let (hits, n) = per_interval(r, window);
     let windows = r.age.min(HISTORY_WINDOWS) as f64;
-    let known = r.known(window) as f64 * windows;
-    let rate = r.nr_accesses.min(samples) as f64 / samples.max(1) as f64;
-    (hits + known * rate, n + known)
+    let (window_hits, intervals) = window_counts(r, window, samples);
+    (hits + window_hits * windows, n + intervals * windows)
+}
+
+/// The window's hits (from its count on the scale of `samples`) and the intervals its samples
+/// read (a long sample its whole span).
+fn window_counts(r: &Region, window: u32, samples: u32) -> (f64, f64) {
+    let hits = r.nr_accesses.min(samples) as f64 * r.known(window) as f64 / samples.max(1) as f64;
+    (hits, (r.samples_read(window) * r.span(window)) as f64)
 }
 
 /// The quarters' hits and samples in samples of one interval. A quiet region's quarters hold
@@ -132,6 +138,11 @@ pub(crate) fn plan(r: &mut Region, window: u32, samples: u32) {
         log += 1;
     }
     let quiet = unreadable || (p < QUIET_RATE && !woke);
+    // Memory with no access in its evidence needs two long samples a window at most: both
+    // at one visit. (A slow sweep's memory keeps visits apart: pairs spanning whole windows
+    // would see every pass, as a window with a pass hits in both.)
+    let idle = tally(&r.quarters, 0..4).0 == 0 && r.nr_accesses == 0 && r.last_nr_accesses == 0;
+    let log = if quiet && idle && needed <= 2.0 { PAIRED } else { log };
     r.plan = r.plan & HOLD | log | if quiet { QUIET } else { 0 };
 }
 
@@ -148,21 +159,19 @@ fn saturated(r: &Region, window: u32, samples: u32) -> bool {
     if r.plan & QUIET == 0 {
         return false;
     }
-    let (span, known) = (r.span(window).max(1), r.known(window));
-    let hits = r.nr_accesses as u64 * known as u64 / samples.max(1) as u64;
-    known > 0 && hits >= (known / span) as u64
+    let read = r.samples_read(window);
+    read > 0 && window_counts(r, window, samples).0 >= read as f64
 }
 
 /// Whether the window just finished (its `nr_accesses`, on the scale of `samples`) contradicts
 /// the region's evidence: then the evidence goes, and the region is sampled fully again.
 fn surprised(r: &Region, window: u32, samples: u32) -> bool {
-    let known = r.known(window) as f64;
-    if known == 0.0 {
+    let (hits, intervals) = window_counts(r, window, samples);
+    if intervals == 0.0 {
         return false;
     }
-    let hits = r.nr_accesses as f64 * known / samples.max(1) as f64;
     let p = rate(per_interval(r, window));
-    (hits - known * p).abs() > Z_SURPRISE * (known * p * (1.0 - p)).sqrt() + 0.5
+    (hits - intervals * p).abs() > Z_SURPRISE * (intervals * p * (1.0 - p)).sqrt() + 0.5
 }
 
 #[cfg(test)]
@@ -185,10 +194,11 @@ mod tests {
 
     #[test]
     fn plans_follow_the_rate() {
-        // No evidence: every interval. Always hot: once per aggregation; long idle: quietly.
+        // No evidence: every interval. Always hot: once per aggregation; long idle: quietly,
+        // in pairs.
         assert_eq!(plan_for(Quarters::default(), 20), 0);
         assert_eq!(plan_for(evidence(64, 64), 20), 4);
-        assert_eq!(plan_for(evidence(0, 64), 20), 4 | QUIET);
+        assert_eq!(plan_for(evidence(0, 64), 20), PAIRED | QUIET);
         // Half the time: every interval; 90 %: 8 samples needed, every other interval.
         assert_eq!(plan_for(evidence(32, 64), 20), 0);
         assert_eq!(plan_for(evidence(58, 64), 20), 1);
@@ -196,7 +206,47 @@ mod tests {
         let mut r = Region::new(0, 1 << 20);
         r.unknown = 20;
         plan(&mut r, 20, 20);
-        assert_eq!(r.plan, 4 | QUIET);
+        assert_eq!(r.plan, PAIRED | QUIET);
+    }
+
+    #[test]
+    fn a_pair_is_prepared_after_an_aggregation_and_checked_at_the_next() {
+        let r = Region { plan: PAIRED | QUIET, ..Region::new(0, 1 << 20) };
+        let checked: Vec<u64> = (1..=20).filter(|&t| r.checked_at(t, 20)).collect();
+        let prepared: Vec<u64> = (0..20).filter(|&t| r.prepared_at(t, 20)).collect();
+        assert_eq!((checked, prepared), (vec![20], vec![0]));
+        // Its count is its hits; each page read the whole window.
+        assert_eq!((r.known(20), r.samples_read(20), r.span(20)), (20, 2, 20));
+        // The second page lies a quarter to three quarters of the region further, wrapping;
+        // regions under four pages have none.
+        for addr in (0..1 << 20).step_by(4096 * 7 + 123) {
+            let partner = r.partner_of(addr).unwrap();
+            let distance = (partner + (1 << 20) - addr) % (1 << 20);
+            assert!((1 << 18..=3 << 18).contains(&distance), "{addr:#x} {partner:#x}");
+        }
+        assert_eq!(r.partner_of(1 << 20), None, "outside");
+        let page = Region { plan: PAIRED | QUIET, ..Region::new(0, 3 * 4096) };
+        assert_eq!((page.partner_of(0), page.known(20), page.samples_read(20)), (None, 20, 1));
+        // One page unread: half the window read.
+        let half = Region { unknown: 1, ..r };
+        assert_eq!((half.known(20), half.samples_read(20)), (10, 1));
+    }
+
+    #[test]
+    fn a_pair_that_both_hit_is_sampled_fully_again_one_hit_by_its_rate() {
+        let pair = |hits| Region {
+            quarters: evidence(2, 16),
+            plan: PAIRED | QUIET,
+            nr_accesses: hits,
+            ..Region::new(0, 1 << 20)
+        };
+        let mut r = pair(1);
+        plan(&mut r, 20, 20);
+        assert_eq!(r.quarters, evidence(2, 16), "one hit in two is what it expects");
+        assert_eq!(r.plan & QUIET, 0);
+        let mut r = pair(2);
+        plan(&mut r, 20, 20);
+        assert_eq!((r.plan, r.quarters), (0, Quarters::default()));
     }
 
     #[test]

@@ -323,6 +323,25 @@ fn monitor_json_lines_describe_each_target() {
     }
 }
 
+/// An idle process costs one wake-up a window once its memory is known idle: its regions are
+/// sampled in pairs of long samples, both checked at the window's end (`ticks` counts the
+/// sampler's wake-ups).
+#[test]
+fn an_idle_process_is_visited_once_a_window() {
+    if !privileged("an_idle_process_is_visited_once_a_window") {
+        return;
+    }
+    let target = Sleeper::new();
+    let out = udamon().args(["monitor", "--json", "--duration", "3s", &target.pid()]).output();
+    let snapshots: Vec<Value> =
+        succeed(out.unwrap()).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(snapshots.len() >= 20, "{} snapshots in 3 s", snapshots.len());
+    let (from, to) = (&snapshots[10], snapshots.last().unwrap());
+    let ticks = to["ticks"].as_u64().unwrap() - from["ticks"].as_u64().unwrap();
+    let windows = to["snapshot"].as_u64().unwrap() - from["snapshot"].as_u64().unwrap();
+    assert!(ticks <= windows + windows / 4, "{ticks} wake-ups in {windows} windows");
+}
+
 /// Sample ticks that start late: the JSON says how many were late, and window times are the
 /// real ones, window after window; the text view says so. At 20 us ticks this machine is late.
 #[test]

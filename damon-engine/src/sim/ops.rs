@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 
 use super::truth::Truth;
-use crate::{Access, NO_PREPARE, Operations, Target, rng::Rng};
+use crate::{Access, NO_PREPARE, Operations, Target, partners_due, rng::Rng};
 
 pub struct SimOps {
     pub truth: Truth,
@@ -30,6 +30,21 @@ impl SimOps {
     }
 }
 
+impl SimOps {
+    /// Whether the page at `addr` was accessed since it was prepared.
+    fn check(&mut self, addr: u64) -> Access {
+        let span = self.prepared.remove(&addr).map_or(1, |at| (self.tick - at).max(1));
+        let draw = self.rng.next_u64();
+        let accessed = if span == 1 {
+            self.truth.accessed(addr, draw)
+        } else {
+            let p = self.truth.probability_at(addr);
+            (draw as f64) < (1.0 - (1.0 - p).powi(span as i32)) * u64::MAX as f64
+        };
+        if accessed { Access::Accessed } else { Access::Idle }
+    }
+}
+
 impl Operations for SimOps {
     fn init(&mut self, _targets: &mut [Target]) -> Result<()> {
         Ok(())
@@ -42,8 +57,13 @@ impl Operations for SimOps {
     fn prepare_access_checks(&mut self, targets: &[Target], addrs: &[u64]) {
         let regions = targets.iter().flat_map(|t| &t.regions);
         for (r, &addr) in regions.zip(addrs).filter(|(_, a)| **a != NO_PREPARE) {
-            self.prepared.remove(&r.sampling_addr);
-            self.prepared.insert(addr, self.tick);
+            for old in [Some(r.sampling_addr), r.partner_of(r.sampling_addr)].into_iter().flatten()
+            {
+                self.prepared.remove(&old);
+            }
+            for new in [Some(addr), r.partner_of(addr)].into_iter().flatten() {
+                self.prepared.insert(new, self.tick);
+            }
         }
         // Samples of regions merged away were never checked.
         if self.prepared.len() > 4 * addrs.len() + 1024 {
@@ -54,18 +74,15 @@ impl Operations for SimOps {
 
     fn check_accesses(&mut self, targets: &[Target], results: &mut [Access]) {
         self.tick += 1;
+        let partners = partners_due(targets, results);
         let regions = targets.iter().flat_map(|t| &t.regions);
-        for (r, result) in regions.zip(results).filter(|(_, a)| **a != Access::NotChecked) {
-            let addr = r.sampling_addr;
-            let span = self.prepared.remove(&addr).map_or(1, |at| (self.tick - at).max(1));
-            let draw = self.rng.next_u64();
-            let accessed = if span == 1 {
-                self.truth.accessed(addr, draw)
-            } else {
-                let p = self.truth.probability_at(addr);
-                (draw as f64) < (1.0 - (1.0 - p).powi(span as i32)) * u64::MAX as f64
-            };
-            *result = if accessed { Access::Accessed } else { Access::Idle };
+        for (r, result) in
+            regions.zip(results.iter_mut()).filter(|(_, a)| **a != Access::NotChecked)
+        {
+            *result = self.check(r.sampling_addr);
+        }
+        for (slot, addr) in partners {
+            results[slot] = self.check(addr);
         }
     }
 

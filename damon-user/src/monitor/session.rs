@@ -255,8 +255,11 @@ fn observe(
     };
     match event {
         Event::Snapshot(s) => {
-            let lost = faults.as_ref().and_then(|f| f.get_ref().lost().ok()).unwrap_or(0);
-            with_metrics(&|m| m.update(s, lost));
+            // Read only for the metrics: a map lookup per aggregation otherwise wasted.
+            if metrics.is_some() {
+                let lost = faults.as_ref().and_then(|f| f.get_ref().lost().ok()).unwrap_or(0);
+                with_metrics(&|m| m.update(s, lost));
+            }
         }
         Event::TargetExited(pid) | Event::TargetLeft(pid) => {
             members.requested.remove(pid);

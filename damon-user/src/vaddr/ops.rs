@@ -243,12 +243,13 @@ impl VaddrOps {
         }
         for k in 0..self.spans.len() {
             let span = self.spans[k].clone();
-            self.finish(&span, results.as_deref_mut().map(|out| &mut out[span.regions.clone()]));
+            self.finish(&span, results.as_deref_mut());
         }
     }
 
-    /// This tick's walk request: for each target with a region due, its checked addresses,
-    /// then those to prepare.
+    /// This tick's walk request: for each target with a region due, its checked addresses
+    /// (its regions' own, then its pairs' second pages), then those to prepare (with their
+    /// pairs' second pages).
     fn request(
         &mut self,
         targets: &[Target],
@@ -260,25 +261,38 @@ impl VaddrOps {
         self.uncleared.clear();
         self.spans.clear();
         let mut offset = 0;
+        // Pairs' second pages have their slots after every region's.
+        let mut partner_slot = targets.iter().map(|t| t.regions.len()).sum::<usize>();
         for target in targets {
             let regions = offset..offset + target.regions.len();
             offset = regions.end;
-            let Some(process) = self.processes.get_mut(&target.id) else { continue };
             let start = self.addrs.len();
+            let mut partners = partner_slot..partner_slot;
             if let Some(out) = results.as_deref() {
                 let due = target.regions.iter().zip(&out[regions.clone()]);
-                self.addrs.extend(
-                    due.filter(|(_, a)| **a != Access::NotChecked).map(|(r, _)| r.sampling_addr),
-                );
+                let due = due.filter(|(_, a)| **a != Access::NotChecked).map(|(r, _)| r);
+                self.addrs.extend(due.clone().map(|r| r.sampling_addr));
+                let before = self.addrs.len();
+                self.addrs.extend(due.filter_map(|r| r.partner_of(r.sampling_addr)));
+                partner_slot += self.addrs.len() - before;
+                partners.end = partner_slot;
             }
             let checks = self.addrs.len() - start;
             if let Some(next) = next {
-                self.addrs.extend(next[regions.clone()].iter().filter(|&&a| a != NO_PREPARE));
+                let prepared = target.regions.iter().zip(&next[regions.clone()]);
+                let prepared = prepared.filter(|(_, a)| **a != NO_PREPARE);
+                self.addrs
+                    .extend(prepared.flat_map(|(r, &a)| std::iter::once(a).chain(r.partner_of(a))));
             }
+            let Some(process) = self.processes.get_mut(&target.id) else {
+                self.addrs.truncate(start);
+                continue;
+            };
             if process.exited {
                 // Gone between checks: nothing was accessed; the engine drops it at aggregation.
                 if let Some(out) = results.as_deref_mut() {
                     checked_slots(&mut out[regions]).for_each(|a| *a = Access::Idle);
+                    out[partners].fill(Access::Idle);
                 }
                 self.addrs.truncate(start);
                 continue;
@@ -296,6 +310,7 @@ impl VaddrOps {
             self.spans.push(Span {
                 id: target.id,
                 regions,
+                partners,
                 addrs: start..self.addrs.len(),
                 checks,
             });
@@ -303,7 +318,7 @@ impl VaddrOps {
     }
 
     /// One target's part of the tick after the walk: its clears, and its checks' results
-    /// (`results`: its regions' slots).
+    /// (into its slots of `results`).
     fn finish(&mut self, span: &Span, results: Option<&mut [Access]>) {
         let Some(process) = self.processes.get_mut(&span.id) else { return };
         let (addrs, leaves) = (&self.addrs[span.addrs.clone()], &self.leaves[span.addrs.clone()]);
@@ -315,7 +330,7 @@ impl VaddrOps {
             process.uncleared.extend(&self.addrs[span.addrs.start + span.checks..span.addrs.end]);
             if let Some(out) = results {
                 let read = if process.exited { Access::Idle } else { Access::Unknown };
-                checked_slots(out).for_each(|a| *a = read);
+                span.slots(out).for_each(|a| *a = read);
             }
             return;
         }
@@ -329,7 +344,7 @@ impl VaddrOps {
         if let Some(out) = results {
             let uncleared = &self.uncleared[span.addrs.clone()];
             let checked = addrs.iter().zip(leaves).zip(uncleared);
-            for (slot, ((&addr, &leaf), &uncleared)) in checked_slots(out).zip(checked) {
+            for (slot, ((&addr, &leaf), &uncleared)) in span.slots(out).zip(checked) {
                 *slot = Self::classify(process, addr, leaf, uncleared);
             }
         }
@@ -406,11 +421,23 @@ fn clearable(mapping: Option<&Mapping>) -> bool {
 #[derive(Clone)]
 struct Span {
     id: u64,
-    /// Its regions, in the engine's flat order.
+    /// Its regions, in the engine's flat order, and its pairs' second pages checked now, in
+    /// the slots after every region's.
     regions: std::ops::Range<usize>,
+    partners: std::ops::Range<usize>,
     /// Its addresses in the walk; the first `checks` are checked, the rest prepared.
     addrs: std::ops::Range<usize>,
     checks: usize,
+}
+
+impl Span {
+    /// Its slots of `results` checked now, in the order of its checked addresses.
+    fn slots<'a>(&self, results: &'a mut [Access]) -> impl Iterator<Item = &'a mut Access> {
+        let (own, rest) = results.split_at_mut(self.regions.end);
+        let partners =
+            &mut rest[self.partners.start - self.regions.end..self.partners.end - self.regions.end];
+        checked_slots(&mut own[self.regions.clone()]).chain(partners.iter_mut())
+    }
 }
 
 /// The slots of regions checked now.
@@ -594,7 +621,11 @@ impl Operations for VaddrOps {
             let pid = target.id as u32;
             // Entries wait for their check; those of samples dropped unchecked (their regions
             // merged) go, so the set stays as small as the target's regions.
-            let mut pending: Vec<u64> = target.regions.iter().map(|r| r.sampling_addr).collect();
+            let mut pending: Vec<u64> = target
+                .regions
+                .iter()
+                .flat_map(|r| std::iter::once(r.sampling_addr).chain(r.partner_of(r.sampling_addr)))
+                .collect();
             pending.sort_unstable();
             process.uncleared.retain(|addr| pending.binary_search(addr).is_ok());
             // The new mappings if the layout changed (`None`: as before). Flags are read again
