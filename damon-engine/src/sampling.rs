@@ -15,7 +15,13 @@
 //! memory that was idle (the hit contradicts its evidence), or whose every long sample hit, is
 //! sampled fully again; memory known to be touched now and then (a slow sweep's) as often as
 //! its rate needs, and may go quiet again. Quiet samples are evidence of their whole span.
-//! Quiet memory costs a visit per `2^k` intervals, not two.
+//! Quiet memory costs a visit per `2^k` intervals, not two. Memory with no access in its
+//! evidence at all is sampled in *pairs*: two pages, both prepared right after an aggregation
+//! and checked at the next, so a window costs one visit (the aggregation's own) and still
+//! looks at two pages, where an arriving access may land. A pair's count is its hits (0–2),
+//! each page having read the whole window: for memory touched less than once a window that is
+//! up to twice the kernel's expected count (which is below one). A slow sweep's memory keeps
+//! two visits: a pass in the window would hit both pages of a pair.
 
 use std::{fmt, str::FromStr};
 
