@@ -275,9 +275,9 @@ impl Target {
 /// idle: a clear accessed bit after many intervals proves them all idle).
 pub(crate) const STRIDE: u8 = 0x0f;
 pub(crate) const QUIET: u8 = 0x80;
-/// The stride log of quiet memory sampled in pairs: two pages half the region apart, prepared
-/// right after an aggregation and both checked at the next, so that a window costs one visit
-/// and still looks at two pages (where an arriving access lands).
+/// The stride log of quiet memory sampled in pairs: two pages (see `Region::partner_of`),
+/// prepared right after an aggregation and both checked at the next, so that a window costs one
+/// visit and still looks at two pages (where an arriving access lands).
 pub(crate) const PAIRED: u8 = STRIDE;
 /// `Region::plan`'s bits that are not the sampling plan but `Region::hold`.
 pub(crate) const HOLD: u8 = 0x70;
