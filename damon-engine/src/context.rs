@@ -9,7 +9,7 @@ use crate::{
     attrs::Attrs,
     merge::{self, MergeParams},
     ops::{NO_PREPARE, Operations},
-    region::{Access, QUIET, Region, STRIDE, Target},
+    region::{Access, QUIET, Region, STRIDE, Target, ends_a_stride},
     rng::{RandVersion, Rng},
     sampling::{self, Sampling},
     schemes::{self, Running, Scheme, SchemeStatus},
@@ -535,9 +535,10 @@ impl Context {
             passed >= self.next_aggregation
                 || passed >= self.next_ops_update
                 || (0..16).any(|log| {
-                    let due = tick.is_multiple_of(1 << log);
-                    (used(log, false) && (due || (tick + 1).is_multiple_of(1 << log)))
-                        || (used(log, true) && due)
+                    let (stride, window) = (1 << log, self.aggr_samples);
+                    let checked = |t| ends_a_stride(t, window, stride);
+                    (used(log, false) && (checked(tick) || checked(tick + 1)))
+                        || (used(log, true) && tick.is_multiple_of(stride))
                 })
         };
         let first = self.window_tick() + 1;

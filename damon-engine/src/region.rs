@@ -196,12 +196,17 @@ impl Region {
     }
 
     /// Whether tick `tick` of a window of `window` intervals (1 = the first) checks this region.
+    /// Samples of one interval are counted back from the window's end, so that the last falls
+    /// on the aggregation's tick, which wakes the sampler anyway.
     pub(crate) fn checked_at(&self, tick: u64, window: u64) -> bool {
         if self.paired() {
             return tick == window;
         }
-        let quiet = self.plan & QUIET != 0;
-        tick.is_multiple_of(1 << (self.plan & STRIDE)) || (quiet && tick == window)
+        let stride = 1 << (self.plan & STRIDE);
+        if self.plan & QUIET != 0 {
+            return tick.is_multiple_of(stride) || tick == window;
+        }
+        ends_a_stride(tick, window, stride)
     }
 
     /// Whether the step at tick `tick` (0: right after an aggregation) prepares this region: the
@@ -213,7 +218,7 @@ impl Region {
         } else if self.plan & QUIET != 0 {
             tick.is_multiple_of(stride) && tick < window
         } else {
-            (tick + 1).is_multiple_of(stride)
+            ends_a_stride(tick + 1, window, stride)
         }
     }
 
@@ -281,6 +286,13 @@ pub(crate) const QUIET: u8 = 0x80;
 pub(crate) const PAIRED: u8 = STRIDE;
 /// `Region::plan`'s bits that are not the sampling plan but `Region::hold`.
 pub(crate) const HOLD: u8 = 0x70;
+
+/// Whether tick `tick` (1..=`window`) ends one of the window's `window / stride` strides, counted
+/// back from its end.
+pub(crate) fn ends_a_stride(tick: u64, window: u64, stride: u64) -> bool {
+    let back = window.wrapping_sub(tick);
+    tick <= window && back.is_multiple_of(stride) && back / stride < window / stride
+}
 
 pub(crate) const fn align_down(x: u64, align: u64) -> u64 {
     x / align * align

@@ -294,8 +294,13 @@ mod tests {
         let normal = Region { plan: 3, ..Region::new(0, 4096) };
         let checked: Vec<u64> = (1..=20).filter(|&t| normal.checked_at(t, 20)).collect();
         let prepared: Vec<u64> = (0..20).filter(|&t| normal.prepared_at(t, 20)).collect();
-        assert_eq!((checked, prepared), (vec![8, 16], vec![7, 15]));
+        // Short samples count back from the window's end: the last is the aggregation's tick.
+        assert_eq!((checked, prepared), (vec![12, 20], vec![11, 19]));
         assert_eq!(normal.known(20), 2);
+        let hot = Region { plan: 4, ..normal };
+        let checked: Vec<u64> = (1..=20).filter(|&t| hot.checked_at(t, 20)).collect();
+        let prepared: Vec<u64> = (0..20).filter(|&t| hot.prepared_at(t, 20)).collect();
+        assert_eq!((checked, prepared, hot.known(20)), (vec![20], vec![19], 1));
     }
 
     #[test]
