@@ -326,14 +326,17 @@ impl Context {
         self.results.clear();
         reserve_modestly(&mut self.results, n);
         let window = self.aggr_samples;
-        let due =
-            |r: &Region| if r.checked_at(tick, window) { Access::Idle } else { Access::NotChecked };
+        // Pairs' second pages get slots after every region's: unknown unless the operations
+        // read them.
+        let mut partners = 0;
+        let due = |r: &Region| {
+            if !r.checked_at(tick, window) {
+                return Access::NotChecked;
+            }
+            partners += r.partner_of(r.sampling_addr).is_some() as usize;
+            Access::Idle
+        };
         self.results.extend(self.targets.iter().flat_map(|t| &t.regions).map(due));
-        // Pairs' second pages, after every region's slot: unknown unless the operations read
-        // them.
-        let partners = self.targets.iter().flat_map(|t| &t.regions);
-        let partners = partners.filter(|r| r.checked_at(tick, window));
-        let partners = partners.filter(|r| r.partner_of(r.sampling_addr).is_some()).count();
         self.results.resize(n + partners, Access::Unknown);
         let reshape = aggregate || update;
         if reshape {
